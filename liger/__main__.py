@@ -1,0 +1,5 @@
+import sys
+
+from liger.cli import main
+
+sys.exit(main())

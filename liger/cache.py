@@ -1,0 +1,148 @@
+"""Constant-memory decoding state: per Liger layer, the recurrent state plus the last `window` keys and values.
+
+`LigerCacheLayer` is a transformers cache layer, so it lives inside any `Cache` (the `DynamicCache` that
+`generate` makes, or `LigerCache`): a Liger layer swaps it in for the plain layer at its index on first use.
+Layers kept as softmax attention (inter-layer hybrid) keep ordinary growing key/value layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if x is None:
+        return []
+    if isinstance(x, torch.Tensor):
+        return [x]
+    return [t for item in x for t in _tensors(item)]
+
+
+def _map(x: Any, fn) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    return type(x)(_map(item, fn) for item in x)
+
+
+class LigerCacheLayer(CacheLayerMixin):
+    """Recurrent state (tensor or tuple of tensors) and a window of the last `window` rotary keys and values."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.state: Any = None
+        self.win_k: torch.Tensor | None = None  # (B, window, Hkv, D)
+        self.win_v: torch.Tensor | None = None
+        self.win_mask: torch.Tensor | None = None  # (B, window) bool: slot holds a real token
+        self.seen = 0
+
+    def extend_window(
+        self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys/values/mask of the window followed by the new tokens; keeps the last `window` of them."""
+        B, T = k.shape[:2]
+        if self.win_k is None:
+            self.win_k = k.new_zeros(B, self.window, *k.shape[2:])
+            self.win_v = v.new_zeros(B, self.window, *v.shape[2:])
+            self.win_mask = torch.zeros(B, self.window, dtype=torch.bool, device=k.device)
+        new_mask = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=k.device)
+        keys = torch.cat([self.win_k, k], dim=1)
+        values = torch.cat([self.win_v, v], dim=1)
+        mask = torch.cat([self.win_mask, new_mask], dim=1)
+        start = keys.shape[1] - self.window
+        self.win_k, self.win_v, self.win_mask = keys[:, start:], values[:, start:], mask[:, start:]
+        return keys, values, mask
+
+    def nbytes(self) -> int:
+        items = _tensors(self.state) + _tensors([self.win_k, self.win_v, self.win_mask])
+        return sum(t.numel() * t.element_size() for t in items)
+
+    # the transformers cache-layer interface
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise TypeError("a Liger layer keeps its own state; it has no growing key/value cache to update")
+
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
+        q = query_length if isinstance(query_length, int) else query_length.shape[0]
+        return self.seen + q, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_max_length(self) -> int:
+        return -1
+
+    get_max_cache_shape = get_max_length  # the name in transformers 5.17
+
+    def _apply(self, fn) -> None:
+        self.state = _map(self.state, fn)
+        self.win_k, self.win_v, self.win_mask = _map([self.win_k, self.win_v, self.win_mask], fn)
+
+    def reset(self) -> None:
+        self.state = self.win_k = self.win_v = self.win_mask = None
+        self.seen = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("a recurrent state cannot be cropped (assisted decoding is not supported)")
+
+    def offload(self) -> None:
+        pass
+
+    def prefetch(self) -> None:
+        pass
+
+
+def liger_cache_layer(cache: Cache | None, layer_idx: int, window: int) -> LigerCacheLayer | None:
+    """The Liger layer at `layer_idx` of `cache`, swapped in for whatever plain layer was there."""
+    if cache is None:
+        return None
+    layers = cache.layers
+    while len(layers) <= layer_idx:
+        layers.append(DynamicLayer())
+    layer = layers[layer_idx]
+    if not isinstance(layer, LigerCacheLayer):
+        if layer.get_seq_length() > 0:
+            raise ValueError(f"layer {layer_idx} of the cache already holds softmax keys/values; start a new cache")
+        layer = layers[layer_idx] = LigerCacheLayer(window)
+    return layer
+
+
+class LigerCache(Cache):
+    """A cache for a converted model: Liger layers where the model has them, growing layers elsewhere."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from liger.attention import LigerAttention
+
+        attns = [layer.self_attn for layer in model.get_decoder().layers]
+        layers = [LigerCacheLayer(a.options.window) if isinstance(a, LigerAttention) else DynamicLayer() for a in attns]
+        super().__init__(layers=layers)
+
+    def nbytes(self) -> int:
+        """Bytes held by every layer's state (the growing key/value layers included)."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, LigerCacheLayer):
+                total += layer.nbytes()
+            elif layer.keys is not None:
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+        return total

