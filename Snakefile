@@ -1,0 +1,28 @@
+# liger-repro: base model -> data -> Liger conversion + LoRA fine-tune -> lm-eval -> tables and plots.
+# Run `snakemake --cores 1` (config/config.yaml), or with --configfile config/smoke.yaml / config/paper.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The default config only when none is given (--configfile would otherwise be merged into it).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        expand("results/{model}/report.md", model=MODELS),
+        "results/tables/main.md",

@@ -1,0 +1,135 @@
+"""Tables and the per-model report: our rows from metrics files, the paper's rows beside them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from liger.errors import LigerError
+
+TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
+HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
+           "winogrande": "WinoGrande", "mmlu": "MMLU"}
+COLUMNS = ["model", "method", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %", "train tokens", "source"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise LigerError(f"{path}: missing; run the evaluate rule for it first") from e
+    except json.JSONDecodeError as e:
+        raise LigerError(f"{path}: not valid JSON ({e}); delete it and rerun its rule") from e
+
+
+def our_rows(model: str, methods: list[str], results: Path) -> pd.DataFrame:
+    """One row per method from results/{model}/{method}/metrics.json (values in %)."""
+    rows = []
+    for method in methods:
+        metrics_file = results / model / method / "metrics.json"
+        metrics = _read_json(metrics_file)["paper_metrics"]
+        row = {"model": model, "method": method, "source": str(metrics_file)}
+        for task, header in HEADERS.items():
+            value = metrics.get(task)
+            row[header] = None if value is None else round(100 * value, 1)
+        summary = results / model / method / "train_summary.json"
+        row["train tokens"] = _read_json(summary).get("tokens_trained") if summary.exists() else None
+        rows.append(row)
+    return _with_averages(pd.DataFrame(rows), base="base" if "base" in methods else None)
+
+
+def _with_averages(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
+    scores = df[list(HEADERS.values())]
+    df["Avg"] = scores.mean(axis=1, skipna=False).round(1)
+    df["Avg w/o MMLU"] = scores.drop(columns="MMLU").mean(axis=1, skipna=False).round(1)
+    if base is not None:
+        base_avg = df.loc[df["method"] == base, "Avg"].iloc[0]
+        df["Recovery %"] = (100 * df["Avg"] / base_avg).round(1)
+    return df.reindex(columns=COLUMNS)
+
+
+def paper_rows(paper_name: str | None, paper_csv: Path) -> pd.DataFrame:
+    """The paper's published rows for the same base model (config/paper_results.csv, cited per row)."""
+    if not paper_name:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.read_csv(paper_csv)
+    df = df[df["model"] == paper_name]
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    out = pd.DataFrame({"model": paper_name, "method": df["method"] + " (paper)", "source": df["source"]})
+    for task, header in HEADERS.items():
+        out[header] = df[task].to_numpy()
+    out["train tokens"] = (df["train_tokens"] * 1e9).to_numpy()  # the CSV gives billions
+    base = out["method"].str.startswith("Base (Transformer)")
+    return _with_averages(out.reset_index(drop=True), base=out.loc[base, "method"].iloc[0] if base.any() else None)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.1f}"
+        return str(v)
+
+    cols = [c for c in df.columns if c != "source"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
+                       paper_csv: Path, config_note: str = "") -> Path:
+    """results/{model}/main.csv, main.md and report.md."""
+    ours = our_rows(model, methods, results)
+    paper = paper_rows(paper_name, paper_csv)
+    out_dir = results / model
+    table = pd.concat([ours, paper], ignore_index=True) if not paper.empty else ours
+    table.to_csv(out_dir / "main.csv", index=False)
+    (out_dir / "main.md").write_text(_markdown(table))
+    text = [f"# {model}", "", config_note, "",
+            "## Main table (values in %; the paper's columns: PiQA acc, ARC-e acc, ARC-c acc_norm, "
+            "HellaSwag acc_norm, WinoGrande acc, 0-shot; MMLU acc, 5-shot)", "", _markdown(table),
+            "Rows marked (paper) are the published numbers for the same base model (config/paper_results.csv); "
+            "every other cell comes from the metrics file named in main.csv's `source` column.", ""]
+    plots = sorted((results / "plots").glob(f"{model}_*.png"))
+    if plots:
+        text += ["## Plots", ""] + [f"![{p.stem}](../plots/{p.name})" for p in plots] + [""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(text))
+    return report
+
+
+def write_tables(model_tables: list[Path], out_dir: Path) -> None:
+    """results/tables/main.csv and .md: every model's main table stacked."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.concat([pd.read_csv(p) for p in model_tables], ignore_index=True)
+    table.to_csv(out_dir / "main.csv", index=False)
+    (out_dir / "main.md").write_text(_markdown(table))
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if args.tables:
+        write_tables(args.tables, args.out)
+        print(f"{args.out}/main.csv")
+        return 0
+    report = write_model_report(args.model, args.methods.split(","), args.results, args.paper_name,
+                                args.paper_csv, args.note)
+    print(report)
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a model's tables and report.md, or stack the models' tables")
+    p.add_argument("--model", help="model name (results/{model}/...)")
+    p.add_argument("--methods", help="comma-separated methods, base first")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")
+    p.add_argument("--paper-csv", type=Path, default=Path("config/paper_results.csv"))
+    p.add_argument("--note", default="", help="a line under the title (config, data source)")
+    p.add_argument("--tables", nargs="+", type=Path, help="stack these main.csv files into --out")
+    p.add_argument("--out", type=Path, default=Path("results/tables"))
+    p.set_defaults(func=_cli)

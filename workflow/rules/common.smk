@@ -1,0 +1,60 @@
+# Shared values and helpers of the rules.
+import json
+import re
+import os
+import shlex
+
+MODELS = list(config["models"])
+METHODS = list(config["methods"])
+TRAINED = [m for m in METHODS if config["methods"][m]]  # every method but the untouched base
+GPUS = config.get("resources", {}).get("gpus", 0)
+ENV = "../../envs/liger.yaml"
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
+    method="|".join(map(re.escape, METHODS)) if METHODS else "NONE",
+
+
+def data_source():
+    """The instruction data: $LIGER_ALPACA (a local mirror) wins over config data.source."""
+    return os.environ.get("LIGER_ALPACA") or config["data"]["source"]
+
+
+def eval_data_dir():
+    """Benchmark mirrors: $LIGER_EVAL_DATA wins over config eval.data_dir (None: lm-eval's hub datasets)."""
+    return os.environ.get("LIGER_EVAL_DATA") or config["eval"].get("data_dir")
+
+
+def flags(section: dict) -> str:
+    """A config section as command-line flags: {lora_r: 8, lora_targets: [q, k]} -> --lora-r 8 --lora-targets q,k."""
+    out = []
+    for key, value in section.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(out)
+
+
+def evaluated_model(wc):
+    """The folder lm-eval loads: the untouched base model, or the fine-tuned Liger model (LoRA merged)."""
+    if wc.method in TRAINED:
+        return f"resources/finetuned/{wc.model}/{wc.method}/model"
+    return f"resources/models/{wc.model}"
+
+
+def eval_flags():
+    e = config["eval"]
+    return flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
+                  "batch_size": e.get("batch_size")})
+
+
+def run_note():
+    """Where the data came from, said in every report."""
+    src, ev = data_source(), eval_data_dir()
+    mirror = " (the original Stanford Alpaca, not the cleaned set the paper used)" if "alpaca_data" in src else ""
+    return (f"Instruction data: {src}{mirror}. Benchmarks: {ev or 'the Hugging Face hub (lm-eval defaults)'}."
+            f" Config: data seq_len {config['data'].get('seq_len', 1024)}, limit {config['data'].get('limit')};"
+            f" eval limit {config['eval'].get('limit')}.")

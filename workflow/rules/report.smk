@@ -1,0 +1,57 @@
+rule report:
+    """One model's main table (CSV + Markdown, the paper's rows beside ours) and report.md."""
+    input:
+        metrics=expand("results/{{model}}/{method}/metrics.json", method=METHODS),
+        train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
+        paper="config/paper_results.csv",
+    output:
+        table=report("results/{model}/main.csv", category="tables"),
+        markdown="results/{model}/main.md",
+        report="results/{model}/report.md",
+    params:
+        methods=",".join(METHODS),
+        paper=lambda wc: shlex.quote(config["models"][wc.model].get("paper_name", "")),
+        note=lambda wc: shlex.quote(run_note()),
+    log:
+        "logs/{model}/report.log",
+    benchmark:
+        "logs/{model}/report.benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "python -m liger report --model {wildcards.model} --methods {params.methods} --paper-name {params.paper} "
+        "--note {params.note} > {log} 2>&1"
+
+
+rule tables:
+    """Every model's main table stacked: results/tables/main.csv and .md."""
+    input:
+        expand("results/{model}/main.csv", model=MODELS),
+    output:
+        csv=report("results/tables/main.csv", category="tables"),
+        markdown="results/tables/main.md",
+    log:
+        "logs/tables.log",
+    benchmark:
+        "logs/tables.benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "python -m liger report --tables {input} --out results/tables > {log} 2>&1"
+
+
+# A target rule per model, e.g. `snakemake --cores 1 smollm2_135m`.
+for _model in MODELS:
+
+    rule:
+        name:
+            _model.replace("-", "_").replace(".", "_")
+        input:
+            f"results/{_model}/report.md",
+        localrule: True
