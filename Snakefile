@@ -1,6 +1,6 @@
 # liger-repro: base model -> data -> Liger conversion + LoRA fine-tune -> lm-eval -> tables and plots.
 # Run `snakemake --cores 1` (config/config.yaml), or with --configfile config/smoke.yaml / config/paper.yaml.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,18 +11,17 @@ if not config:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/profile.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
+        expand("results/{model}/{method}/metrics.json", model=MODELS, method=METHODS),
         expand("results/{model}/report.md", model=MODELS),
         "results/tables/main.md",

@@ -11,7 +11,7 @@ from pathlib import Path
 from liger.errors import LigerError
 
 # Modules that contribute subcommands through `add_cli(subparsers)`.
-COMMAND_MODULES = ["liger.cli_model", "liger.data", "liger.train", "liger.evaluate", "liger.report"]
+COMMAND_MODULES = ["liger.cli_model", "liger.data", "liger.train", "liger.evaluate", "liger.report", "liger.profile"]
 
 
 def build_parser() -> argparse.ArgumentParser:

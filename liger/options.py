@@ -26,7 +26,7 @@ class LigerOptions:
     gate_source: str = "k"  # the projection pooled into the gate (the paper's ablation also tries q and v)
     num_slots: int = 64  # GSA slots per head
     softmax_layers: list[int] = field(default_factory=list)  # inter-layer hybrid: layers kept as softmax attention
-    chunk_size: int = 32  # chunk length of the PyTorch chunked recurrence
+    chunk_size: int = 16  # chunk length of the PyTorch chunked recurrence
     impl: str = "auto"  # recurrence implementation: auto | chunk | recurrent | fla
 
     def __post_init__(self) -> None:

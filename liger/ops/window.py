@@ -122,24 +122,27 @@ def _blocked(
 _flex_compiled: Callable[..., Tensor] | None = None
 _flex_broken = False
 _block_mask_cache: dict[tuple, object] = {}
+_last_masked_block_mask: tuple[tuple, Tensor, object] | None = None
 
 
 def _flex(q: Tensor, k: Tensor, v: Tensor, w: int, scale: float, key_mask: Tensor | None) -> Tensor:
     """torch flex_attention with a sliding-window block mask (compiled once with torch.compile, cached)."""
-    global _flex_compiled
+    global _flex_compiled, _last_masked_block_mask
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     B, Tq, H, _ = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
-    off = Tk - Tq
+    # Offsets go into the mask functions as tensors: dynamo lifts captured tensors to graph inputs, whereas
+    # captured Python ints are guarded on and would recompile for every new value.
+    lo = torch.tensor(Tk - Tq - w, device=q.device)  # key j visible from query i iff i + lo <= j <= i + hi
+    hi = torch.tensor(Tk - Tq, device=q.device)
+    key = (Tq, Tk, w, str(q.device))
 
     if key_mask is None:
 
         def mask_mod(b: Tensor, h: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
-            p = qi + off
-            return (kj <= p) & (kj >= p - w)
+            return (kj <= qi + hi) & (kj >= qi + lo)
 
-        key = (Tq, Tk, w, str(q.device))
         block_mask = _block_mask_cache.get(key)
         if block_mask is None:
             block_mask = create_block_mask(mask_mod, None, None, Tq, Tk, device=q.device)
@@ -147,24 +150,34 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, w: int, scale: float, key_mask: Tenso
                 _block_mask_cache.clear()
             _block_mask_cache[key] = block_mask
     else:
+        # The block mask depends on the key mask's content; consecutive layers pass the same mask, so keep the
+        # last one (compared by value, which costs far less than building the block mask again).
         km = key_mask.to(torch.bool)
+        cached = _last_masked_block_mask
+        if cached is not None and cached[0] == key and cached[1].shape == km.shape and torch.equal(cached[1], km):
+            block_mask = cached[2]
+        else:
+            km = km.clone()
 
-        def mask_mod(b: Tensor, h: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
-            p = qi + off
-            return (kj <= p) & (kj >= p - w) & km[b, kj]
+            def mask_mod(b: Tensor, h: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+                return (kj <= qi + hi) & (kj >= qi + lo) & km[b, kj]
 
-        block_mask = create_block_mask(mask_mod, B, None, Tq, Tk, device=q.device)
+            block_mask = create_block_mask(mask_mod, B, None, Tq, Tk, device=q.device)
+            _last_masked_block_mask = (key, km, block_mask)
 
     if _flex_compiled is None:
         _flex_compiled = torch.compile(flex_attention)
-    o = _flex_compiled(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        block_mask=block_mask,
-        scale=scale,
-        enable_gqa=H != Hkv,
-    ).transpose(1, 2)
+    # Dtype, grad mode, GQA and mask layout each add a compiled variant; past dynamo's default limit of 8 it
+    # would silently run flex attention eagerly, materialising the full score matrix.
+    with torch._dynamo.config.patch(recompile_limit=max(64, torch._dynamo.config.recompile_limit)):
+        o = _flex_compiled(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            block_mask=block_mask,
+            scale=scale,
+            enable_gqa=H != Hkv,
+        ).transpose(1, 2)
     if key_mask is not None:
         o = torch.where(_row_has_key(key_mask.to(torch.bool), Tq, w)[..., None, None], o, 0.0)
     return o.to(q.dtype)

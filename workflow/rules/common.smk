@@ -4,10 +4,34 @@ import re
 import os
 import shlex
 
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+
+
+def check_config(config: dict, schema_path: str) -> None:
+    """Validate the config; one short line per violation, naming the key path."""
+    with open(schema_path) as f:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for e in errors:
+            problem = e.message
+            if e.validator == "oneOf":
+                problem = "needs exactly one source: `embedded: NAME` or `hf_id: ORG/NAME`"
+            lines.append(f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {problem}")
+        raise WorkflowError("config validation failed (config/README.md documents every key):\n" + "\n".join(lines))
+
+
+check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
 TRAINED = [m for m in METHODS if config["methods"][m]]  # every method but the untouched base
 GPUS = config.get("resources", {}).get("gpus", 0)
+PROFILE = config.get("profile", {})
+PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
 

@@ -3,7 +3,8 @@ rule report:
     input:
         metrics=expand("results/{{model}}/{method}/metrics.json", method=METHODS),
         train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
-        paper="config/paper_results.csv",
+        paper=PAPER_CSV,
+        profile="results/{model}/profile.csv",
     output:
         table=report("results/{model}/main.csv", category="tables"),
         markdown="results/{model}/main.md",
@@ -23,7 +24,7 @@ rule report:
         ENV
     shell:
         "python -m liger report --model {wildcards.model} --methods {params.methods} --paper-name {params.paper} "
-        "--note {params.note} > {log} 2>&1"
+        "--paper-csv {input.paper} --note {params.note} > {log} 2>&1"
 
 
 rule tables:
@@ -53,5 +54,6 @@ for _model in MODELS:
         name:
             _model.replace("-", "_").replace(".", "_")
         input:
+            expand("results/{model}/{method}/metrics.json", model=_model, method=METHODS),
             f"results/{_model}/report.md",
         localrule: True

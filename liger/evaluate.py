@@ -1,0 +1,461 @@
+"""Benchmark evaluation with lm-eval: the paper's six tasks on a base or Liger model.
+
+`evaluate()` (CLI: `python -m liger evaluate`) scores PiQA, ARC-e, ARC-c, HellaSwag, WinoGrande (0-shot) and
+MMLU (5-shot) with `lm_eval.simple_evaluate` and the lm-eval model `liger` defined here (`LigerLM`: an
+`HFLM` around a model loaded by `liger.load`). Prompts and metrics are lm-eval 0.4.13's. Two data sources:
+lm-eval's own tasks (the Hugging Face hub) or, with `data_dir`, the local tasks of `liger/tasks/` reading
+the offline JSONL mirrors (same prompts; checked by tests/test_evaluate.py against the official YAMLs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from datasets.exceptions import DatasetsError
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from liger.convert import load
+from liger.errors import LigerError
+from liger.tasks import TASKS_DIR
+from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
+
+log = logging.getLogger(__name__)
+
+PAPER_TASKS: tuple[str, ...] = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
+# The metric each paper column reports (LIGER.md section 6).
+PAPER_METRIC: dict[str, str] = {
+    "piqa": "acc",
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+    "hellaswag": "acc_norm",
+    "winogrande": "acc",
+    "mmlu": "acc",
+}
+METRICS = ("acc", "acc_norm")
+# The local task config that names each task's data files (relative to the mirror folder).
+_LOCAL_YAML = {t: f"liger_{t}.yaml" for t in PAPER_TASKS if t != "mmlu"} | {"mmlu": "_liger_mmlu_template.yaml"}
+MMLU_AGGREGATION = (
+    "lm-eval 0.4.13 `mmlu` group acc: aggregate_metric_list weight_by_size=true, pooled over all 57 leaf "
+    "subjects, i.e. the sample-weighted mean (accuracy over all items), not the mean of subject accuracies"
+)
+
+
+def lm_eval_name(task: str, local: bool) -> str:
+    """The lm-eval task/group name of a paper task: `liger_<task>` for the local tasks, else lm-eval's own."""
+    return f"liger_{task}" if local else task
+
+
+def default_batch_size(device: str, task: str | None = None) -> int:
+    """A fixed batch size (lm-eval's "auto" probing is unreliable for custom models).
+
+    CUDA: 32, but 8 for MMLU, whose 5-shot prompts reach ~4k tokens: lm-eval takes the log-softmax of the
+    logits of every position of a batch (32 x 4k x a 128k vocabulary in bf16 is 33 GB, twice). CPU: 8.
+    """
+    if device.startswith("cuda"):
+        return 8 if task == "mmlu" else 32
+    return 8
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """bf16 on CUDA, fp32 elsewhere, unless given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
+    if dtype not in names:
+        raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def _load_tokenizer(model_path: Path, adapter: Path | None):
+    from transformers import AutoTokenizer
+
+    for folder in [model_path, adapter]:
+        if folder is not None and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            return AutoTokenizer.from_pretrained(folder)
+    raise LigerError(f"{model_path}: no tokenizer (tokenizer.json / tokenizer_config.json) beside the model")
+
+
+@register_model("liger")
+class LigerLM(HFLM):
+    """lm-eval model `liger`: a base or Liger checkpoint loaded with `liger.load` (a LoRA adapter merged).
+
+    `pretrained` is the model folder; the tokenizer is read from it (or from the adapter folder). Other
+    keyword arguments are HFLM's (e.g. max_length, add_bos_token). Log-likelihood batches are right-padded
+    by lm-eval (fine for causal models); the tokenizer pads left for generation.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | Path,
+        adapter: str | Path | None = None,
+        device: str | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        batch_size: int | str | None = None,
+        max_batch_size: int | None = 64,
+        **kwargs: Any,
+    ) -> None:
+        model_path = Path(pretrained)
+        adapter = Path(adapter) if adapter else None
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        model = load(model_path, adapter=adapter, dtype=torch_dtype).to(dev).eval()
+        tokenizer = _load_tokenizer(model_path, adapter)
+        tokenizer.padding_side = "left"
+        super().__init__(
+            pretrained=model,
+            tokenizer=tokenizer,
+            backend="causal",
+            batch_size=batch_size if batch_size is not None else default_batch_size(dev),
+            max_batch_size=max_batch_size,
+            **kwargs,
+        )
+        self.model_path, self.adapter_path = model_path, adapter
+
+    def get_model_info(self) -> dict:
+        """Local model information (HFLM's would query the hub)."""
+        return {
+            "model_path": str(self.model_path),
+            "adapter": str(self.adapter_path) if self.adapter_path else None,
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(self.model.dtype),
+        }
+
+
+# ----------------------------------------------------------------------------------------- input checks
+
+
+def check_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """Paper task names from a list or a comma-separated string; a LigerError naming the valid ones."""
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t).strip() for t in tasks]
+    names = [n.removeprefix("liger_") for n in names if n]
+    unknown = [n for n in names if n not in PAPER_TASKS]
+    if unknown or not names:
+        raise LigerError(
+            f"unknown task(s) {', '.join(map(repr, unknown)) or '(none given)'}; valid tasks: {', '.join(PAPER_TASKS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Reads task YAMLs without resolving `!function` references (kept as their dotted names)."""
+
+
+_YamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _read_yaml(path: Path) -> dict:
+    with path.open() as f:
+        return yaml.load(f, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def data_files(task: str) -> dict[str, str]:
+    """The mirror files a local task reads: split -> path relative to the data folder."""
+    return dict(_read_yaml(TASKS_DIR / _LOCAL_YAML[task])["dataset_kwargs"]["data_files"])
+
+
+def check_data(data_dir: str | Path, tasks: Sequence[str]) -> None:
+    """LigerError unless `data_dir` holds every file the tasks read (and, for MMLU, every subject)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LigerError(f"--data-dir {data_dir}: not a folder (it should hold the offline mirrors, piqa/ ... mmlu/)")
+    for task in tasks:
+        for rel in data_files(task).values():
+            if not (data_dir / rel).is_file():
+                raise LigerError(f"task {task}: missing data file {data_dir / rel} (the offline mirror of {task})")
+    if "mmlu" in tasks:
+        for split, rel in data_files("mmlu").items():
+            with (data_dir / rel).open() as f:
+                found = {json.loads(line).get("subject") for line in f if line.strip()}
+            missing = sorted(set(MMLU_SUBJECTS) - found)
+            if missing:
+                raise LigerError(
+                    f"task mmlu: {data_dir / rel} ({split}) has no records of {len(missing)} subject(s): "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                )
+
+
+# ----------------------------------------------------------------------------------------- local tasks
+
+
+def write_local_tasks(data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write lm-eval task configs reading the mirrors in `data_dir` into `out_dir` (an lm-eval include path).
+
+    Each config of `liger/tasks/` is included with its `data_files` made absolute under `data_dir`; the 57
+    MMLU subject tasks (`liger_mmlu_<subject>`, tagged `liger_mmlu_<category>_tasks`) are generated from the
+    template with the official description and a filter on the mirror's `subject` field.
+    """
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def absolute(files: dict[str, str]) -> dict[str, str]:
+        return {split: str(data_dir / rel) for split, rel in files.items()}
+
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        cfg = _read_yaml(path)
+        if "task" not in cfg and "group" not in cfg:
+            continue  # a template, only included
+        lines = [f"include: {json.dumps(str(path))}"]
+        if "data_files" in (cfg.get("dataset_kwargs") or {}):
+            kwargs = {**cfg["dataset_kwargs"], "data_files": absolute(cfg["dataset_kwargs"]["data_files"])}
+            lines.append(f"dataset_kwargs: {json.dumps(kwargs)}")
+        (out_dir / path.name).write_text("\n".join(lines) + "\n")
+
+    template = TASKS_DIR / _LOCAL_YAML["mmlu"]
+    mmlu_files = json.dumps({"data_files": absolute(data_files("mmlu"))})
+    for subject, category in MMLU_SUBJECTS.items():
+        (out_dir / f"liger_mmlu_{subject}.yaml").write_text(
+            f"include: {json.dumps(str(template))}\n"
+            f"task: liger_mmlu_{subject}\n"
+            f"task_alias: {subject}\n"
+            f"tag: liger_mmlu_{category}_tasks\n"
+            f"description: {json.dumps(mmlu_description(subject))}\n"
+            f"process_docs: !function liger.tasks.utils.mmlu_process_docs_{subject}\n"
+            f"dataset_kwargs: {mmlu_files}\n"
+        )
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def _metrics(entry: dict) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for m in METRICS:
+        if f"{m},none" in entry:
+            out[m] = float(entry[f"{m},none"])
+            err = entry.get(f"{m}_stderr,none")
+            out[f"{m}_stderr"] = float(err) if isinstance(err, int | float) else None
+    return out
+
+
+def _task_report(task: str, raw: dict, local: bool, mmlu_limit: int | None) -> dict:
+    name = lm_eval_name(task, local)
+    results, n_samples = raw["results"], raw["n-samples"]
+    entry: dict[str, Any] = {"lm_eval_task": name}
+    if task != "mmlu":
+        entry |= {"n": n_samples[name]["effective"], "n_total": n_samples[name]["original"],
+                  "num_fewshot": raw["n-shot"][name]}  # fmt: skip
+    else:
+        leaves = {s: f"{'liger_' if local else ''}mmlu_{s}" for s in MMLU_SUBJECTS}
+        entry |= {
+            "n": sum(n_samples[leaf]["effective"] for leaf in leaves.values()),
+            "n_total": sum(n_samples[leaf]["original"] for leaf in leaves.values()),
+            "num_fewshot": raw["n-shot"][leaves["abstract_algebra"]],
+            "limit_per_subject": mmlu_limit,
+            "aggregation": MMLU_AGGREGATION,
+        }
+    metrics = _metrics(results[name])
+    entry["metrics"] = metrics
+    entry["paper_metric"] = PAPER_METRIC[task]
+    entry["value"] = metrics.get(PAPER_METRIC[task])
+    if task == "mmlu":
+        entry["categories"] = {
+            cat: _metrics(results[f"{name}_{cat}"]) | {"n": sum(n_samples[leaves[s]]["effective"] for s in subs)}
+            for cat, subs in MMLU_CATEGORIES.items()
+        }
+        entry["subjects"] = {
+            s: _metrics(results[leaf]) | {"n": n_samples[leaf]["effective"]} for s, leaf in leaves.items()
+        }
+    return entry
+
+
+@contextlib.contextmanager
+def _no_download_counts(active: bool) -> Iterator[None]:
+    """Stop `datasets` from pinging the hub (a download counter, up to 3 s each) for every JSON load."""
+    import datasets
+
+    saved = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved and not active
+    try:
+        yield
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
+
+
+def _liger_options(model_path: Path) -> dict | str:
+    cfg = json.loads((model_path / "config.json").read_text())
+    return cfg.get("liger") or "base"
+
+
+def _write_json_atomic(obj: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "lm_eval": importlib.metadata.version("lm_eval"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "liger": importlib.metadata.version("liger"),
+    }
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    model_path: str | Path,
+    out_json: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    tasks: str | Sequence[str] = PAPER_TASKS,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    num_fewshot_mmlu: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Score a saved model (base or Liger; `adapter` merged) on the paper's tasks; write and return the report.
+
+    `data_dir`: the offline mirrors (local tasks `liger_*`); None uses lm-eval's own tasks (the hub).
+    `limit`: at most N items per task for smoke runs; MMLU's is spread over its 57 subjects (ceil(N/57)
+    each, lm-eval's per-task limit). MMLU runs `num_fewshot_mmlu`-shot, the others 0-shot. All lm-eval
+    seeds are `seed`. `batch_size` None: `default_batch_size` per task. Input errors raise LigerError
+    before the model is loaded.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    start = time.perf_counter()
+    task_list = check_tasks(tasks)
+    model_path = Path(model_path)
+    out_json = Path(out_json)
+    if not (model_path / "config.json").is_file():
+        raise LigerError(f"--model {model_path}: no config.json; not a saved model folder")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise LigerError(f"--adapter {adapter}: no adapter_config.json; not a saved LoRA adapter")
+    if limit is not None and limit < 1:
+        raise LigerError(f"--limit {limit}: must be a positive number of items")
+    if num_fewshot_mmlu < 0:
+        raise LigerError(f"num_fewshot_mmlu={num_fewshot_mmlu}: must be >= 0")
+    local = data_dir is not None
+    if local:
+        check_data(data_dir, task_list)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if batch_size is not None and int(batch_size) < 1:
+        raise LigerError(f"--batch-size {batch_size}: must be >= 1")
+    mmlu_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit is not None else None
+
+    with tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp, _no_download_counts(local):
+        if local:
+            manager = TaskManager(include_path=write_local_tasks(data_dir, tmp), include_defaults=False)
+        else:
+            manager = TaskManager()
+        names = [lm_eval_name(t, local) for t in task_list]
+        try:  # build the tasks (and read their data) before loading the model
+            loaded = manager.load(names)
+        except (ConnectionError, OSError, ValueError, DatasetsError) as e:
+            where = f"the mirrors in {data_dir}" if local else "the Hugging Face hub (offline: pass --data-dir)"
+            raise LigerError(f"could not load the task data from {where}: {e}") from e
+        groups, leaves = loaded["groups"], loaded["tasks"]
+        top = {t: groups[n] if n in groups else leaves[n] for t, n in zip(task_list, names, strict=True)}
+
+        lm = LigerLM(model_path, adapter=adapter, device=dev, dtype=torch_dtype, batch_size=1)
+        seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        runs = []  # (paper tasks, num_fewshot, limit): MMLU is the one few-shot task
+        zero_shot = [t for t in task_list if t != "mmlu"]
+        if zero_shot:
+            runs.append((zero_shot, 0, limit))
+        if "mmlu" in task_list:
+            runs.append((["mmlu"], num_fewshot_mmlu, mmlu_limit))
+        reports: dict[str, dict] = {}
+        for run_tasks, shots, run_limit in runs:
+            bs = int(batch_size) if batch_size is not None else default_batch_size(dev, run_tasks[0])
+            lm.batch_size_per_gpu = bs
+            log.info("lm-eval: %s, %d-shot, batch size %d, limit %s", ",".join(run_tasks), shots, bs, run_limit)
+            raw = simple_evaluate(
+                model=lm, tasks=[top[t] for t in run_tasks], num_fewshot=shots, limit=run_limit,
+                task_manager=manager, log_samples=False, **seeds,
+            )  # fmt: skip
+            for t in run_tasks:
+                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs}
+
+    report = {
+        "model": str(model_path),
+        "adapter": str(adapter) if adapter is not None else None,
+        "liger": _liger_options(model_path),
+        "data_source": {"kind": "local", "data_dir": str(Path(data_dir).resolve())} if local else {"kind": "hub"},
+        "tasks": {t: reports[t] for t in task_list},
+        "paper_metrics": {t: reports[t]["value"] for t in task_list},
+        "limit": limit,
+        "batch_size": int(batch_size) if batch_size is not None else "default",
+        "device": dev,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "seed": seed,
+        "num_fewshot_mmlu": num_fewshot_mmlu,
+        "versions": _versions(),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+    _write_json_atomic(report, out_json)
+    return report
+
+
+def _cli(args: argparse.Namespace) -> int:
+    report = evaluate(
+        args.model, args.out, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir, limit=args.limit,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_fewshot_mmlu=args.num_fewshot_mmlu,
+        seed=args.seed,
+    )  # fmt: skip
+    for task, entry in report["tasks"].items():
+        value = entry["value"]
+        shown = f"{100 * value:.1f}" if value is not None else "n/a"
+        print(f"{task:14s} {entry['paper_metric']:8s} {shown:>6s}  (n={entry['n']}, {entry['num_fewshot']}-shot)")
+    print(f"{args.out}: written ({report['wall_time_s']:.0f} s)")
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a base or Liger model on the paper's benchmarks with lm-eval",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--model", required=True, type=Path, help="saved model folder (base or Liger)")
+    p.add_argument("--adapter", type=Path, help="LoRA adapter folder, merged before evaluation")
+    p.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma-separated (default {','.join(PAPER_TASKS)})")
+    p.add_argument("--data-dir", type=Path, help="offline mirrors folder (piqa/, arc_easy/, ...); default: the hub")
+    p.add_argument("--limit", type=int, help="at most N items per task (smoke runs; MMLU: ceil(N/57) per subject)")
+    p.add_argument("--batch-size", type=int, help="fixed batch size (default: 32 on CUDA, 8 for MMLU; 8 on CPU)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")
+    p.add_argument("--seed", type=int, default=0, help="lm-eval seeds (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="output JSON file")
+    p.set_defaults(func=_cli)

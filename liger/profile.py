@@ -1,0 +1,180 @@
+"""Efficiency profile: prefill time, per-token decode latency and peak memory against context length.
+
+For each context length: prefill a random prompt, then decode `new_tokens` greedily through the cache.
+Variants: the base model with eager attention ("w/o FA2"), with SDPA ("w/ FA2"), and Liger methods.
+An out-of-memory point is recorded as OOM. Real weights, or random weights of a named shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from liger.errors import LigerError
+
+COLUMNS = ["variant", "length", "batch", "prefill_s", "prefill_tok_s", "decode_ms_median", "decode_ms_p90",
+           "decode_tok_s", "peak_gib", "status"]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(model, length: int, new_tokens: int, batch: int, device: str) -> dict:
+    """One point: prefill `length` tokens, then `new_tokens` single-token steps; times in seconds/ms."""
+    from transformers import DynamicCache
+
+    gen = torch.Generator(device).manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, length), device=device, generator=gen)
+    cuda = device.startswith("cuda")
+    with torch.no_grad():
+        model(prompt[:, : min(length, 128)], past_key_values=DynamicCache(), use_cache=True)  # warm-up
+        _sync(device)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        cache = DynamicCache()
+        t0 = time.perf_counter()
+        logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+        _sync(device)
+        prefill = time.perf_counter() - t0
+        token = logits.argmax(-1, keepdim=True)
+        steps = []
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            _sync(device)
+            steps.append(time.perf_counter() - t0)
+    steps.sort()
+    median = statistics.median(steps)
+    return {
+        "prefill_s": prefill,
+        "prefill_tok_s": batch * length / prefill,
+        "decode_ms_median": 1e3 * median,
+        "decode_ms_p90": 1e3 * steps[int(0.9 * (len(steps) - 1))],
+        "decode_tok_s": batch / median,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "status": "ok",
+    }
+
+
+def build_variant(variant: str, model_dir: Path | None, shape: str | None, device: str, dtype: torch.dtype,
+                  liger_options: dict | None = None):
+    """`base_eager`, `base_sdpa`, or a Liger method name (converted from the base with sdpa attention)."""
+    from transformers import AutoModelForCausalLM
+
+    import liger
+    from liger.shapes import random_model
+
+    attn = "eager" if variant == "base_eager" else "sdpa"
+    if model_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        model = model.to(device).eval()
+    else:
+        model = random_model(shape, dtype=dtype, device=device, attn_implementation=attn)
+    if variant not in ("base_eager", "base_sdpa"):
+        opts = dict(liger_options or {"method": variant})
+        liger.linearize(model, opts.pop("method"), **opts)
+    return model
+
+
+def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None = None, variants: list[str],
+            lengths: list[int], new_tokens: int = 128, batch: int = 1, methods: dict | None = None) -> pd.DataFrame:
+    """Measure every (variant, length) point and write the CSV (atomically). CPU runs say so in `device`."""
+    if (model_dir is None) == (shape is None):
+        raise LigerError("give exactly one of a model folder or a shape")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rows = []
+    for variant in variants:
+        model = build_variant(variant, model_dir, shape, device, dtype, (methods or {}).get(variant))
+        for n in tqdm(lengths, desc=variant, unit="len"):
+            try:
+                point = measure(model, n, new_tokens, batch, device)
+            except torch.OutOfMemoryError:
+                point = {"status": "OOM"}
+                torch.cuda.empty_cache()
+            rows.append({"variant": variant, "length": n, "batch": batch, **point})
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu (small lengths; not the paper's setting)"
+    df["dtype"] = str(dtype).removeprefix("torch.")
+    df["weights"] = str(model_dir) if model_dir else f"random ({shape} shape)"
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out_csv)
+    return df
+
+
+def plot(csv: Path, out_prefix: Path) -> list[Path]:
+    """Latency and memory against context length (log-2 x axis), one line per variant, OOM marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(csv)
+    written = []
+    for column, label, suffix in [("decode_ms_median", "decode latency (ms / token, median)", "latency"),
+                                  ("peak_gib", "peak GPU memory (GiB)", "memory"),
+                                  ("prefill_tok_s", "prefill throughput (tokens / s)", "prefill")]:
+        if df[column].isna().all():
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant, g in df.groupby("variant", sort=False):
+            ok = g[g["status"] == "ok"]
+            ax.plot(ok["length"], ok[column], marker="o", label=variant)
+            for n in g.loc[g["status"] == "OOM", "length"]:
+                ax.axvline(n, color="grey", ls=":", lw=1)
+                ax.annotate(f"{variant}: OOM", (n, ax.get_ylim()[1]), rotation=90, va="top", fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{df['weights'].iloc[0]}, {df['device'].iloc[0]}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_prefix.with_name(f"{out_prefix.name}_{suffix}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _cli(args: argparse.Namespace) -> int:
+    methods = json.loads(args.methods) if args.methods else None
+    df = profile(args.out, model_dir=args.model, shape=args.shape, variants=args.variants.split(","),
+                 lengths=[int(x) for x in args.lengths.split(",")], new_tokens=args.new_tokens,
+                 batch=args.batch_size, methods=methods)
+    if args.plot:
+        plot(args.out, args.plot)
+    print(df[COLUMNS].to_string(index=False))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="decode latency, prefill throughput and memory against context length")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="model folder (real weights)")
+    src.add_argument("--shape", help="random weights of a named shape (liger.shapes: smollm2-135m, llama3-8b)")
+    p.add_argument("--variants", default="base_eager,base_sdpa,liger_gla",
+                   help="comma-separated: base_eager (w/o FA2), base_sdpa (w/ FA2), Liger method names")
+    p.add_argument("--methods", help="JSON {variant: Liger options} for variants named other than their method")
+    p.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True, help="CSV file")
+    p.add_argument("--plot", type=Path, help="write PNGs as PREFIX_latency.png, PREFIX_memory.png, ...")
+    p.set_defaults(func=_cli)

@@ -1,0 +1,478 @@
+"""Benchmark evaluation (liger.evaluate): local lm-eval tasks vs the official templates, the `liger` lm-eval
+model's log-likelihoods vs a plain forward pass, end-to-end runs on tiny mirrors, and input errors.
+
+The tiny mirrors copy the first records of ../shared/data when it exists (hand-written records otherwise).
+The fast tests use a byte-level BPE tokenizer trained here (vocab 512) and tiny random Llamas, so they need
+neither the network nor the embedded SmolLM2; the slow test runs SmolLM2 on the real mirrors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import liger
+from liger.errors import LigerError
+from liger.evaluate import (
+    PAPER_METRIC,
+    PAPER_TASKS,
+    LigerLM,
+    default_batch_size,
+    evaluate,
+    resolve_device,
+    resolve_dtype,
+    write_local_tasks,
+)
+from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
+from tests.conftest import SHARED_DATA, SMOLLM2, tiny_model
+
+LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
+# paper task -> (official YAML, {split: mirror file}); the official task's other splits are set to null.
+OFFICIAL = {
+    "piqa": ("piqa/piqa.yaml", {"validation": "piqa/validation.jsonl"}),
+    "arc_easy": ("arc/arc_easy.yaml", {"test": "arc_easy/test.jsonl"}),
+    "arc_challenge": ("arc/arc_challenge.yaml", {"test": "arc_challenge/test.jsonl"}),
+    "hellaswag": ("hellaswag/hellaswag.yaml", {"validation": "hellaswag/validation.jsonl"}),
+    "winogrande": ("winogrande/default.yaml", {"validation": "winogrande/validation.jsonl"}),
+}
+N_RECORDS = 4  # per simple task in the tiny mirror
+N_MMLU_TEST = 2  # per subject
+
+
+# ----------------------------------------------------------------------------------------- tiny mirrors
+
+
+def _handwritten(rel: str, n: int) -> list[dict]:
+    """Records in the mirror layout, for machines without ../shared/data."""
+    make = {
+        "piqa/validation.jsonl": lambda i: {
+            "goal": f"How do I keep bread fresh for {i + 2} days?", "sol1": "Wrap it in a cloth bag.",
+            "sol2": "Leave it open on a radiator.", "label": i % 2},
+        "arc_easy/test.jsonl": lambda i: {
+            "id": f"Easy_{i}", "question": f"Which of these is a source of light (case {i})?",
+            "choices": {"text": ["the Sun", "a rock", "a chair", "water"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "A"},
+        "arc_challenge/test.jsonl": lambda i: {
+            "id": f"Challenge_{i}", "question": f"What makes a compass needle point north (case {i})?",
+            "choices": {"text": ["gravity", "Earth's magnetic field", "wind"], "label": ["1", "2", "3"]},
+            "answerKey": "2"},
+        "hellaswag/validation.jsonl": lambda i: {
+            "ind": i, "activity_label": "Making tea", "ctx_a": f"A man boils water [title] in kettle {i}.",
+            "ctx_b": "he", "ctx": f"A man boils water [title] in kettle {i}. he",
+            "endings": ["pours it over the leaves.", "throws the kettle away.", "sings [step] loudly.", "sleeps."],
+            "source_id": f"wikihow~{i}", "split": "val", "split_type": "indomain", "label": str(i % 4)},
+        "winogrande/validation.jsonl": lambda i: {
+            "sentence": f"The trophy did not fit in the case {i} because the _ was too big.",
+            "option1": "trophy", "option2": "case", "answer": "1" if i % 2 == 0 else "2"},
+    }[rel]  # fmt: skip
+    return [make(i) for i in range(n)]
+
+
+def _first_records(rel: str, n: int) -> list[dict]:
+    path = SHARED_DATA / rel
+    if not path.is_file():
+        return _handwritten(rel, n)
+    with path.open() as f:
+        return [json.loads(next(f)) for _ in range(n)]
+
+
+def _mmlu_records(split: str, per_subject: int, real: bool) -> list[dict]:
+    """The first `per_subject` records of every subject (real ones when available), in mirror order."""
+    path = SHARED_DATA / "mmlu" / f"{split}.jsonl"
+    if real and path.is_file():
+        out, count = [], dict.fromkeys(MMLU_SUBJECTS, 0)
+        with path.open() as f:
+            for line in f:
+                rec = json.loads(line)
+                if count[rec["subject"]] < per_subject:
+                    count[rec["subject"]] += 1
+                    out.append(rec)
+        return out
+    return [
+        {"question": f"{split} question {i} on {s.replace('_', ' ')}: which letter comes first?", "subject": s,
+         "choices": ["a", "b", "c", "d"], "answer": i % 4}
+        for s in MMLU_SUBJECTS for i in range(per_subject)
+    ]  # fmt: skip
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _write_mirror(root: Path, real_mmlu: bool) -> Path:
+    for _, files in OFFICIAL.values():
+        for rel in files.values():
+            _write_jsonl(root / rel, _first_records(rel, N_RECORDS))
+    _write_jsonl(root / "mmlu/test.jsonl", _mmlu_records("test", N_MMLU_TEST, real_mmlu))
+    _write_jsonl(root / "mmlu/dev.jsonl", _mmlu_records("dev", 5, real_mmlu))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory) -> Path:
+    """Tiny mirror with the real first records of every task (MMLU too: the 5-shot prompts are long)."""
+    return _write_mirror(tmp_path_factory.mktemp("mirror"), real_mmlu=True)
+
+
+@pytest.fixture(scope="session")
+def short_mirror(tmp_path_factory) -> Path:
+    """Tiny mirror for model runs: real first records of the five 0-shot tasks, short hand-written MMLU."""
+    return _write_mirror(tmp_path_factory.mktemp("short_mirror"), real_mmlu=False)
+
+
+@pytest.fixture(autouse=True)
+def _datasets_cache(tmp_path_factory, monkeypatch):
+    """Keep the `datasets` cache of the JSON mirrors out of the user's cache; no hub pings per JSON load."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf_datasets")
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+
+
+# ----------------------------------------------------------------------------------------- tiny models
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, short_mirror) -> Path:
+    """A byte-level BPE tokenizer (vocab 512) trained on the tiny mirror: any string encodes, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator([p.read_text() for p in sorted(short_mirror.rglob("*.jsonl"))], trainer)
+    special = "<|endoftext|>"
+    out = tmp_path_factory.mktemp("tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special, pad_token=special).save_pretrained(out)
+    return out
+
+
+def _tiny_llama():
+    return tiny_model("llama", vocab_size=512, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=16384, bos_token_id=0, eos_token_id=0)  # fmt: skip
+
+
+def _save(model, tokenizer_dir: Path, out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    return _save(_tiny_llama(), tokenizer_dir, tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
+def liger_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    model = liger.linearize(_tiny_llama(), "liger_gla", window=4)
+    return _save(model, tokenizer_dir, tmp_path_factory.mktemp("liger"))
+
+
+# ----------------------------------------------------------------------------------------- templates
+
+
+def _official_tasks(root: Path, mirror: Path) -> dict[str, object]:
+    """lm-eval's official tasks (their own YAMLs) with the dataset replaced by the same local records.
+
+    MMLU: the official per-subject tasks on per-subject files split here in plain Python.
+    """
+    from lm_eval.tasks import TaskManager
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for task, (official, files) in OFFICIAL.items():
+        splits = dict.fromkeys(["training_split", "validation_split", "test_split"])
+        splits |= {f"{split}_split": split for split in files}
+        cfg = {"include": str(LM_EVAL_TASKS / official), "task": f"official_{task}", "dataset_path": "json",
+               "dataset_name": None, "dataset_kwargs": {"data_files": {s: str(mirror / r) for s, r in files.items()}},
+               **splits}  # fmt: skip
+        (root / f"official_{task}.yaml").write_text(yaml.safe_dump(cfg))
+        names[task] = f"official_{task}"
+    for subject in MMLU_SUBJECTS:
+        files = {}
+        for split in ("test", "dev"):
+            with (mirror / "mmlu" / f"{split}.jsonl").open() as f:
+                records = [r for r in map(json.loads, f) if r["subject"] == subject]
+            _write_jsonl(root / "mmlu" / f"{subject}_{split}.jsonl", records)
+            files[split] = str(root / "mmlu" / f"{subject}_{split}.jsonl")
+        cfg = {"include": str(LM_EVAL_TASKS / "mmlu/default" / f"mmlu_{subject}.yaml"), "task": f"official_{subject}",
+               "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}  # fmt: skip
+        (root / f"official_mmlu_{subject}.yaml").write_text(yaml.safe_dump(cfg))
+        names[subject] = f"official_{subject}"
+    loaded = TaskManager(include_path=root, include_defaults=False).load(list(names.values()))["tasks"]
+    return {key: loaded[name] for key, name in names.items()}
+
+
+def _local_tasks(root: Path, mirror: Path) -> dict[str, object]:
+    from lm_eval.tasks import TaskManager
+
+    loaded = TaskManager(include_path=write_local_tasks(mirror, root), include_defaults=False).load(
+        [f"liger_{t}" for t in PAPER_TASKS]
+    )["tasks"]
+    return {t: loaded[f"liger_{t}"] for t in OFFICIAL} | {s: loaded[f"liger_mmlu_{s}"] for s in MMLU_SUBJECTS}
+
+
+def _render(task, doc: dict, shots: int) -> dict:
+    ctx = task.fewshot_context(doc, shots)
+    return {
+        "text": task.doc_to_text(doc),
+        "choice": task.doc_to_choice(doc),
+        "target": task.doc_to_target(doc),
+        "context": ctx,
+        "requests": [inst.args for inst in task.construct_requests(doc, ctx, metadata=("t", 0, 1))],
+    }
+
+
+def test_local_tasks_render_like_the_official_templates(mirror, tmp_path):
+    """First 3 items of each task (MMLU: of every subject): prompt, choices, target, full context, requests."""
+    official = _official_tasks(tmp_path / "official", mirror)
+    local = _local_tasks(tmp_path / "local", mirror)
+    fields = ["output_type", "target_delimiter", "fewshot_delimiter", "description", "should_decontaminate",
+              "doc_to_decontamination_query", "metric_list"]  # fmt: skip
+    for key, off in official.items():
+        loc = local[key]
+        shots = 5 if key in MMLU_SUBJECTS else 0
+        for name in fields:
+            assert getattr(loc.config, name) == getattr(off.config, name), (key, name)
+        assert loc.config.fewshot_config.sampler == off.config.fewshot_config.sampler, key
+        off_docs, loc_docs = list(off.eval_docs), list(loc.eval_docs)
+        assert len(loc_docs) == len(off_docs) >= 2, key
+        for off_doc, loc_doc in zip(off_docs[:3], loc_docs[:3], strict=True):
+            assert loc_doc == off_doc, key
+            for seeded in (off, loc):
+                seeded.set_fewshot_seed(1234)
+            assert _render(loc, loc_doc, shots) == _render(off, off_doc, shots), key
+        if shots:  # the 5-shot context starts with the official description and holds the 5 dev examples
+            ctx = loc.fewshot_context(loc_docs[0], shots)
+            assert ctx.startswith(
+                f"The following are multiple choice questions (with answers) about {key.replace('_', ' ')}."
+            )
+            assert ctx.count("\nAnswer:") == 6
+
+
+def test_mmlu_subjects_and_categories_match_lm_eval():
+    official = {}
+    for path in sorted((LM_EVAL_TASKS / "mmlu/default").glob("mmlu_*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        official[cfg["dataset_name"]] = cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks")
+    assert MMLU_SUBJECTS == dict(sorted(official.items()))
+    assert sum(len(s) for s in MMLU_CATEGORIES.values()) == 57
+
+
+# ----------------------------------------------------------------------------------------- the lm-eval model
+
+
+def test_liger_loglikelihood_equals_forward_pass(liger_dir):
+    """lm-eval's batched, right-padded log-likelihoods of a Liger model == a plain unpadded forward (fp32)."""
+    from lm_eval.api.instance import Instance
+    from transformers import AutoTokenizer
+
+    lm = LigerLM(liger_dir, device="cpu", batch_size=3)
+    assert liger.options_of(lm.model).method == "liger_gla" and lm.model.dtype == torch.float32
+    pairs = [
+        ("Question: How do I keep bread fresh?\nAnswer:", " Wrap it in a cloth bag."),
+        ("A man boils water. he", " pours it over the leaves and waits for a few minutes before drinking."),
+        ("Hi", " there"),
+        ("The trophy did not fit in the case because the trophy", " was too big."),
+        ("Which of these is a source of light?\nA. the Sun\nB. a rock\nAnswer:", " A"),
+        ("Which of these is a source of light?\nA. the Sun\nB. a rock\nAnswer:", " B"),
+        ("Tell me a long story about a cat who lived on a boat and sailed around the world", ", the end."),
+    ]
+    requests = [Instance("loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    got = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+    model = liger.load(liger_dir)
+    tok = AutoTokenizer.from_pretrained(liger_dir)
+    lengths = set()
+    for (ctx, cont), ll in zip(pairs, got, strict=True):
+        ctx_ids, ids = tok(ctx)["input_ids"], tok(ctx + cont)["input_ids"]
+        assert ids[: len(ctx_ids)] == ctx_ids
+        lengths.add(len(ids))
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        ref = sum(logprobs[i - 1, ids[i]].item() for i in range(len(ctx_ids), len(ids)))
+        assert ll == pytest.approx(ref, abs=1e-4), (ctx, cont)
+    assert len(lengths) >= 5 and max(lengths) > 4 * 4  # padded batches, sequences well past the window
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+
+def _check_report(report: dict, tasks: list[str], n: int | None) -> None:
+    assert list(report["tasks"]) == tasks
+    for task, entry in report["tasks"].items():
+        assert entry["paper_metric"] == PAPER_METRIC[task]
+        assert entry["value"] == entry["metrics"][PAPER_METRIC[task]] == report["paper_metrics"][task]
+        assert 0 <= entry["value"] <= 1
+        expected = {"acc", "acc_stderr"} | (
+            set() if task in ("winogrande", "mmlu") else {"acc_norm", "acc_norm_stderr"}
+        )
+        assert set(entry["metrics"]) == expected, task
+        assert entry["num_fewshot"] == (report["num_fewshot_mmlu"] if task == "mmlu" else 0)
+        if task != "mmlu" and n is not None:
+            assert entry["n"] == n
+    assert report["dtype"] == ("bfloat16" if report["device"].startswith("cuda") else "float32")
+    assert set(report["versions"]) >= {"lm_eval", "torch", "transformers"} and report["wall_time_s"] > 0
+
+
+def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
+    out = tmp_path / "res" / "eval.json"
+    report = evaluate(base_dir, out, data_dir=short_mirror, limit=3, batch_size=4, device="cpu")
+    assert json.loads(out.read_text()) == report
+    assert not [p for p in out.parent.iterdir() if p != out]  # atomic write leaves nothing else
+    _check_report(report, list(PAPER_TASKS), n=3)
+    assert report["device"] == "cpu" and report["dtype"] == "float32" and report["batch_size"] == 4
+    assert {entry["batch_size"] for entry in report["tasks"].values()} == {4}
+    assert report["liger"] == "base" and report["adapter"] is None and report["limit"] == 3
+    assert report["data_source"] == {"kind": "local", "data_dir": str(short_mirror.resolve())}
+    mmlu = report["tasks"]["mmlu"]
+    assert mmlu["lm_eval_task"] == "liger_mmlu" and mmlu["limit_per_subject"] == 1
+    assert mmlu["n"] == 57 and mmlu["n_total"] == 57 * N_MMLU_TEST and mmlu["num_fewshot"] == 5
+    assert set(mmlu["subjects"]) == set(MMLU_SUBJECTS) and set(mmlu["categories"]) == set(MMLU_CATEGORIES)
+    # the headline is the sample-weighted mean over subjects (== over all items)
+    subjects = mmlu["subjects"].values()
+    pooled = sum(s["acc"] * s["n"] for s in subjects) / sum(s["n"] for s in subjects)
+    assert mmlu["value"] == pytest.approx(pooled)
+    assert sum(c["n"] for c in mmlu["categories"].values()) == 57
+
+
+def test_hub_mode_matches_local_mode(base_dir, short_mirror, tmp_path, monkeypatch):
+    """data_dir=None runs lm-eval's own tasks; with their hub datasets served from the same tiny mirror, the
+    whole report (every metric, n, shots) equals the local tasks' one."""
+    import datasets
+
+    real_load = datasets.load_dataset
+    hub = {  # (dataset_path, dataset_name) of the official tasks -> the mirror file
+        ("baber/piqa", None): "piqa/validation.jsonl",
+        ("allenai/ai2_arc", "ARC-Easy"): "arc_easy/test.jsonl",
+        ("allenai/ai2_arc", "ARC-Challenge"): "arc_challenge/test.jsonl",
+        ("Rowan/hellaswag", None): "hellaswag/validation.jsonl",
+        ("allenai/winogrande", "winogrande_xl"): "winogrande/validation.jsonl",
+    }
+    requested = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        if path == "json":  # the local tasks
+            return real_load(path, name, **kwargs)
+        requested.append(path)
+        if path == "cais/mmlu":
+            files = {s: str(short_mirror / "mmlu" / f"{s}.jsonl") for s in ("test", "dev")}
+            return real_load("json", data_files=files).filter(lambda s: [x == name for x in s], batched=True,
+                                                              input_columns="subject")  # fmt: skip
+        file = str(short_mirror / hub[path, name])  # every split the official config names: the eval file
+        return real_load("json", data_files=dict.fromkeys(["train", "validation", "test"], file))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    kwargs = dict(limit=2, batch_size=4, device="cpu", tasks="piqa,arc_easy,arc_challenge,hellaswag,winogrande,mmlu")
+    hub_report = evaluate(base_dir, tmp_path / "hub.json", **kwargs)
+    local_report = evaluate(base_dir, tmp_path / "local.json", data_dir=short_mirror, **kwargs)
+    assert set(requested) == {"cais/mmlu"} | {path for path, _ in hub}
+    assert hub_report["data_source"] == {"kind": "hub"}
+    assert hub_report["tasks"]["mmlu"]["lm_eval_task"] == "mmlu" and hub_report["tasks"]["mmlu"]["n"] == 57
+    for task, entry in hub_report["tasks"].items():
+        local = local_report["tasks"][task]
+        assert entry["lm_eval_task"] == task and local["lm_eval_task"] == f"liger_{task}"
+        for key in ("n", "n_total", "num_fewshot", "metrics", "value", "subjects", "categories"):
+            assert entry.get(key) == local.get(key), (task, key)
+
+
+def test_evaluate_liger_with_adapter_and_cli(liger_dir, short_mirror, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from liger.cli import main
+
+    adapter = tmp_path / "adapter"
+    peft_model = get_peft_model(liger.load(liger_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(adapter)
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--model", str(liger_dir), "--adapter", str(adapter), "--tasks", "winogrande,piqa",
+               "--data-dir", str(short_mirror), "--limit", "2", "--batch-size", "2", "--device", "cpu",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0 and "winogrande" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    _check_report(report, ["winogrande", "piqa"], n=2)
+    assert report["adapter"] == str(adapter) and report["batch_size"] == 2
+    assert report["liger"]["method"] == "liger_gla" and report["liger"]["window"] == 4
+
+
+def test_device_dtype_and_batch_defaults():
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16 and resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float16", "cpu") == torch.float16 and resolve_device("cpu") == "cpu"
+    assert default_batch_size("cuda:0") == 32 and default_batch_size("cuda", "mmlu") == 8
+    assert default_batch_size("cpu") == default_batch_size("cpu", "mmlu") == 8
+    with pytest.raises(LigerError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", "cpu")
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Input errors must come before the model is loaded."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("liger.evaluate.load", fail)
+
+
+def test_unknown_task(no_model_load, tmp_path, capsys):
+    with pytest.raises(LigerError, match=r"'boolq'.*valid tasks: piqa, arc_easy, arc_challenge, hellaswag"):
+        evaluate(tmp_path / "model", tmp_path / "out.json", tasks=["piqa", "boolq"])
+    from liger.cli import main
+
+    assert main(["evaluate", "--model", str(tmp_path), "--tasks", "mmlu,lambada", "--out", str(tmp_path / "o")]) == 2
+    assert "lambada" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_missing_mirror_file(no_model_load, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "data"
+    _write_jsonl(data / "piqa/validation.jsonl", _handwritten("piqa/validation.jsonl", 2))
+    with pytest.raises(LigerError, match=r"task hellaswag: missing data file .*hellaswag/validation\.jsonl"):
+        evaluate(model, tmp_path / "out.json", tasks="piqa,hellaswag", data_dir=data)
+    # an MMLU mirror without some subject
+    records = [r for r in _mmlu_records("test", 1, real=False) if r["subject"] != "virology"]
+    _write_jsonl(data / "mmlu/test.jsonl", records)
+    _write_jsonl(data / "mmlu/dev.jsonl", _mmlu_records("dev", 5, real=False))
+    with pytest.raises(
+        LigerError, match=r"task mmlu: .*test\.jsonl \(test\) has no records of 1 subject\(s\): virology"
+    ):
+        evaluate(model, tmp_path / "out.json", tasks="mmlu", data_dir=data)
+    (data / "mmlu/dev.jsonl").unlink()
+    with pytest.raises(LigerError, match=r"task mmlu: missing data file .*mmlu/dev\.jsonl"):
+        evaluate(model, tmp_path / "out.json", tasks="mmlu", data_dir=data)
+    with pytest.raises(LigerError, match=r"not a folder"):
+        evaluate(model, tmp_path / "out.json", tasks="piqa", data_dir=tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------------------- SmolLM2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file() or not (SMOLLM2 / "config.json").is_file(),
+                    reason="needs ../shared/data and resources/models/smollm2-135m")  # fmt: skip
+def test_smollm2_on_real_mirrors(tmp_path):
+    """SmolLM2-135M base, 20 items per task (MMLU: 1 per subject, 5-shot), on the real mirrors."""
+    report = evaluate(SMOLLM2, tmp_path / "eval.json", data_dir=SHARED_DATA, limit=20)
+    _check_report(report, list(PAPER_TASKS), n=20)
+    assert report["batch_size"] == "default"
+    mmlu = report["tasks"]["mmlu"]
+    assert mmlu["n"] == 57 and mmlu["n_total"] == 14042
+    assert report["tasks"]["hellaswag"]["n_total"] == 10042 and report["tasks"]["piqa"]["n_total"] == 1838
+    assert all(0 <= s["acc"] <= 1 for s in mmlu["subjects"].values())

@@ -1,0 +1,136 @@
+"""The Snakemake DAG: the whole smoke run on CPU, reruns, and config validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SHARED_DATA
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+TASK_FILES = {
+    "piqa": ["validation.jsonl"],
+    "arc_easy": ["test.jsonl", "validation.jsonl", "train.jsonl"],
+    "arc_challenge": ["test.jsonl", "validation.jsonl"],
+    "hellaswag": ["validation.jsonl"],
+    "winogrande": ["validation.jsonl"],
+    "mmlu": ["test.jsonl", "dev.jsonl", "validation.jsonl"],
+}
+
+
+def run_snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                          env=env, timeout=3000)
+
+
+def small_mirror(dest: Path, per_file: int = 6) -> Path:
+    """The first records of each benchmark mirror file (MMLU: the first of every subject)."""
+    for task, files in TASK_FILES.items():
+        (dest / task).mkdir(parents=True)
+        for name in files:
+            lines = (SHARED_DATA / task / name).read_text().splitlines()
+            if task == "mmlu":
+                seen: dict[str, int] = {}
+                keep = []
+                for line in lines:
+                    subject = json.loads(line)["subject"]
+                    if seen.get(subject, 0) < (5 if name == "dev.jsonl" else 1):
+                        seen[subject] = seen.get(subject, 0) + 1
+                        keep.append(line)
+                lines = keep
+            else:
+                lines = lines[:per_file]
+            (dest / task / name).write_text("\n".join(lines) + "\n")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, smollm2_dir):
+    if not (SHARED_DATA / "alpaca" / "alpaca_data.jsonl").exists():
+        pytest.skip(f"no data mirrors at {SHARED_DATA}")
+    tmp = tmp_path_factory.mktemp("smoke")
+    work = tmp / "work"
+    (work / "resources" / "models").mkdir(parents=True)
+    os.symlink(smollm2_dir, work / "resources" / "models" / "smollm2-135m")
+    alpaca = tmp / "alpaca.jsonl"
+    alpaca.write_text("\n".join((SHARED_DATA / "alpaca" / "alpaca_data.jsonl").read_text().splitlines()[:150]) + "\n")
+    env = {"LIGER_ALPACA": str(alpaca), "LIGER_EVAL_DATA": str(small_mirror(tmp / "mirror"))}
+    config = str(ROOT / "config" / "smoke.yaml")
+    proc = run_snakemake(work, "--cores", "2", "--configfile", config, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work, config, env
+
+
+@pytest.mark.slow
+def test_smoke_dag_tables_trace_to_metrics(smoke_run):
+    work, _, _ = smoke_run
+    table = pd.read_csv(work / "results" / "tables" / "main.csv")
+    ours = table[~table["method"].str.endswith("(paper)")]
+    assert list(ours["method"]) == ["base", "liger_gla"]
+    for _, row in ours.iterrows():
+        metrics = json.loads(Path(work / row["source"]).read_text())["paper_metrics"]
+        for task, header in [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"),
+                             ("hellaswag", "HellaSwag"), ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]:
+            assert row[header] == pytest.approx(round(100 * metrics[task], 1))
+    assert ours.loc[ours["method"] == "liger_gla", "train tokens"].iloc[0] > 0
+    assert (work / "results" / "tables" / "main.md").exists()
+    assert (work / "results" / "plots" / "smollm2-135m_latency.png").stat().st_size > 0
+    report = (work / "results" / "smollm2-135m" / "report.md").read_text()
+    assert "liger_gla" in report and "smollm2-135m_latency.png" in report and "alpaca" in report
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing_and_deleting_metrics_reruns_only_that(smoke_run):
+    work, config, env = smoke_run
+    dry = run_snakemake(work, "-n", "--cores", "1", "--configfile", config, env=env)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    (work / "results" / "smollm2-135m" / "liger_gla" / "metrics.json").unlink()
+    dry = run_snakemake(work, "-n", "--cores", "1", "--configfile", config, env=env)
+    jobs = dry.stdout + dry.stderr
+    table = jobs[jobs.index("job "):jobs.index("total")]
+    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[2:] if line.strip()}
+    assert counts == {"evaluate": 1, "report": 1, "tables": 1, "all": 1}, counts
+
+
+def test_paper_config_builds_the_dag(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / "paper.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ["llama-3-8b", "mistral-7b", "llama-3.2-1b", "llama-3.2-3b"]:
+        assert f"results/{name}/report.md" in proc.stdout
+
+
+def _bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    edit(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(path))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c.__setitem__("trian", {}), "trian"),  # an unknown key
+    (lambda c: c["train"].__setitem__("lr", "fast"), "lr"),  # a wrong type
+    (lambda c: c["models"]["smollm2-135m"].pop("embedded"), "smollm2-135m"),  # a model without a source
+    (lambda c: c["methods"]["liger_gla"].__setitem__("windw", 3), "windw"),  # an unknown method option
+])
+def test_bad_config_is_a_schema_error_naming_the_key(tmp_path, edit, needle):
+    proc = _bad_config(tmp_path, edit)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "validat" in err.lower() and needle in err, err[-2000:]
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copy(ROOT / "config" / "smoke.yaml", tmp_path / "c.yaml")
+    proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", str(tmp_path / "c.yaml")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
