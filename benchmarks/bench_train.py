@@ -1,0 +1,145 @@
+"""LoRA fine-tuning throughput: the converted model (Liger-GLA + Liger Attention) vs the unconverted one (SDPA).
+
+Both variants run the same training step as `liger.train.finetune` (LoRA r=8 on q/k/v, AdamW, clipping at
+1.0, micro batch 1): a few warm-up optimizer steps, then timed ones; tokens/s counts every input token.
+
+    python benchmarks/bench_train.py --model resources/models/smollm2-135m [--data resources/data/smollm2-135m]
+
+On CUDA the defaults are the paper's setting (1024-token chunks, bf16 weights, fla kernels when installed);
+on CPU the defaults shrink (128 tokens, fp32, 1 warm-up and 3 timed steps) and the table says so. Without
+--data the chunks are random token ids, every position a target (fine for throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from liger.train import TrainConfig, _batch, build_model, load_data, make_optimizer, resolve_device, train_step
+
+LIGER = {"method": "liger_gla", "hybrid": "liger_attention"}
+
+
+def chunks(args: argparse.Namespace, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` training chunks (ids, mask): from the data folder when given, else random ids."""
+    if args.data:
+        data = load_data(args.data)
+        rows = np.arange(n) % data.train_ids.shape[0]
+        return np.asarray(data.train_ids[rows]), np.asarray(data.train_mask[rows])
+    rng = np.random.default_rng(0)
+    return rng.integers(0, vocab, size=(n, args.seq_len)).astype(np.int64), np.ones((n, args.seq_len), dtype=bool)
+
+
+def recurrence_impl(device: torch.device) -> str:
+    """What the recurrent branch runs on (fla kernels or the chunked PyTorch path)."""
+    from liger.ops._fla import fla_importable
+
+    return "fla" if device.type == "cuda" and fla_importable() else "torch chunked"
+
+
+def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: TrainConfig) -> dict:
+    device, dtype = resolve_device(cfg)
+    model = build_model(args.model, options, cfg, device, dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, _ = make_optimizer(model, cfg)
+    n_steps = args.warmup + args.steps
+    ids, mask = chunks(args, model.config.vocab_size, n_steps * cfg.grad_accum)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    losses, times = [], []
+    for step in range(n_steps):
+        rows = range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum)
+        batches = [_batch(ids, mask, np.array([r]), device) for r in rows]
+        t0 = time.perf_counter()
+        losses.append(train_step(model, params, opt, batches, cfg.max_grad_norm))
+        times.append(time.perf_counter() - t0)
+    timed = times[args.warmup:]
+    tokens = args.steps * cfg.grad_accum * args.seq_len
+    if options is None:
+        attn = getattr(model.config, "_attn_implementation", None) or "default"
+    else:
+        attn = f"liger: {recurrence_impl(device)} + window"
+    result = {
+        "variant": name,
+        "attention": attn,
+        "tokens_per_s": tokens / sum(timed),
+        "ms_per_step": 1000 * sum(timed) / len(timed),
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "trainable": sum(p.numel() for p in params),
+    }
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def random_model(model_dir: Path) -> Path:
+    """Save a randomly initialised model of `model_dir`'s config (bf16) into a temporary folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    out = Path(tempfile.mkdtemp(prefix="bench-train-model-"))
+    model.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=Path("resources/models/smollm2-135m"), help="base model folder")
+    p.add_argument("--data", type=Path, help="prepare-data folder (default: random token chunks)")
+    p.add_argument("--seq-len", type=int, default=1024 if cuda else 128)
+    p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed optimizer steps")
+    p.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed optimizer steps")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches (of 1 chunk) per optimizer step")
+    p.add_argument("--options", type=json.loads, default=LIGER, help=f"Liger options (default {json.dumps(LIGER)})")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights of --model's shape (only its config.json is read): throughput only")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.random_weights:
+        args.model = random_model(args.model)
+
+    if args.data:
+        seq_len = load_data(args.data).seq_len
+        if seq_len != args.seq_len:
+            print(f"note: the data has {seq_len}-token chunks; using that length", file=sys.stderr)
+            args.seq_len = seq_len
+    cfg = TrainConfig(grad_accum=args.grad_accum, dtype=args.dtype, progress=False)
+    device, dtype = resolve_device(cfg)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads (small settings)"
+    print(f"LoRA fine-tuning throughput on {where}: {args.model}, {args.seq_len}-token chunks, micro batch 1, "
+          f"grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, {args.warmup} warm-up + "
+          f"{args.steps} timed steps, {'data ' + str(args.data) if args.data else 'random tokens'}")
+    results = [run_variant("liger_gla + Liger Attention", args.options, args, cfg),
+               run_variant("base (unconverted)", None, args, cfg)]
+    base = results[1]["tokens_per_s"]
+    header = f"{'variant':<30} {'attention':<30} {'tokens/s':>10} {'ms/step':>9} {'vs base':>8} {'peak GiB':>9} " \
+             f"{'loss first->last':>17}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
+        print(f"{r['variant']:<30} {r['attention']:<30} {r['tokens_per_s']:>10.1f} {r['ms_per_step']:>9.1f} "
+              f"{r['tokens_per_s'] / base:>7.2f}x {mem:>9} {r['loss_first']:>8.3f}->{r['loss_last']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": where, "seq_len": args.seq_len, "dtype": str(dtype),
+                                         "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""LoRA fine-tuning (liger.train) on a tiny random Llama: learning, resume, NaN stop, outputs, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import liger
+from liger import LigerError
+from liger import train as T
+from liger.train import NonFiniteLossError, TrainConfig, finetune
+from tests.conftest import tiny_model
+
+OPTIONS = {"method": "liger_gla", "hybrid": "liger_attention", "window": 8, "chunk_size": 16}
+SEQ = 32
+VOCAB = 128
+
+
+def write_packed(folder: Path, n_train: int = 8, n_val: int = 2, seq_len: int = SEQ, vocab: int = VOCAB,
+                 seed: int = 0) -> Path:
+    """Packed chunks in prepare_data's format: a prompt-like first half (masked out), a target second half."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        ids = rng.integers(0, vocab, size=(n, seq_len)).astype(np.uint16)
+        mask = np.zeros((n, seq_len), dtype=bool)
+        mask[:, seq_len // 2:] = True
+        np.save(folder / f"{split}_ids.npy", ids)
+        np.save(folder / f"{split}_mask.npy", mask)
+    meta = {"format": "liger-alpaca-packed/1", "seq_len": seq_len,
+            "tokenizer": {"vocab_size": vocab, "eos_token_id": 2}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved without a tokenizer."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_packed(tmp_path_factory.mktemp("data"))
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(grad_accum=2, epochs=2, lr=1e-2, eval_every=0, ckpt_every=0, progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def lora_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+def test_schedule_budget_and_order():
+    c = TrainConfig(micro_batch=1, grad_accum=3, epochs=2)
+    assert T.planned_steps(8, SEQ, c) == 6  # 3 steps per epoch (3 + 3 + 2 chunks)
+    assert T.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_steps=4)) == 4
+    # the budget counts micro-batch tokens and cuts the step that reaches it
+    assert T.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_tokens=4 * SEQ)) == 2
+    assert T._budget_cut([np.array([0]), np.array([1]), np.array([2])], 3 * SEQ, SEQ, 4 * SEQ) == [np.array([0])]
+    a, b = T.epoch_order(50, 0, 1), T.epoch_order(50, 0, 1)
+    assert (a == b).all() and not (a == T.epoch_order(50, 0, 0)).all() and sorted(a) == list(range(50))
+
+
+def test_max_tokens_stops_early(model_dir, data_dir, tmp_path):
+    summary = finetune(model_dir, data_dir, tmp_path / "o", options=OPTIONS, train=cfg(max_tokens=5 * SEQ))
+    assert summary["tokens_trained"] == 5 * SEQ and summary["optimizer_steps"] == 3
+
+
+def test_loss_decreases_on_a_repeated_batch(model_dir, tmp_path):
+    data = write_packed(tmp_path / "one", n_train=1, n_val=1)
+    summary = finetune(model_dir, data, tmp_path / "out", options=OPTIONS,
+                       train=cfg(grad_accum=1, epochs=30, lr=3e-2))
+    rows = [r for r in read_log(tmp_path / "out" / "train_log.csv") if r["loss"]]
+    assert len(rows) == 30 and summary["optimizer_steps"] == 30
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert sum(b < a for a, b in zip(losses[:-1], losses[1:], strict=True)) >= 25, losses
+    assert summary["final_train_loss"] == pytest.approx(losses[-1])
+    assert summary["tokens_trained"] == 30 * SEQ
+
+
+def test_resume_reproduces_the_uninterrupted_run(model_dir, data_dir, tmp_path):
+    # 8 chunks, global batch 2: 4 steps per epoch, so 6 steps cross an epoch boundary.
+    settings = cfg(max_steps=6, ckpt_every=3, eval_every=2)
+    ref = finetune(model_dir, data_dir, tmp_path / "a", options=OPTIONS, train=settings)
+
+    def interrupt(info):
+        if info["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt)
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000003"]
+    assert not (tmp_path / "b" / "summary.json").exists()
+
+    again = finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings)
+    assert again["resumed_at_steps"] == [3] and ref["resumed_at_steps"] == []
+    assert again["optimizer_steps"] == ref["optimizer_steps"] == 6
+    assert again["tokens_trained"] == ref["tokens_trained"] == 6 * 2 * SEQ
+    assert again["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=1e-6, abs=1e-7)
+    assert again["final_val_loss"] == pytest.approx(ref["final_val_loss"], rel=1e-6, abs=1e-7)
+    wa, wb = lora_weights(tmp_path / "a"), lora_weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-7), k
+    cols = ("step", "epoch", "loss", "lr", "tokens_seen", "val_loss")
+    log_a = [[r[c] for c in cols] for r in read_log(tmp_path / "a" / "train_log.csv")]
+    log_b = [[r[c] for c in cols] for r in read_log(tmp_path / "b" / "train_log.csv")]
+    assert [r[0] for r in log_b] == [str(i) for i in range(7)]
+    for ra, rb in zip(log_a, log_b, strict=True):
+        assert ra[:2] == rb[:2] and ra[4] == rb[4]
+        for x, y in zip(ra[2:], rb[2:], strict=True):
+            assert (x == y == "") or float(x) == pytest.approx(float(y), rel=1e-6)
+    # a third call resumes at the end: nothing left to train, same result
+    third = finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings)
+    assert third["optimizer_steps"] == 6 and third["final_train_loss"] == again["final_train_loss"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model_dir, data_dir, tmp_path, monkeypatch):
+    real = T.micro_loss
+    calls = {"n": 0}
+
+    def poisoned(model, input_ids, labels, n_items):
+        loss = real(model, input_ids, labels, n_items)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # grad_accum 1: step 5
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(T, "micro_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError) as info:
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=8, ckpt_every=2))
+    assert isinstance(info.value, LigerError)
+    msg = str(info.value)
+    kept = out / "checkpoints" / "step-00000004"
+    assert "step 5" in msg and "nan" in msg and str(kept) in msg and "learning rate" in msg
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004"]
+    assert json.loads((kept / "state.json").read_text())["state"]["step"] == 4
+    assert not (out / "summary.json").exists() and not (out / "model").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_outputs_parameter_count_and_merged_model(model_dir, data_dir, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "out"
+    summary = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=3, ckpt_every=2))
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/config.json",
+                 "train_log.csv", "summary.json", "checkpoints/step-00000003/state.json"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints" / "step-00000002").exists()  # only the last checkpoint is kept
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("tokens_trained", "optimizer_steps", "wall_time_s", "tokens_per_s", "initial_train_loss",
+                "final_train_loss", "initial_val_loss", "final_val_loss", "trainable_parameters", "versions",
+                "device", "train_config", "options"):
+        assert summary[key] is not None, key
+    assert set(summary["versions"]) >= {"torch", "transformers", "peft", "liger"}
+
+    c = tiny_model("llama").config
+    d = c.hidden_size // c.num_attention_heads
+    outs = {"q_proj": c.num_attention_heads * d, "k_proj": c.num_key_value_heads * d,
+            "v_proj": c.num_key_value_heads * d}
+    expected = c.num_hidden_layers * sum(8 * (c.hidden_size + o) for o in outs.values())
+    assert summary["trainable_parameters"] == expected
+
+    merged = liger.load(out / "model")
+    assert liger.options_of(merged).method == "liger_gla" and liger.options_of(merged).window == 8
+    base = liger.linearize(liger.load(model_dir), **OPTIONS)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    tokens = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = merged(tokens).logits, peft_model(tokens).logits
+        untrained = liger.linearize(liger.load(model_dir), **OPTIONS)(tokens).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert (a - untrained).abs().max() > 1e-3  # the LoRA did change the model
+
+
+def test_method_base_trains_nothing(model_dir, tmp_path):
+    for options in (None, {"method": "base"}):
+        out = tmp_path / str(options is None)
+        summary = finetune(model_dir, tmp_path / "no-data", out, options=options, train=cfg())
+        assert summary["status"] == "skipped" and summary["optimizer_steps"] == 0
+        assert json.loads((out / "summary.json").read_text())["method"] == "base"
+        assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_clear_errors(model_dir, data_dir, tmp_path):
+    missing = write_packed(tmp_path / "missing")
+    (missing / "val_mask.npy").unlink()
+    with pytest.raises(LigerError, match=r"val_mask\.npy.*prepare-data"):
+        finetune(model_dir, missing, tmp_path / "o1", options=OPTIONS, train=cfg(max_steps=1))
+
+    other = write_packed(tmp_path / "other", vocab=VOCAB)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer"]["vocab_size"] = 50000
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(LigerError, match=r"vocabulary of 50000.*do not match"):
+        finetune(model_dir, other, tmp_path / "o2", options=OPTIONS, train=cfg(max_steps=1))
+
+    with pytest.raises(LigerError, match="unknown Liger method"):
+        finetune(model_dir, data_dir, tmp_path / "o3", options={"method": "nope"}, train=cfg(max_steps=1))
+
+    out = tmp_path / "o4"
+    finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=2, ckpt_every=1))
+    with pytest.raises(LigerError, match=r"other settings \(lora_r\)"):
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=3, lora_r=4))
+    (out / "checkpoints" / "step-00000002" / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(LigerError, match=r"optimizer\.pt.*corrupt.*delete .*checkpoints"):
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=3))
+
+    with pytest.raises(LigerError, match="invalid training settings"):
+        TrainConfig(grad_accum=0)
+
+
+def test_cli_finetune(model_dir, data_dir, tmp_path, capsys):
+    from liger.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["finetune", "--model", str(model_dir), "--data", str(data_dir), "--out", str(out),
+               "--options", json.dumps(OPTIONS), "--max-steps", "2", "--grad-accum", "1", "--lora-r", "4",
+               "--lora-targets", "q_proj,v_proj", "--lr", "0.005", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["optimizer_steps"] == 2 and summary["train_config"]["lora_r"] == 4
+    assert summary["train_config"]["lora_targets"] == ["q_proj", "v_proj"] and summary["train_config"]["lr"] == 0.005
+    assert main(["finetune", "--model", str(model_dir), "--data", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "cli2"), "--options", json.dumps(OPTIONS)]) == 2
+    assert "prepare-data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_cpu_smoke(smollm2_dir, tmp_path):
+    from liger.data import prepare_data
+
+    records = [
+        {"instruction": f"Give {i} tips for staying healthy.", "input": "" if i % 2 else f"person {i}",
+         "output": " ".join(["Eat well, sleep enough and move every day."] * (2 + i % 3))}
+        for i in range(40)
+    ]
+    src = tmp_path / "alpaca.json"
+    src.write_text(json.dumps(records))
+    data = tmp_path / "data"
+    meta = prepare_data(src, smollm2_dir, data, seq_len=128, n_val=4, limit=40, progress=False)
+    assert meta["splits"]["train"]["chunks"] >= 6
+    out = tmp_path / "out"
+    summary = finetune(smollm2_dir, data, out, options={"method": "liger_gla", "hybrid": "liger_attention"},
+                       train=TrainConfig(max_steps=3, grad_accum=2, val_limit=2, progress=False, device="cpu"))
+    assert summary["optimizer_steps"] == 3 and summary["tokens_trained"] == 3 * 2 * 128
+    assert np.isfinite(summary["final_train_loss"]) and np.isfinite(summary["final_val_loss"])
+    model = liger.load(out / "model")
+    assert liger.options_of(model).method == "liger_gla"
+    assert (out / "model" / "tokenizer.json").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_finetune_learns_and_resumes(tmp_path):
+    """On CUDA: bf16 weights, fp32 LoRA, fla kernels when installed (head dim 64, 128-token chunks).
+
+    About 3.5 minutes on an H100 with a cold Triton cache (fla compiles its kernels on the first steps), seconds
+    after that.
+    """
+    model_dir = tmp_path / "model"
+    tiny_model("llama", hidden_size=256, num_attention_heads=4, num_key_value_heads=2).save_pretrained(model_dir)
+    data = write_packed(tmp_path / "data", n_train=2, n_val=1, seq_len=128)
+    opts = {"method": "liger_gla", "hybrid": "liger_attention"}
+    settings = TrainConfig(grad_accum=1, epochs=15, lr=1e-2, eval_every=0, ckpt_every=10, progress=False)
+    ref = finetune(model_dir, data, tmp_path / "a", options=opts, train=settings)
+    assert ref["device"].startswith("cuda") and ref["dtype"] == "bfloat16"
+    assert ref["final_train_loss"] < ref["initial_train_loss"] - 0.3
+    assert all(v.dtype == torch.float32 for v in lora_weights(tmp_path / "a").values())
+
+    def interrupt(info):
+        if info["step"] == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model_dir, data, tmp_path / "b", options=opts, train=settings, callback=interrupt)
+    again = finetune(model_dir, data, tmp_path / "b", options=opts, train=settings)
+    assert again["resumed_at_steps"] == [10]
+    assert again["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=1e-2)
+    wa, wb = lora_weights(tmp_path / "a"), lora_weights(tmp_path / "b")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-2, atol=1e-4), k
+    merged = liger.load(tmp_path / "a" / "model", dtype=torch.bfloat16).cuda()
+    with torch.no_grad():
+        assert torch.isfinite(merged(torch.randint(0, VOCAB, (1, 128), device="cuda")).logits).all()
