@@ -11,7 +11,15 @@ from pathlib import Path
 from liger.errors import LigerError
 
 # Modules that contribute subcommands through `add_cli(subparsers)`.
-COMMAND_MODULES = ["liger.cli_model", "liger.data", "liger.train", "liger.evaluate", "liger.report", "liger.profile"]
+COMMAND_MODULES = [
+    "liger.cli_model",
+    "liger.data",
+    "liger.train",
+    "liger.evaluate",
+    "liger.profile",
+    "liger.report",
+    "liger.plan",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

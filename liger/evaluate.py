@@ -313,14 +313,21 @@ def _write_json_atomic(obj: dict, out: Path) -> None:
         raise
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # importable from a source tree, not installed
+        return "not installed (source tree)"
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
     return {
-        "lm_eval": importlib.metadata.version("lm_eval"),
+        "lm_eval": _version("lm_eval"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "liger": importlib.metadata.version("liger"),
+        "liger": _version("liger"),
     }
 
 

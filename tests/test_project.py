@@ -25,3 +25,14 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make run" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_plan_counts_the_work():
+    from liger.plan import plan
+
+    smoke = plan(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text()), resources=ROOT / "absent")
+    assert smoke["smollm2-135m"]["train_tokens_per_method"] == 2 * 128 * 2  # max_steps x seq_len x grad_accum
+    assert smoke["smollm2-135m"]["eval_items_per_method"] == 5 * 4 + 57  # 4 per task, 1 per MMLU subject
+    full = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), resources=ROOT / "absent")
+    assert full["smollm2-135m"]["train_tokens_per_method"] == 2 * 51_802 * 112
+    assert full["smollm2-135m"]["cpu_hours"] > 100
