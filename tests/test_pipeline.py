@@ -134,3 +134,19 @@ def test_lint_is_clean(tmp_path):
     proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", str(tmp_path / "c.yaml")], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0 and "good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_html_report(smoke_run):
+    work, config, env = smoke_run
+    proc = run_snakemake(work, "--cores", "1", "--configfile", config, "--report", "report.html", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (work / "report.html").stat().st_size > 10_000
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = run_snakemake(tmp_path, "-n", "--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+                         "--configfile", str(ROOT / "config" / "paper.yaml"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "finetune" in proc.stdout + proc.stderr
