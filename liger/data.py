@@ -13,7 +13,6 @@ and ``meta.json``. It is written to a temporary sibling folder and renamed into 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from liger.errors import LigerError
+from liger.fileio import sha256_file
 
 DEFAULT_SOURCE = "yahma/alpaca-cleaned"
 CLEANED_HUB_ID = "yahma/alpaca-cleaned"
@@ -302,7 +302,7 @@ def _source_info(source: str | os.PathLike[str], n_records_total: int) -> dict[s
         files = [path] if path.is_file() else _data_files(path)
         info["kind"] = "file" if path.is_file() else "folder"
         info["path"] = str(path.resolve())
-        info["files"] = [{"name": f.name, "sha256": _sha256(f)} for f in files]
+        info["files"] = [{"name": f.name, "sha256": sha256_file(f)} for f in files]
         name_hint = " ".join(f.name.lower() for f in files)
         original = ("cleaned" not in name_hint and "alpaca_data" in name_hint) or n_records_total == (
             ORIGINAL_ALPACA_RECORDS
@@ -320,14 +320,6 @@ def _source_info(source: str | os.PathLike[str], n_records_total: int) -> dict[s
             "(~51.7k records) that the paper used"
         )
     return info
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _bos_added(tokenizer: Any) -> bool:
@@ -351,7 +343,7 @@ def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[s
         for name, arr in arrays.items():
             file = tmp / f"{name}.npy"
             np.save(file, arr, allow_pickle=False)
-            hashes[file.name] = _sha256(file)
+            hashes[file.name] = sha256_file(file)
         meta["sha256"] = hashes
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out_dir.exists() or out_dir.is_symlink():

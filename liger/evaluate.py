@@ -15,7 +15,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from lm_eval.models.huggingface import HFLM
 
 from liger.convert import load
 from liger.errors import LigerError
+from liger.fileio import write_json_atomic
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
 
@@ -300,19 +300,6 @@ def _liger_options(model_path: Path) -> dict | str:
     return cfg.get("liger") or "base"
 
 
-def _write_json_atomic(obj: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -430,7 +417,7 @@ def evaluate(
         "versions": _versions(),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
-    _write_json_atomic(report, out_json)
+    write_json_atomic(out_json, report)
     return report
 
 

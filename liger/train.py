@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from liger.errors import LigerError
+from liger.fileio import ordinary_mode, write_json_atomic
 
 log = logging.getLogger("liger.train")
 
@@ -451,7 +452,7 @@ def save_checkpoint(root: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     final = root / f"{CKPT_PREFIX}{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        _ordinary_mode(tmp, directory=True)
+        ordinary_mode(tmp, directory=True)
         save_file({n: p.detach().contiguous().cpu() for n, p in trainable(model)}, str(tmp / "lora.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
@@ -551,34 +552,13 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _ordinary_mode(path: Path, directory: bool) -> None:
-    """Give a mkdtemp/mkstemp result (0700/0600) the permissions the umask gives new files and folders."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
-
-
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        _ordinary_mode(Path(tmp), directory=False)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def _atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `final` (the old one is removed after)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        _ordinary_mode(tmp, directory=True)
+        ordinary_mode(tmp, directory=True)
         yield tmp
         old = None
         if final.exists():
@@ -659,7 +639,7 @@ def finetune(
             "trainable_parameters": 0,
             "versions": _versions(),
         }
-        _write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", summary)
         log.info("finetune: method base: nothing to convert or train; wrote %s", out / "summary.json")
         return summary
 
@@ -840,7 +820,7 @@ def finetune(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "process_time_s": round(time.perf_counter() - t_start, 3),
     }
-    _write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     log.info("finetune: done: %d steps, %d tokens, %.1f tokens/s; train loss %s -> %s, val loss %s -> %s; wrote %s",
              state.step, state.tokens_seen, summary["tokens_per_s"] or 0.0, _fmt(state.initial_train_loss),
              _fmt(state.last_loss), _fmt(state.initial_val_loss), _fmt(state.last_val_loss), out)
