@@ -26,6 +26,7 @@ import yaml
 from datasets.exceptions import DatasetsError
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
 from liger.convert import load
 from liger.errors import LigerError
@@ -133,6 +134,33 @@ class LigerLM(HFLM):
             **kwargs,
         )
         self.model_path, self.adapter_path = model_path, adapter
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs: Any) -> list[int]:
+        """HFLM's `tok_encode`, answered from the batch encoded by `loglikelihood` when it has the string."""
+        cached = getattr(self, "_encoded", {}).get(string)
+        if cached is not None and add_special_tokens is None and not left_truncate_len and not kwargs:
+            return list(cached)
+        return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's own loglikelihood, with the strings its `_encode_pair` will ask for encoded in one batch.
+
+        MMLU's four choices share one long 5-shot context; encoding request by request on one core made
+        tokenizing take minutes on the GPU machine. The token ids are lm-eval's (tested).
+        """
+        strings = []
+        for context, continuation in (req.args for req in requests):
+            if context:  # _encode_pair moves the context's trailing spaces to the continuation
+                strings += [context.rstrip(), context + continuation]
+        bos = self.tokenizer.decode(self.prefix_token_id)
+        plain = [s for s in dict.fromkeys(strings) if not has_bos_prefix(s, bos)]  # BOS-prefixed: the usual path
+        kwargs = _add_special_kwargs(None, self.add_bos_token)
+        self._encoded = dict(zip(plain, self.tokenizer(plain, **kwargs)["input_ids"], strict=True)) if plain else {}
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._encoded = {}
 
     def get_model_info(self) -> dict:
         """Local model information (HFLM's would query the hub)."""

@@ -306,6 +306,24 @@ def test_liger_loglikelihood_equals_forward_pass(liger_dir):
     assert len(lengths) >= 5 and max(lengths) > 4 * 4  # padded batches, sequences well past the window
 
 
+def test_batched_encoding_equals_lm_evals_per_request_encoding(base_dir, mirror, monkeypatch):
+    """LigerLM encodes all requests in one batch; the token ids must be exactly lm-eval's `_encode_pair`'s."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = LigerLM(base_dir, device="cpu", batch_size=2)
+    mmlu = [json.loads(line) for line in (mirror / "mmlu" / "dev.jsonl").read_text().splitlines()[:3]]
+    pairs = [(f"{d['question']}\nAnswer:", f" {c}") for d in mmlu for c in d["choices"]]
+    pairs += [("Context with trailing spaces   ", "next"), ("", "no context at all"), ("   ", "only spaces")]
+    requests = [Instance("loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    seen = []
+    monkeypatch.setattr(LigerLM, "_loglikelihood_tokens", lambda self, reqs, disable_tqdm=False: seen.append(reqs))
+    lm.loglikelihood(requests, disable_tqdm=True)
+    monkeypatch.setattr(LigerLM, "tok_encode", HFLM.tok_encode)  # lm-eval's own encoding, request by request
+    lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == len(pairs)
+
+
 # ----------------------------------------------------------------------------------------- end to end
 
 
