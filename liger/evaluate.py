@@ -310,6 +310,16 @@ def _task_report(task: str, raw: dict, local: bool, mmlu_limit: int | None) -> d
     return entry
 
 
+def chance_level(task_objs: Sequence[Any], limit: int | None) -> float:
+    """Accuracy of uniform guessing on the evaluated items: the mean over items of 1 / number of choices."""
+    inverse = []
+    for task in task_objs:
+        docs = list(task.eval_docs)
+        for doc in docs[:limit] if limit is not None else docs:
+            inverse.append(1 / len(task.doc_to_choice(doc)))
+    return sum(inverse) / len(inverse)
+
+
 @contextlib.contextmanager
 def _no_download_counts(active: bool) -> Iterator[None]:
     """Stop `datasets` from pinging the hub (a download counter, up to 3 s each) for every JSON load."""
@@ -427,7 +437,10 @@ def evaluate(
                 task_manager=manager, log_samples=False, **seeds,
             )  # fmt: skip
             for t in run_tasks:
-                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs}
+                leaf_names = ([f"{'liger_' if local else ''}mmlu_{s}" for s in MMLU_SUBJECTS] if t == "mmlu"
+                              else [lm_eval_name(t, local)])
+                chance = chance_level([leaves[n] for n in leaf_names], run_limit)
+                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance}
 
     report = {
         "model": str(model_path),
@@ -436,6 +449,7 @@ def evaluate(
         "data_source": {"kind": "local", "data_dir": str(Path(data_dir).resolve())} if local else {"kind": "hub"},
         "tasks": {t: reports[t] for t in task_list},
         "paper_metrics": {t: reports[t]["value"] for t in task_list},
+        "chance": {t: reports[t]["chance"] for t in task_list},
         "limit": limit,
         "batch_size": int(batch_size) if batch_size is not None else "default",
         "device": dev,

@@ -13,7 +13,9 @@ from liger.errors import LigerError
 TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
 HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
            "winogrande": "WinoGrande", "mmlu": "MMLU"}
-COLUMNS = ["model", "method", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %", "train tokens", "source"]
+COLUMNS = ["model", "method", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %", "Chance-corrected recovery %",
+           "train tokens", "source"]
+CHANCE = "chance (from the data)"
 
 
 def _read_json(path: Path) -> dict:
@@ -25,20 +27,31 @@ def _read_json(path: Path) -> dict:
         raise LigerError(f"{path}: not valid JSON ({e}); delete it and rerun its rule") from e
 
 
-def our_rows(model: str, methods: list[str], results: Path) -> pd.DataFrame:
-    """One row per method from results/{model}/{method}/metrics.json (values in %)."""
-    rows = []
+def our_rows(model: str, methods: list[str], results: Path) -> tuple[pd.DataFrame, dict | None]:
+    """One row per method from results/{model}/{method}/metrics.json (values in %), and the chance levels.
+
+    The chance levels (1 / number of choices, averaged over the evaluated items) come from the base row's
+    metrics file, or the first one that has them; they are None when no file records them.
+    """
+    rows, chance, full_data = [], None, False
     for method in methods:
         metrics_file = results / model / method / "metrics.json"
-        metrics = _read_json(metrics_file)["paper_metrics"]
+        metrics = _read_json(metrics_file)
         row = {"model": model, "method": method, "source": str(metrics_file)}
         for task, header in HEADERS.items():
-            value = metrics.get(task)
+            value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
         summary = results / model / method / "train_summary.json"
         row["train tokens"] = _read_json(summary).get("tokens_trained") if summary.exists() else None
         rows.append(row)
-    return _with_averages(pd.DataFrame(rows), base="base" if "base" in methods else None)
+        if chance is None and metrics.get("chance"):
+            chance, full_data = metrics["chance"], metrics.get("limit") is None
+    df = pd.DataFrame(rows)
+    if chance is not None:
+        chance_row = {"model": model, "method": CHANCE, "source": "1 / number of choices, mean over evaluated items"}
+        chance_row |= {h: round(100 * chance[t], 1) if t in chance else None for t, h in HEADERS.items()}
+        df = pd.concat([df, pd.DataFrame([chance_row])], ignore_index=True)
+    return _with_averages(df, base="base" if "base" in methods else None), (chance if full_data else None)
 
 
 def _with_averages(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
@@ -48,11 +61,20 @@ def _with_averages(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
     if base is not None:
         base_avg = df.loc[df["method"] == base, "Avg"].iloc[0]
         df["Recovery %"] = (100 * df["Avg"] / base_avg).round(1)
+        chance = df.loc[df["method"] == CHANCE, "Avg"]
+        if not chance.empty:
+            c = chance.iloc[0]
+            df["Chance-corrected recovery %"] = (100 * (df["Avg"] - c) / (base_avg - c)).round(1)
+        df.loc[df["method"] == CHANCE, ["Recovery %", "Chance-corrected recovery %"]] = None
     return df.reindex(columns=COLUMNS)
 
 
-def paper_rows(paper_name: str | None, paper_csv: Path) -> pd.DataFrame:
-    """The paper's published rows for the same base model (config/paper_results.csv, cited per row)."""
+
+def paper_rows(paper_name: str | None, paper_csv: Path, chance: dict | None = None) -> pd.DataFrame:
+    """The paper's published rows for the same base model (config/paper_results.csv, cited per row).
+
+    `chance`: our measured chance levels on the full benchmarks, for the chance-corrected recovery.
+    """
     if not paper_name:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.read_csv(paper_csv)
@@ -63,6 +85,9 @@ def paper_rows(paper_name: str | None, paper_csv: Path) -> pd.DataFrame:
     for task, header in HEADERS.items():
         out[header] = df[task].to_numpy()
     out["train tokens"] = (df["train_tokens"] * 1e9).to_numpy()  # the CSV gives billions
+    if chance is not None:
+        row = {"model": paper_name, "method": CHANCE, "source": "our measurement on the same full benchmarks"}
+        out = pd.concat([out, pd.DataFrame([row | {h: round(100 * chance[t], 1) for t, h in HEADERS.items()}])])
     base = out["method"].str.startswith("Base (Transformer)")
     return _with_averages(out.reset_index(drop=True), base=out.loc[base, "method"].iloc[0] if base.any() else None)
 
@@ -84,8 +109,8 @@ def _markdown(df: pd.DataFrame) -> str:
 def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
                        paper_csv: Path, config_note: str = "") -> Path:
     """results/{model}/main.csv, main.md and report.md."""
-    ours = our_rows(model, methods, results)
-    paper = paper_rows(paper_name, paper_csv)
+    ours, chance = our_rows(model, methods, results)
+    paper = paper_rows(paper_name, paper_csv, chance)
     out_dir = results / model
     table = pd.concat([ours, paper], ignore_index=True) if not paper.empty else ours
     table.to_csv(out_dir / "main.csv", index=False)
@@ -94,7 +119,9 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "## Main table (values in %; the paper's columns: PiQA acc, ARC-e acc, ARC-c acc_norm, "
             "HellaSwag acc_norm, WinoGrande acc, 0-shot; MMLU acc, 5-shot)", "", _markdown(table),
             "Rows marked (paper) are the published numbers for the same base model (config/paper_results.csv); "
-            "every other cell comes from the metrics file named in main.csv's `source` column.", ""]
+            "every other cell comes from the metrics file named in main.csv's `source` column. Recovery is the "
+            "row's average over the base average; chance-corrected recovery is (row - chance) / (base - chance) "
+            "on the averages, with the chance row computed from the evaluated items.", ""]
     plots = sorted((results / "plots").glob(f"{model}_*.png"))
     if plots:
         text += ["## Plots", ""] + [f"![{p.stem}](../plots/{p.name})" for p in plots] + [""]

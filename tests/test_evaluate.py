@@ -363,6 +363,27 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
     pooled = sum(s["acc"] * s["n"] for s in subjects) / sum(s["n"] for s in subjects)
     assert mmlu["value"] == pytest.approx(pooled)
     assert sum(c["n"] for c in mmlu["categories"].values()) == 57
+    # chance levels from the evaluated items themselves: 1 / number of choices, averaged
+    arc = [json.loads(line) for line in (short_mirror / "arc_challenge" / "test.jsonl").read_text().splitlines()][:3]
+    want = {"piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "mmlu": 0.25,
+            "arc_challenge": sum(1 / len(d["choices"]["text"]) for d in arc) / len(arc)}
+    assert report["chance"] == pytest.approx(report["chance"] | want)
+    assert all(report["tasks"][t]["chance"] == report["chance"][t] for t in PAPER_TASKS)
+
+
+def test_chance_level_counts_choices_per_item():
+    from liger.evaluate import chance_level
+
+    class Task:
+        def __init__(self, sizes):
+            self.eval_docs = [{"n": n} for n in sizes]
+
+        def doc_to_choice(self, doc):
+            return ["x"] * doc["n"]
+
+    assert chance_level([Task([2, 4, 5])], None) == pytest.approx((1 / 2 + 1 / 4 + 1 / 5) / 3)
+    assert chance_level([Task([2, 4, 5])], 2) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert chance_level([Task([2]), Task([4, 4, 4])], None) == pytest.approx((1 / 2 + 3 / 4) / 4)
 
 
 def test_hub_mode_matches_local_mode(base_dir, short_mirror, tmp_path, monkeypatch):

@@ -75,12 +75,17 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     work, _, _ = smoke_run
     table = pd.read_csv(work / "results" / "tables" / "main.csv")
     ours = table[~table["method"].str.endswith("(paper)")]
-    assert list(ours["method"]) == ["base", "liger_gla"]
-    for _, row in ours.iterrows():
-        metrics = json.loads(Path(work / row["source"]).read_text())["paper_metrics"]
-        for task, header in [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"),
-                             ("hellaswag", "HellaSwag"), ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]:
-            assert row[header] == pytest.approx(round(100 * metrics[task], 1))
+    assert list(ours["method"]) == ["base", "liger_gla", "chance (from the data)"]
+    headers = [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("hellaswag", "HellaSwag"),
+               ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]
+    for _, row in ours.iloc[:2].iterrows():
+        metrics = json.loads(Path(work / row["source"]).read_text())
+        for task, header in headers:
+            assert row[header] == pytest.approx(round(100 * metrics["paper_metrics"][task], 1))
+    chance = json.loads((work / ours.iloc[0]["source"]).read_text())["chance"]
+    for task, header in headers:
+        assert ours.iloc[2][header] == pytest.approx(round(100 * chance[task], 1))
+    assert not pd.isna(ours.iloc[1]["Chance-corrected recovery %"])
     assert ours.loc[ours["method"] == "liger_gla", "train tokens"].iloc[0] > 0
     assert (work / "results" / "tables" / "main.md").exists()
     assert (work / "results" / "plots" / "smollm2-135m_latency.png").stat().st_size > 0

@@ -53,3 +53,33 @@ def test_missing_or_corrupt_metrics_say_what_to_do(tmp_path):
     (tmp_path / "m" / "base" / "metrics.json").write_text("{not json")
     with pytest.raises(LigerError, match="not valid JSON.*delete it and rerun"):
         write_model_report("m", ["base"], tmp_path, None, PAPER_CSV)
+
+
+UNIFORM = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "winogrande": 0.5, "mmlu": 0.25}
+
+
+def test_chance_corrected_recovery_matches_the_worked_example():
+    # LIGER.md section 6: Liger-GLA-Llama-3.2-1B, (52.9 - 33.3) / (55.1 - 33.3) = 90%
+    df = paper_rows("Llama-3.2-1B", PAPER_CSV, chance=UNIFORM)
+    chance = df[df["method"] == "chance (from the data)"].iloc[0]
+    assert chance["Avg"] == pytest.approx(33.3)
+    gla = df[df["method"] == "Liger-GLA (paper)"].iloc[0]
+    assert gla["Chance-corrected recovery %"] == pytest.approx(89.9)  # 19.6 / 21.8 on the rounded averages
+    assert gla["Recovery %"] == pytest.approx(96.0)
+
+
+def test_chance_row_from_metrics(tmp_path):
+    tasks = list(UNIFORM)
+    for method, values in [("base", [0.8, 0.8, 0.5, 0.8, 0.7, 0.6]), ("liger_gla", [0.8, 0.8, 0.5, 0.7, 0.7, 0.3])]:
+        d = tmp_path / "m" / method
+        d.mkdir(parents=True)
+        doc = {"paper_metrics": dict(zip(tasks, values, strict=True)), "chance": UNIFORM, "limit": None}
+        (d / "metrics.json").write_text(json.dumps(doc))
+    write_model_report("m", ["base", "liger_gla"], tmp_path, "Llama-3.2-1B", PAPER_CSV)
+    table = pd.read_csv(tmp_path / "m" / "main.csv")
+    ours = table[table["model"] == "m"].set_index("method")
+    assert ours.loc["chance (from the data)", "PiQA"] == 50.0 and ours.loc["chance (from the data)", "Avg"] == 33.3
+    assert pd.isna(ours.loc["chance (from the data)", "Recovery %"])
+    assert ours.loc["liger_gla", "Chance-corrected recovery %"] == pytest.approx(round(100 * 30 / 36.7, 1))
+    paper = table[table["model"] == "Llama-3.2-1B"].set_index("method")
+    assert paper.loc["Liger-GLA (paper)", "Chance-corrected recovery %"] == pytest.approx(89.9)
