@@ -36,7 +36,12 @@ def measure(model, length: int, new_tokens: int, batch: int, device: str) -> dic
     prompt = torch.randint(0, model.config.vocab_size, (batch, length), device=device, generator=gen)
     cuda = device.startswith("cuda")
     with torch.no_grad():
-        model(prompt[:, : min(length, 128)], past_key_values=DynamicCache(), use_cache=True)  # warm-up
+        # warm-up at this very length: kernels compile and autotune per shape, which is not what we time
+        warm = DynamicCache()
+        token = model(prompt, past_key_values=warm, use_cache=True).logits[:, -1:].argmax(-1)
+        for _ in range(3):
+            token = model(token, past_key_values=warm, use_cache=True).logits[:, -1:].argmax(-1)
+        del warm
         _sync(device)
         if cuda:
             torch.cuda.empty_cache()
