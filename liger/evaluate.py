@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 from liger.convert import load
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
+from liger.provenance import versions
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
 
@@ -338,24 +338,6 @@ def _liger_options(model_path: Path) -> dict | str:
     return cfg.get("liger") or "base"
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:  # importable from a source tree, not installed
-        return "not installed (source tree)"
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "lm_eval": _version("lm_eval"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "liger": _version("liger"),
-    }
-
-
 # ----------------------------------------------------------------------------------------- evaluate
 
 
@@ -456,7 +438,7 @@ def evaluate(
         "dtype": str(torch_dtype).removeprefix("torch."),
         "seed": seed,
         "num_fewshot_mmlu": num_fewshot_mmlu,
-        "versions": _versions(),
+        "versions": versions("lm_eval", "torch", "transformers", "liger"),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
     write_json_atomic(out_json, report)

@@ -34,7 +34,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ import torch
 
 from liger.errors import LigerError
 from liger.fileio import ordinary_mode, write_json_atomic
+from liger.provenance import versions
 
 log = logging.getLogger("liger.train")
 
@@ -536,16 +536,6 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 # -------------------------------------------------------------------------------------------- outputs
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "liger", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -637,7 +627,7 @@ def finetune(
             "optimizer_steps": 0,
             "tokens_trained": 0,
             "trainable_parameters": 0,
-            "versions": _versions(),
+            "versions": versions("torch", "transformers", "peft", "liger", "numpy"),
         }
         write_json_atomic(out / "summary.json", summary)
         log.info("finetune: method base: nothing to convert or train; wrote %s", out / "summary.json")
@@ -816,7 +806,7 @@ def finetune(
         "total_parameters": n_total,
         "resumed_at_steps": state.resumed_at,
         "checkpoint": str(last_ckpt),
-        "versions": _versions(),
+        "versions": versions("torch", "transformers", "peft", "liger", "numpy"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "process_time_s": round(time.perf_counter() - t_start, 3),
     }
