@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liger.train import TrainConfig, _batch, build_model, load_data, make_optimizer, resolve_device, train_step
+from liger.train import TrainConfig, _batch, build_model, device_and_dtype, load_data, make_optimizer, train_step
 
 LIGER = {"method": "liger_gla", "hybrid": "liger_attention"}
 
@@ -45,7 +45,7 @@ def recurrence_impl(device: torch.device) -> str:
 
 
 def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: TrainConfig) -> dict:
-    device, dtype = resolve_device(cfg)
+    device, dtype = device_and_dtype(cfg)
     model = build_model(args.model, options, cfg, device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, _ = make_optimizer(model, cfg)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: the data has {seq_len}-token chunks; using that length", file=sys.stderr)
             args.seq_len = seq_len
     cfg = TrainConfig(grad_accum=args.grad_accum, dtype=args.dtype, progress=False)
-    device, dtype = resolve_device(cfg)
+    device, dtype = device_and_dtype(cfg)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads (small settings)"
     print(f"LoRA fine-tuning throughput on {where}: {args.model}, {args.seq_len}-token chunks, micro batch 1, "
           f"grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, {args.warmup} warm-up + "

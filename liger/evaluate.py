@@ -28,6 +28,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
 from liger.convert import load
+from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
 from liger.provenance import versions
@@ -69,25 +70,6 @@ def default_batch_size(device: str, task: str | None = None) -> int:
     if device.startswith("cuda"):
         return 8 if task == "mmlu" else 32
     return 8
-
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """bf16 on CUDA, fp32 elsewhere, unless given."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-             "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
-    if dtype not in names:
-        raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
-    return names[dtype]
 
 
 def _load_tokenizer(model_path: Path, adapter: Path | None):

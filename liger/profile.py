@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 
 COLUMNS = ["variant", "length", "batch", "prefill_s", "prefill_tok_s", "decode_ms_median", "decode_ms_p90",
@@ -96,8 +97,8 @@ def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None =
     """Measure every (variant, length) point and write the CSV (atomically). CPU runs say so in `device`."""
     if (model_dir is None) == (shape is None):
         raise LigerError("give exactly one of a model folder or a shape")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device = resolve_device("auto")
+    dtype = resolve_dtype("auto", device)
     rows = []
     for variant in variants:
         model = build_variant(variant, model_dir, shape, device, dtype, (methods or {}).get(variant))

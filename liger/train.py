@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import ordinary_mode, write_json_atomic
 from liger.provenance import versions
@@ -319,19 +320,12 @@ def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: to
     return total
 
 
-def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
     """CUDA with bf16 weights when available (dtype auto), else CPU with fp32."""
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainError(f"device {cfg.device!r} asked for but CUDA is not available; use --device cpu")
-    if cfg.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, cfg.dtype)
-    return device, dtype
+    device = torch.device(resolve_device(cfg.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {cfg.device!r} asked for but CUDA is not available; use --device cpu")
+    return device, resolve_dtype(cfg.dtype, device.type)
 
 
 def is_base(options: dict | None) -> bool:
@@ -639,7 +633,7 @@ def finetune(
     full_options = LigerOptions.build(**options).to_dict()  # fails fast on a bad method or option
     data = load_data(data_dir, cfg.val_limit)
     tokenizer = load_tokenizer(model_dir)
-    device, dtype = resolve_device(cfg)
+    device, dtype = device_and_dtype(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)

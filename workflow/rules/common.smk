@@ -35,9 +35,14 @@ PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
 
+def one_of(names: list) -> str:
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(map(re.escape, names)) if names else "NONE"
+
+
 wildcard_constraints:
-    model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
-    method="|".join(map(re.escape, METHODS)) if METHODS else "NONE",
+    model=one_of(MODELS),
+    method=one_of(METHODS),
 
 
 def data_source():

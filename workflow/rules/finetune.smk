@@ -8,7 +8,7 @@ rule finetune:
         train="results/{model}/{method}/train_summary.json",
         log_csv="results/{model}/{method}/train_log.csv",
     wildcard_constraints:
-        method="|".join(map(re.escape, TRAINED)) if TRAINED else "NONE",
+        method=one_of(TRAINED),
     params:
         options=lambda wc: shlex.quote(json.dumps(config["methods"][wc.method])),
         train=flags(config["train"]),

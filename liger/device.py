@@ -1,0 +1,27 @@
+"""Where a stage runs: CUDA when available, in bf16 there and fp32 on the CPU, unless the user says otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from liger.errors import LigerError
+
+
+def resolve_device(device: str | None) -> str:
+    """`auto`/None: cuda when available, else cpu; anything else as given."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """bf16 on CUDA, fp32 elsewhere, unless given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
+    if dtype not in names:
+        raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
+    return names[dtype]
