@@ -25,3 +25,4 @@ rule all:
         expand("results/{model}/{method}/metrics.json", model=MODELS, method=METHODS),
         expand("results/{model}/report.md", model=MODELS),
         "results/tables/main.md",
+        expand("results/shapes/{shape}/profile.csv", shape=SHAPES),

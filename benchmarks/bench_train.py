@@ -1,7 +1,7 @@
 """LoRA fine-tuning throughput: the converted model (Liger-GLA + Liger Attention) vs the unconverted one (SDPA).
 
 Both variants run the same training step as `liger.train.finetune` (LoRA r=8 on q/k/v, AdamW, clipping at
-1.0, micro batch 1): a few warm-up optimizer steps, then timed ones; tokens/s counts every input token.
+1.0; micro batch 1 by default): a few warm-up optimizer steps, then timed ones; tokens/s counts every input token.
 
     python benchmarks/bench_train.py --model resources/models/smollm2-135m [--data resources/data/smollm2-135m]
 
@@ -50,19 +50,21 @@ def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: 
     params = [p for p in model.parameters() if p.requires_grad]
     opt, _ = make_optimizer(model, cfg)
     n_steps = args.warmup + args.steps
-    ids, mask = chunks(args, model.config.vocab_size, n_steps * cfg.grad_accum)
+    per_step = cfg.grad_accum * cfg.micro_batch
+    ids, mask = chunks(args, model.config.vocab_size, n_steps * per_step)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     losses, times = [], []
     for step in range(n_steps):
-        rows = range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum)
-        batches = [_batch(ids, mask, np.array([r]), device) for r in rows]
+        first = step * per_step
+        batches = [_batch(ids, mask, np.arange(first + i, first + i + cfg.micro_batch), device)
+                   for i in range(0, per_step, cfg.micro_batch)]
         t0 = time.perf_counter()
         losses.append(train_step(model, params, opt, batches, cfg.max_grad_norm))
         times.append(time.perf_counter() - t0)
     timed = times[args.warmup:]
-    tokens = args.steps * cfg.grad_accum * args.seq_len
+    tokens = args.steps * per_step * args.seq_len
     if options is None:
         attn = getattr(model.config, "_attn_implementation", None) or "default"
     else:
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=1024 if cuda else 128)
     p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed optimizer steps")
     p.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed optimizer steps")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches (of 1 chunk) per optimizer step")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--micro-batch", type=int, default=1, help="chunks per forward/backward pass")
     p.add_argument("--options", type=json.loads, default=LIGER, help=f"Liger options (default {json.dumps(LIGER)})")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     p.add_argument("--random-weights", action="store_true",
@@ -118,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         if seq_len != args.seq_len:
             print(f"note: the data has {seq_len}-token chunks; using that length", file=sys.stderr)
             args.seq_len = seq_len
-    cfg = TrainConfig(grad_accum=args.grad_accum, dtype=args.dtype, progress=False)
+    cfg = TrainConfig(grad_accum=args.grad_accum, micro_batch=args.micro_batch, dtype=args.dtype, progress=False)
     device, dtype = device_and_dtype(cfg)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads (small settings)"
-    print(f"LoRA fine-tuning throughput on {where}: {args.model}, {args.seq_len}-token chunks, micro batch 1, "
-          f"grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, {args.warmup} warm-up + "
+    print(f"LoRA fine-tuning throughput on {where}: {args.model}, {args.seq_len}-token chunks, micro batch "
+          f"{args.micro_batch}, grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, "
+          f"{args.warmup} warm-up + "
           f"{args.steps} timed steps, {'data ' + str(args.data) if args.data else 'random tokens'}")
     results = [run_variant("liger_gla + Liger Attention", args.options, args, cfg),
                run_variant("base (unconverted)", None, args, cfg)]

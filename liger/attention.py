@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liger.cache import LigerCacheLayer, liger_cache_layer
-from liger.ops import gated_recurrence, gated_slot_attention, sliding_window_attention
+from liger.cache import LigerCacheLayer, StepBuffers, flat_tensors, liger_cache_layer
+from liger.ops import gated_recurrence, gated_slot_attention, sliding_window_attention, window_decode_step
 from liger.options import LigerOptions
 
 
@@ -84,12 +84,7 @@ class LigerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
-        d = self.head_dim
-        q = self.q_proj(hidden_states).view(B, T, -1, d)
-        k = self.k_proj(hidden_states).view(B, T, -1, d)
-        v = self.v_proj(hidden_states).view(B, T, -1, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._qkv(hidden_states)
         valid = self.padding.token_mask(T)
         cache = liger_cache_layer(past_key_values, self.layer_idx, self.options.window)
 
@@ -105,6 +100,17 @@ class LigerAttention(nn.Module):
         if cache is not None:
             cache.seen += T
         return self.o_proj(out.reshape(B, T, -1)), None
+
+    def _qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, T, heads, head_dim), after Qwen3's per-head norms where the model has them."""
+        B, T, _ = hidden_states.shape
+        d = self.head_dim
+        q = self.q_proj(hidden_states).view(B, T, -1, d)
+        k = self.k_proj(hidden_states).view(B, T, -1, d)
+        v = self.v_proj(hidden_states).view(B, T, -1, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def _gate_input(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return {"k": k, "q": q, "v": v}[self.options.gate_source]
@@ -123,13 +129,29 @@ class LigerAttention(nn.Module):
         cache: LigerCacheLayer | None,
     ) -> torch.Tensor:
         """The gated recurrent branch on q and k before rotary; returns (B, T, H, d)."""
+        state = cache.state if cache is not None else None
+        o, new_state = self.recurrence(q, k, v, valid, state, want_state=cache is not None)
+        if cache is not None:
+            cache.state = new_state
+        return o
+
+    def recurrence(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        valid: torch.Tensor | None,
+        state,
+        want_state: bool,
+        impl: str | None = None,
+    ):
+        """Gates, feature maps and the method's recurrence from `state`; returns (o (B, T, H, d), new state)."""
         opts = self.options
+        impl = impl or opts.impl
         B, T = q.shape[:2]
         n_rep = self.num_heads // self.num_kv_heads
         if valid is not None:  # padded positions write nothing into the state
             v = v * valid[:, :, None, None].to(v.dtype)
-        state = cache.state if cache is not None else None
-        want_state = cache is not None
         gate_in = self._gate_input(q, k, v)
         if opts.method == "liger_gsa":
             m = opts.num_slots
@@ -141,7 +163,7 @@ class LigerAttention(nn.Module):
             o, new_state = gated_slot_attention(
                 qf, repeat_heads(kf, n_rep), repeat_heads(v, n_rep), repeat_heads(s, n_rep).to(v.dtype),
                 repeat_heads(g, n_rep), initial_state=state, output_final_state=want_state,
-                impl=opts.impl, chunk_size=opts.chunk_size,
+                impl=impl, chunk_size=opts.chunk_size,
             )
         else:
             logits = pool(gate_in.float(), self.num_kv_heads * self.head_dim).view(B, T, -1, self.head_dim)
@@ -150,11 +172,32 @@ class LigerAttention(nn.Module):
             kf = (-torch.expm1(g)).to(k.dtype) if opts.method == "liger_hgrn2" else self._features(k)
             o, new_state = gated_recurrence(
                 qf, repeat_heads(kf, n_rep), repeat_heads(v, n_rep), gk=repeat_heads(g, n_rep),
-                initial_state=state, output_final_state=want_state, impl=opts.impl, chunk_size=opts.chunk_size,
+                initial_state=state, output_final_state=want_state, impl=impl, chunk_size=opts.chunk_size,
             )
-        if cache is not None:
-            cache.state = new_state
-        return o.to(v.dtype)
+        return o.to(v.dtype), new_state
+
+    def step(
+        self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, buffers: StepBuffers
+    ) -> torch.Tensor:
+        """One decoding step (B, 1, hidden) from fixed-size buffers updated in place (see `liger.decode`).
+
+        Same result as `forward` with a cache; no host synchronisation and no tensor kept that changes size,
+        so a whole model step can be captured in a CUDA graph.
+        """
+        B = hidden_states.shape[0]
+        q, k, v = self._qkv(hidden_states)
+        opts = self.options
+        out = None
+        if opts.uses_recurrence:
+            rec, new_state = self.recurrence(q, k, v, None, buffers.state, want_state=True, impl="recurrent")
+            for dst, src in zip(flat_tensors(buffers.state), flat_tensors(new_state), strict=True):
+                dst.copy_(src)
+            out = rec if opts.hybrid == "none" else opts.beta * rec
+        if opts.uses_window:
+            win = window_decode_step(rotate(q, cos, sin), rotate(k, cos, sin), v, buffers.win_k, buffers.win_v,
+                                     buffers.win_mask, buffers.slot, self.scaling)
+            out = opts.alpha * win if out is None else out + opts.alpha * win
+        return self.o_proj(out.reshape(B, 1, -1))
 
     def window_attention(
         self,

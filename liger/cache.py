@@ -7,18 +7,20 @@ Layers kept as softmax attention (inter-layer hybrid) keep ordinary growing key/
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
+def flat_tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors of a tensor, a nested tuple/list of tensors, or None, in order."""
     if x is None:
         return []
     if isinstance(x, torch.Tensor):
         return [x]
-    return [t for item in x for t in _tensors(item)]
+    return [t for item in x for t in flat_tensors(item)]
 
 
 def _map(x: Any, fn) -> Any:
@@ -27,6 +29,54 @@ def _map(x: Any, fn) -> Any:
     if isinstance(x, torch.Tensor):
         return fn(x)
     return type(x)(_map(item, fn) for item in x)
+
+
+@dataclass
+class StepBuffers:
+    """Fixed-size decoding buffers of one Liger layer, updated in place by `LigerAttention.step`.
+
+    state: the recurrent state (a tensor, or a tuple for GSA; None without the recurrent branch); win_k, win_v
+    (B, window, Hkv, D) and win_mask (B, window): a ring buffer of the last keys and values (None without the
+    window branch); slot: the ring's next write position (a one-element long tensor).
+    """
+
+    state: Any
+    win_k: torch.Tensor | None
+    win_v: torch.Tensor | None
+    win_mask: torch.Tensor | None
+    slot: torch.Tensor
+
+    @classmethod
+    def from_layer(cls, layer: LigerCacheLayer) -> StepBuffers:
+        """Copies of a cache layer's state and window (oldest slot first, so the ring starts at slot 0)."""
+        def own(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().clone().contiguous()
+
+        state = _map(layer.state, own)
+        device = next((t.device for t in flat_tensors([layer.state, layer.win_k])), None)
+        return cls(state, own(layer.win_k), own(layer.win_v), own(layer.win_mask),
+                   torch.zeros(1, dtype=torch.long, device=device))
+
+    def load_(self, layer: LigerCacheLayer) -> None:
+        """Overwrite the buffers in place with a cache layer's state and window (same shapes)."""
+        new = flat_tensors([layer.state, layer.win_k, layer.win_v, layer.win_mask])
+        old = flat_tensors([self.state, self.win_k, self.win_v, self.win_mask])
+        if [t.shape for t in new] != [t.shape for t in old]:
+            raise ValueError("the prefill's state does not have the buffers' shapes (another batch size?)")
+        for dst, src in zip(old, new, strict=True):
+            dst.copy_(src)
+        self.slot.zero_()
+
+    def _all(self) -> list[torch.Tensor]:
+        return flat_tensors([self.state, self.win_k, self.win_v, self.win_mask, self.slot])
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of every buffer, for `restore_`."""
+        return [t.clone() for t in self._all()]
+
+    def restore_(self, snapshot: list[torch.Tensor]) -> None:
+        for dst, src in zip(self._all(), snapshot, strict=True):
+            dst.copy_(src)
 
 
 class LigerCacheLayer(CacheLayerMixin):
@@ -63,7 +113,7 @@ class LigerCacheLayer(CacheLayerMixin):
         return keys, values, mask
 
     def nbytes(self) -> int:
-        items = _tensors(self.state) + _tensors([self.win_k, self.win_v, self.win_mask])
+        items = flat_tensors(self.state) + flat_tensors([self.win_k, self.win_v, self.win_mask])
         return sum(t.numel() * t.element_size() for t in items)
 
     # the transformers cache-layer interface

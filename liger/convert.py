@@ -8,6 +8,7 @@ the weights: the conversion adds no parameters, so the state dicts have the same
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -117,8 +118,15 @@ def _register() -> None:
 _register()
 
 
+ADAPTER_OPTIONS = "liger_options.json"  # written beside a fine-tuned adapter: the conversion it was trained on
+
+
 def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, **kwargs) -> PreTrainedModel:
-    """Load a saved model (converted or not); optionally attach a peft LoRA adapter and merge it."""
+    """Load a saved model (converted or not); optionally attach a peft LoRA adapter and merge it.
+
+    An adapter trained on a converted model carries its conversion (``liger_options.json``): given the base
+    model folder, the model is converted with those options before the adapter is attached.
+    """
     path = Path(path)
     if not (path / "config.json").exists():
         raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
@@ -130,6 +138,15 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
     if adapter is not None:
         from peft import PeftModel
 
+        opts_file = Path(adapter) / ADAPTER_OPTIONS
+        if opts_file.is_file():
+            want = LigerOptions.from_dict(json.loads(opts_file.read_text(encoding="utf-8")))
+            have = options_of(model)
+            if have is None:
+                linearize(model, **want.to_dict())
+            elif have != want:
+                raise LigerError(f"{adapter} was trained on a model converted with {want.to_dict()}, but {path} "
+                                 f"holds one converted with {have.to_dict()}")
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:
             model = model.merge_and_unload()

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liger.convert import ADAPTER_OPTIONS
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import ordinary_mode, write_json_atomic
@@ -284,6 +285,22 @@ def validation_loss(model: torch.nn.Module, data: PackedData, micro_batch: int, 
     return total / count if count else None
 
 
+def base_validation_loss(model_dir: str | os.PathLike[str], data: PackedData, micro_batch: int,
+                         device: torch.device, dtype: torch.dtype) -> float | None:
+    """The validation loss of the model in `model_dir` as it is (before conversion), for comparison."""
+    import liger
+
+    if data.val_ids.shape[0] == 0:
+        return None
+    base = liger.load(model_dir, dtype=dtype).to(device)
+    try:
+        return validation_loss(base, data, micro_batch, device)
+    finally:
+        del base
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------------------------- model
 
 
@@ -298,18 +315,19 @@ def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: to
     """One optimizer step over accumulated micro-batches (input_ids, labels); returns the step's loss.
 
     The loss is the mean over all target tokens of the step. Stops before any update when the loss or the
-    gradient norm is not finite. Waits for the device, so the caller can time the step.
+    gradient norm is not finite. The device is synchronised only once the micro-batches are queued (a sync per
+    micro-batch would stall the GPU behind Python) and at the end, so the caller can time the step.
     """
     n_items = max(sum(n_targets(labels) for _, labels in batches), 1)
     opt.zero_grad(set_to_none=True)
-    total = 0.0
+    total = None
     for x, labels in batches:
         loss = micro_loss(model, x, labels, n_items)
-        value = float(loss.detach().float())  # also synchronises the device
-        if not math.isfinite(value):
-            raise _NonFinite("loss", value)
         loss.backward()
-        total += value
+        total = loss.detach().float() if total is None else total + loss.detach().float()
+    value = float(total) if total is not None else 0.0
+    if not math.isfinite(value):
+        raise _NonFinite("loss", value)
     if max_grad_norm > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         if not math.isfinite(norm):
@@ -317,7 +335,7 @@ def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: to
     opt.step()
     if params and params[0].is_cuda:
         torch.cuda.synchronize(params[0].device)
-    return total
+    return value
 
 
 def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -410,6 +428,7 @@ class TrainState:
     wall_time: float = 0.0  # seconds of the whole run up to the state
     initial_train_loss: float | None = None
     initial_val_loss: float | None = None
+    base_val_loss: float | None = None  # the unconverted model's, on the same validation chunks
     last_loss: float | None = None
     last_val_loss: float | None = None
     last_val_step: int | None = None
@@ -676,6 +695,8 @@ def finetune(
         log.warning("finetune: no validation chunks: the learning rate is never reduced")
 
     if state.step == 0 and state.initial_val_loss is None:
+        state.base_val_loss = base_validation_loss(model_dir, data, cfg.micro_batch, device, dtype)
+        log.info("finetune: validation loss of the unconverted model: %s", _fmt(state.base_val_loss))
         val = validation_loss(model, data, cfg.micro_batch, device)
         state.initial_val_loss = state.last_val_loss = val
         state.last_val_step = 0
@@ -761,6 +782,7 @@ def finetune(
 
     with _atomic_dir(out / "adapter") as tmp:
         model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA only; skips a config reload
+        write_json_atomic(tmp / ADAPTER_OPTIONS, full_options)  # liger.load(base, adapter=...) converts first
     merged = model.merge_and_unload()
     with _atomic_dir(out / "model") as tmp:
         merged.save_pretrained(str(tmp))
@@ -793,6 +815,7 @@ def finetune(
         "tokens_per_s": round(state.tokens_seen / state.train_time, 2) if state.train_time > 0 else None,
         "initial_train_loss": state.initial_train_loss,
         "final_train_loss": state.last_loss,
+        "base_val_loss": state.base_val_loss,
         "initial_val_loss": state.initial_val_loss,
         "final_val_loss": state.last_val_loss,
         "final_lr": opt.param_groups[0]["lr"],
@@ -865,7 +888,8 @@ def _cli_finetune(args: argparse.Namespace) -> int:
         print(f"{args.out}: method base, nothing trained")
     else:
         print(f"{args.out}: {summary['optimizer_steps']} steps, {summary['tokens_trained']} tokens, "
-              f"val loss {_fmt(summary['initial_val_loss'])} -> {_fmt(summary['final_val_loss'])}")
+              f"val loss {_fmt(summary['initial_val_loss'])} -> {_fmt(summary['final_val_loss'])} "
+              f"(unconverted model: {_fmt(summary.get('base_val_loss'))})")
     return 0
 
 

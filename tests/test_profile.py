@@ -14,10 +14,10 @@ def test_profile_rows_oom_and_plots(tmp_path, monkeypatch):
     tiny_model("llama").save_pretrained(folder)
     real = prof.measure
 
-    def measure(model, length, *args):
+    def measure(decoder, length, *args):
         if length > 32:
             raise torch.OutOfMemoryError("pretend")
-        return real(model, length, *args)
+        return real(decoder, length, *args)
 
     monkeypatch.setattr(prof, "measure", measure)
     csv = tmp_path / "p.csv"
@@ -28,6 +28,7 @@ def test_profile_rows_oom_and_plots(tmp_path, monkeypatch):
         ("liger_gla", 16, "ok"), ("liger_gla", 32, "ok"), ("liger_gla", 64, "OOM")]
     ok = df[df["status"] == "ok"]
     assert (ok["prefill_tok_s"] > 0).all() and (ok["decode_ms_p90"] >= ok["decode_ms_median"]).all()
+    assert list(df["decoder"].unique()) == ["hf eager loop", "static loop, prefill chunk 4096"]
     assert df["device"].str.startswith("cpu").all()
     assert pd.read_csv(csv).shape == df.shape
     plots = prof.plot(csv, tmp_path / "plots" / "tiny")

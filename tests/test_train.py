@@ -191,8 +191,19 @@ def test_outputs_parameter_count_and_merged_model(model_dir, data_dir, tmp_path)
     with torch.no_grad():
         a, b = merged(tokens).logits, peft_model(tokens).logits
         untrained = liger.linearize(liger.load(model_dir), **OPTIONS)(tokens).logits
-    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        from_base = liger.load(model_dir, adapter=out / "adapter").eval()(tokens).logits  # converts, then merges
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4) and torch.allclose(from_base, a, atol=1e-4, rtol=1e-4)
     assert (a - untrained).abs().max() > 1e-3  # the LoRA did change the model
+    assert summary["base_val_loss"] is not None and summary["base_val_loss"] != summary["initial_val_loss"]
+    with pytest.raises(LigerError, match="was trained on a model converted with"):
+        liger.load(liger_gsa_folder(model_dir, tmp_path), adapter=out / "adapter")
+
+
+def liger_gsa_folder(model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model converted with another method, saved."""
+    folder = tmp_path / "gsa"
+    liger.linearize(liger.load(model_dir), "liger_gsa", num_slots=4).save_pretrained(folder)
+    return folder
 
 
 def test_method_base_trains_nothing(model_dir, tmp_path):
@@ -305,3 +316,13 @@ def test_cuda_bf16_finetune_learns_and_resumes(tmp_path):
     merged = liger.load(tmp_path / "a" / "model", dtype=torch.bfloat16).cuda()
     with torch.no_grad():
         assert torch.isfinite(merged(torch.randint(0, VOCAB, (1, 128), device="cuda")).logits).all()
+
+
+def test_micro_batch_of_the_whole_step_equals_accumulation(model_dir, data_dir, tmp_path):
+    """Micro batch 2 x accumulation 1 trains like micro batch 1 x accumulation 2 (the paper's recipe): the step
+    loss is the token-weighted mean over the same chunks either way, so GPUs can run the step as one batch."""
+    one = finetune(model_dir, data_dir, tmp_path / "accum", options=OPTIONS, train=cfg(micro_batch=1, grad_accum=2))
+    two = finetune(model_dir, data_dir, tmp_path / "micro", options=OPTIONS, train=cfg(micro_batch=2, grad_accum=1))
+    assert one["final_train_loss"] == pytest.approx(two["final_train_loss"], rel=1e-5)
+    a, b = lora_weights(tmp_path / "accum"), lora_weights(tmp_path / "micro")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5

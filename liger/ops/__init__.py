@@ -5,6 +5,6 @@ Layout is (batch, time, heads, dim) everywhere, as in flash-linear-attention. Ea
 """
 
 from liger.ops.recurrence import gated_recurrence, gated_slot_attention
-from liger.ops.window import sliding_window_attention
+from liger.ops.window import sliding_window_attention, window_decode_step
 
-__all__ = ["gated_recurrence", "gated_slot_attention", "sliding_window_attention"]
+__all__ = ["gated_recurrence", "gated_slot_attention", "sliding_window_attention", "window_decode_step"]

@@ -249,3 +249,40 @@ def sliding_window_attention(
             warnings.warn(f"flex_attention failed ({type(exc).__name__}: {exc}); using the blocked SDPA path",
                           stacklevel=2)
     return _blocked(q, k, v, w, scale, key_mask, block_size).to(q.dtype)
+
+
+def window_decode_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    win_k: Tensor,
+    win_v: Tensor,
+    win_mask: Tensor,
+    slot: Tensor,
+    scale: float,
+) -> Tensor:
+    """One decoding step of sliding-window attention over a ring buffer, updated in place.
+
+    q (B,1,H,D) and k, v (B,1,Hkv,D) are the new token's (rotary) query, key and value; win_k, win_v
+    (B,W,Hkv,D) hold the previous W keys and values in any slot order and win_mask (B,W) says which slots hold a
+    token. The query attends to the window and itself (softmax in fp32, fp64 for fp64 inputs); then k, v
+    overwrite slot `slot` (a one-element long tensor, the oldest slot) and `slot` advances. No host
+    synchronisation and no buffer changes size, so the step can be captured in a CUDA graph. Returns (B,1,H,D)
+    in q's dtype.
+    """
+    B, _, H, D = q.shape
+    W, Hkv = win_k.shape[1], win_k.shape[2]
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    keys = torch.cat([win_k, k], dim=1).to(dt)  # (B,W+1,Hkv,D)
+    values = torch.cat([win_v, v], dim=1).to(dt)
+    seen = torch.cat([win_mask, win_mask.new_ones(B, 1)], dim=1)  # (B,W+1)
+    qg = q.to(dt).reshape(B, Hkv, H // Hkv, D)  # query heads grouped by their kv head (as HF's repeat_kv)
+    scores = torch.einsum("bhgd,bjhd->bhgj", qg, keys) * scale
+    scores = scores.masked_fill(~seen[:, None, None, :], float("-inf"))
+    o = torch.einsum("bhgj,bjhd->bhgd", scores.softmax(-1), values)
+    if W:
+        win_k.index_copy_(1, slot, k)
+        win_v.index_copy_(1, slot, v)
+        win_mask.index_copy_(1, slot, seen[:, -1:])  # (index_fill_ on a bool tensor trips inductor in torch 2.11)
+        slot.add_(1).remainder_(W)
+    return o.reshape(B, 1, H, -1).to(q.dtype)

@@ -31,6 +31,11 @@ METHODS = list(config["methods"])
 TRAINED = [m for m in METHODS if config["methods"][m]]  # every method but the untouched base
 GPUS = config.get("resources", {}).get("gpus", 0)
 PROFILE = config.get("profile", {})
+PROFILED = PROFILE.get("methods", TRAINED)  # Liger methods in the efficiency profile (default: every one)
+SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)
+if set(PROFILED) - set(TRAINED):
+    raise WorkflowError(f"profile.methods: {sorted(set(PROFILED) - set(TRAINED))} are not Liger methods of "
+                        f"`methods` (those are: {', '.join(TRAINED)})")
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
@@ -43,6 +48,7 @@ def one_of(names: list) -> str:
 wildcard_constraints:
     model=one_of(MODELS),
     method=one_of(METHODS),
+    shape=one_of(SHAPES),
 
 
 def data_source():

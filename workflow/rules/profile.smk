@@ -7,8 +7,8 @@ rule profile:
         latency=report("results/plots/{model}_latency.png", category="efficiency"),
         prefill=report("results/plots/{model}_prefill.png", category="efficiency"),
     params:
-        variants=",".join(["base_eager", "base_sdpa", *TRAINED]),
-        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in TRAINED})),
+        variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
@@ -29,3 +29,35 @@ rule profile:
     shell:
         "python -m liger profile --model resources/models/{wildcards.model} --variants {params.variants} "
         "--methods {params.methods} {params.opts} --out {output.csv} --plot results/plots/{wildcards.model} > {log} 2>&1"
+
+
+rule profile_shape:
+    """The same profile for a named model shape with random weights (e.g. Llama-3-8B: the paper's figure)."""
+    output:
+        csv="results/shapes/{shape}/profile.csv",
+        latency=report("results/plots/shape-{shape}_latency.png", category="efficiency"),
+        prefill=report("results/plots/shape-{shape}_prefill.png", category="efficiency"),
+    params:
+        variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in PROFILED})),
+        opts=flags(
+            {
+                "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
+                "new_tokens": PROFILE.get("new_tokens", 128),
+                "batch_size": PROFILE.get("batch_size", 1),
+            }
+        ),
+    log:
+        "logs/shapes/{shape}/profile.log",
+    benchmark:
+        "logs/shapes/{shape}/profile.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=64000,
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "python -m liger profile --shape {wildcards.shape} --variants {params.variants} "
+        "--methods {params.methods} {params.opts} --out {output.csv} --plot results/plots/shape-{wildcards.shape} "
+        "> {log} 2>&1"
