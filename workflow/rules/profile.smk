@@ -1,3 +1,6 @@
+PROFILED = [m for m in TRAINED if m not in CONTROLS]  # speed is the methods' claim, not the controls'
+
+
 rule profile:
     """Prefill throughput, per-token decode latency and peak memory vs context length; plots."""
     input:
@@ -7,8 +10,8 @@ rule profile:
         latency=report("results/plots/{model}_latency.png", category="efficiency"),
         prefill=report("results/plots/{model}_prefill.png", category="efficiency"),
     params:
-        variants=",".join(["base_eager", "base_sdpa", *TRAINED]),
-        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in TRAINED})),
+        variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
