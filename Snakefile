@@ -17,12 +17,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/profile.smk"
+include: "workflow/rules/probes.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        expand("results/{model}/{method}/metrics.json", model=MODELS, method=METHODS),
+        expand("results/{model}/{method}/{probe}", model=MODELS, method=METHODS, probe=PROBE_FILES),
+        expand("results/{model}/coverage.csv", model=MODELS),
         expand("results/{model}/report.md", model=MODELS),
         "results/tables/main.md",
         expand("results/shapes/{shape}/profile.csv", shape=SHAPES),

@@ -25,3 +25,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if dtype not in names:
         raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
     return names[dtype]
+
+
+def load_for_inference(model_dir, device: str | None = "auto", dtype: str | torch.dtype | None = "auto"):
+    """A saved model (base or Liger) on the resolved device and dtype, in eval mode; returns (model, device)."""
+    from liger.convert import load
+
+    dev = resolve_device(device)
+    model = load(model_dir, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
+    return model, dev

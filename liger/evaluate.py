@@ -315,6 +315,39 @@ def _no_download_counts(active: bool) -> Iterator[None]:
         datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
+def leaf_task_names(task: str, local: bool) -> list[str]:
+    """The lm-eval leaf tasks that score a paper task: MMLU's 57 subjects, else the task itself."""
+    if task == "mmlu":
+        return [f"{'liger_' if local else ''}mmlu_{s}" for s in MMLU_SUBJECTS]
+    return [lm_eval_name(task, local)]
+
+
+@contextlib.contextmanager
+def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None) -> Iterator[tuple[Any, dict, dict]]:
+    """lm-eval's TaskManager, the top task or group of each paper task, and the leaf tasks by name.
+
+    `data_dir`: the offline mirrors (the local tasks, written to a temporary include folder that lives as
+    long as the context); None: lm-eval's own tasks on the Hugging Face hub.
+    """
+    from lm_eval.tasks import TaskManager
+
+    local = data_dir is not None
+    with tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp, _no_download_counts(local):
+        if local:
+            manager = TaskManager(include_path=write_local_tasks(data_dir, tmp), include_defaults=False)
+        else:
+            manager = TaskManager()
+        names = [lm_eval_name(t, local) for t in task_list]
+        try:
+            loaded = manager.load(names)
+        except (ConnectionError, OSError, ValueError, DatasetsError) as e:
+            where = f"the mirrors in {data_dir}" if local else "the Hugging Face hub (offline: pass --data-dir)"
+            raise LigerError(f"could not load the task data from {where}: {e}") from e
+        groups, leaves = loaded["groups"], loaded["tasks"]
+        top = {t: groups[n] if n in groups else leaves[n] for t, n in zip(task_list, names, strict=True)}
+        yield manager, top, leaves
+
+
 def _liger_options(model_path: Path) -> dict | str:
     cfg = json.loads((model_path / "config.json").read_text())
     return cfg.get("liger") or "base"
@@ -346,7 +379,6 @@ def evaluate(
     before the model is loaded.
     """
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
     task_list = check_tasks(tasks)
@@ -369,20 +401,7 @@ def evaluate(
         raise LigerError(f"--batch-size {batch_size}: must be >= 1")
     mmlu_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit is not None else None
 
-    with tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp, _no_download_counts(local):
-        if local:
-            manager = TaskManager(include_path=write_local_tasks(data_dir, tmp), include_defaults=False)
-        else:
-            manager = TaskManager()
-        names = [lm_eval_name(t, local) for t in task_list]
-        try:  # build the tasks (and read their data) before loading the model
-            loaded = manager.load(names)
-        except (ConnectionError, OSError, ValueError, DatasetsError) as e:
-            where = f"the mirrors in {data_dir}" if local else "the Hugging Face hub (offline: pass --data-dir)"
-            raise LigerError(f"could not load the task data from {where}: {e}") from e
-        groups, leaves = loaded["groups"], loaded["tasks"]
-        top = {t: groups[n] if n in groups else leaves[n] for t, n in zip(task_list, names, strict=True)}
-
+    with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
         lm = LigerLM(model_path, adapter=adapter, device=dev, dtype=torch_dtype, batch_size=1)
         seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         runs = []  # (paper tasks, num_fewshot, limit): MMLU is the one few-shot task
@@ -401,9 +420,7 @@ def evaluate(
                 task_manager=manager, log_samples=False, **seeds,
             )  # fmt: skip
             for t in run_tasks:
-                leaf_names = ([f"{'liger_' if local else ''}mmlu_{s}" for s in MMLU_SUBJECTS] if t == "mmlu"
-                              else [lm_eval_name(t, local)])
-                chance = chance_level([leaves[n] for n in leaf_names], run_limit)
+                chance = chance_level([leaves[n] for n in leaf_task_names(t, local)], run_limit)
                 reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance}
 
     report = {

@@ -1,11 +1,13 @@
-"""Small file helpers shared by the pipeline stages: checksums and atomic JSON writes."""
+"""Small file helpers shared by the pipeline stages: checksums and atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,28 @@ def ordinary_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write `doc` as indented JSON to a temporary sibling, then rename it over `path`."""
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write to; renamed over `path` when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
     try:
         ordinary_mode(Path(tmp), directory=False)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to a temporary sibling, then rename it over `path`."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    """Write `doc` as indented JSON to a temporary sibling, then rename it over `path`."""
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -34,7 +34,8 @@ def _params(model: dict) -> float:
 def plan(config: dict, resources: Path = Path("resources")) -> dict:
     """Work per model (training tokens, evaluated items) and a CPU time estimate in hours."""
     data, train, ev = config["data"], config.get("train", {}), config["eval"]
-    trained = [m for m, opts in config["methods"].items() if opts]
+    trained = [m for m, opts in config["methods"].items()  # converted and fine-tuned (finetune: false is not)
+               if set(opts) - {"finetune", "control"} and opts.get("finetune", True)]
     out = {}
     for name, model in config["models"].items():
         meta = resources / "data" / name / "meta.json"

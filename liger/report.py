@@ -13,8 +13,8 @@ from liger.errors import LigerError
 TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
 HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
            "winogrande": "WinoGrande", "mmlu": "MMLU"}
-COLUMNS = ["model", "method", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %", "Chance-corrected recovery %",
-           "train tokens", "source"]
+COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %",
+           "Chance-corrected recovery %", "train tokens", "source"]
 CHANCE = "chance (from the data)"
 
 
@@ -27,8 +27,16 @@ def _read_json(path: Path) -> dict:
         raise LigerError(f"{path}: not valid JSON ({e}); delete it and rerun its rule") from e
 
 
-def our_rows(model: str, methods: list[str], results: Path) -> tuple[pd.DataFrame, dict | None]:
+def role_of(method: str, controls: list[str]) -> str:
+    return "base" if method == "base" else "control" if method in controls else "method"
+
+
+def our_rows(model: str, methods: list[str], results: Path,
+             controls: list[str] | None = None) -> tuple[pd.DataFrame, dict | None]:
     """One row per method from results/{model}/{method}/metrics.json (values in %), and the chance levels.
+
+    `role` says what a row is: base, method, control (the rows that say what the window and the recurrence
+    each do), chance, or paper.
 
     The chance levels (1 / number of choices, averaged over the evaluated items) come from the base row's
     metrics file, or the first one that has them; they are None when no file records them.
@@ -37,7 +45,7 @@ def our_rows(model: str, methods: list[str], results: Path) -> tuple[pd.DataFram
     for method in methods:
         metrics_file = results / model / method / "metrics.json"
         metrics = _read_json(metrics_file)
-        row = {"model": model, "method": method, "source": str(metrics_file)}
+        row = {"model": model, "method": method, "role": role_of(method, controls or []), "source": str(metrics_file)}
         for task, header in HEADERS.items():
             value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
@@ -48,7 +56,8 @@ def our_rows(model: str, methods: list[str], results: Path) -> tuple[pd.DataFram
             chance, full_data = metrics["chance"], metrics.get("limit") is None
     df = pd.DataFrame(rows)
     if chance is not None:
-        chance_row = {"model": model, "method": CHANCE, "source": "1 / number of choices, mean over evaluated items"}
+        chance_row = {"model": model, "method": CHANCE, "role": "chance",
+                      "source": "1 / number of choices, mean over evaluated items"}
         chance_row |= {h: round(100 * chance[t], 1) if t in chance else None for t, h in HEADERS.items()}
         df = pd.concat([df, pd.DataFrame([chance_row])], ignore_index=True)
     return _with_averages(df, base="base" if "base" in methods else None), (chance if full_data else None)
@@ -81,47 +90,122 @@ def paper_rows(paper_name: str | None, paper_csv: Path, chance: dict | None = No
     df = df[df["model"] == paper_name]
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
-    out = pd.DataFrame({"model": paper_name, "method": df["method"] + " (paper)", "source": df["source"]})
+    out = pd.DataFrame({"model": paper_name, "method": df["method"] + " (paper)", "role": "paper",
+                        "source": df["source"]})
     for task, header in HEADERS.items():
         out[header] = df[task].to_numpy()
     out["train tokens"] = (df["train_tokens"] * 1e9).to_numpy()  # the CSV gives billions
     if chance is not None:
-        row = {"model": paper_name, "method": CHANCE, "source": "our measurement on the same full benchmarks"}
+        row = {"model": paper_name, "method": CHANCE, "role": "chance",
+               "source": "our measurement on the same full benchmarks"}
         out = pd.concat([out, pd.DataFrame([row | {h: round(100 * chance[t], 1) for t, h in HEADERS.items()}])])
     base = out["method"].str.startswith("Base (Transformer)")
     return _with_averages(out.reset_index(drop=True), base=out.loc[base, "method"].iloc[0] if base.any() else None)
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
+    """A Markdown table of `df` (without its `source` column); floats with `digits` decimals, "-" for missing."""
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and pd.isna(v)):
             return "-"
         if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.1f}"
+            return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.{digits}f}"
         return str(v)
 
     cols = [c for c in df.columns if c != "source"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines) + "\n"
 
 
+def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
+    """Two or three sentences on our rows: the full method, the controls beside it, what the recurrence adds."""
+    rows = ours[ours["role"].isin(["method", "control"])].set_index("method")
+    if rows.empty or rows["Avg"].isna().all():
+        return ""
+    if reference not in rows.index or rows.loc[reference, "role"] != "method":
+        methods = rows.index[rows["role"] == "method"]
+        if methods.empty:
+            return ""
+        reference = methods[0]
+    ref = rows.loc[reference]
+
+    def recovery(r) -> str:
+        cc = r.get("Chance-corrected recovery %")
+        return (f"recovery {r['Recovery %']:.1f}%" + (f", chance-corrected {cc:.1f}%" if pd.notna(cc) else "")
+                if pd.notna(r.get("Recovery %")) else "no base row to divide by")
+
+    text = [f"{reference} averages {ref['Avg']:.1f} ({recovery(ref)})."]
+    controls = rows[rows["role"] == "control"]
+    if not controls.empty:
+        text.append("Controls: " + "; ".join(f"{m} {r['Avg']:.1f} ({r['Avg'] - ref['Avg']:+.1f} vs {reference}, "
+                                             f"{recovery(r)})" for m, r in controls.iterrows()) + ".")
+    close = [m for m, r in rows.iterrows() if m != reference and abs(r["Avg"] - ref["Avg"]) <= 1]
+    if "window_only" in rows.index:
+        w = rows.loc["window_only"]
+        text.append(f"Over the window alone the recurrence adds {ref['Avg'] - w['Avg']:+.1f} points on average and "
+                    f"{ref['MMLU'] - w['MMLU']:+.1f} on MMLU (the one task whose prompts outrun the window).")
+    text.append(f"Within 1 point of {reference}: {', '.join(close)}." if close
+                else f"No other row is within 1 point of {reference}.")
+    return " ".join(text)
+
+
+def probe_sections(model: str, methods: list[str], results: Path, window: int = 64) -> list[str]:
+    """Report sections for the probes whose files exist: coverage, passkey and loss by position.
+
+    Also writes results/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets) and
+    the loss-by-position plot results/plots/{model}_position_loss.png.
+    """
+    from liger import coverage, passkey, position_loss
+
+    out_dir, text = results / model, []
+    cov = out_dir / "coverage.csv"
+    if cov.exists():
+        text += ["## Window coverage (request tokens: context + continuation, in this model's tokens)", "",
+                 coverage.markdown(pd.read_csv(cov))]
+    runs = {m: pd.read_csv(out_dir / m / "passkey.csv") for m in methods if (out_dir / m / "passkey.csv").exists()}
+    if runs:
+        table = passkey.summary_table(runs)
+        table.to_csv(out_dir / "passkey.csv")
+        md = markdown_table(table.reset_index()) + "\n" + passkey.sentences(table, window) + "\n"
+        (out_dir / "passkey.md").write_text(md)
+        text += ["## Passkey retrieval (accuracy % per prompt length, over key depths and seeds)", "", md,
+                 f"Heatmaps per length and depth: results/plots/{model}_<method>_passkey.png.", ""]
+    files = {m: out_dir / m / "position_loss.json" for m in methods if (out_dir / m / "position_loss.json").exists()}
+    if files:
+        found = position_loss.load_results(files)
+        table = position_loss.summary_table(found)
+        table.to_csv(out_dir / "position_loss.csv")
+        md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe(next(iter(found.values())))
+              + " " + position_loss.sentences(table) + "\n")
+        (out_dir / "position_loss.md").write_text(md)
+        position_loss.plot(found, results / "plots" / f"{model}_position_loss.png",
+                           f"{model}: next-token loss by position (held-out instruction records)")
+        text += ["## Loss by position (mean next-token loss in nats per position bucket)", "", md]
+    return text
+
+
 def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
-                       paper_csv: Path, config_note: str = "") -> Path:
-    """results/{model}/main.csv, main.md and report.md."""
-    ours, chance = our_rows(model, methods, results)
+                       paper_csv: Path, config_note: str = "", controls: list[str] | None = None,
+                       window: int = 64) -> Path:
+    """results/{model}/main.csv, main.md and report.md (with the probes' sections when their files exist)."""
+    ours, chance = our_rows(model, methods, results, controls)
     paper = paper_rows(paper_name, paper_csv, chance)
     out_dir = results / model
     table = pd.concat([ours, paper], ignore_index=True) if not paper.empty else ours
     table.to_csv(out_dir / "main.csv", index=False)
-    (out_dir / "main.md").write_text(_markdown(table))
+    (out_dir / "main.md").write_text(markdown_table(table))
     text = [f"# {model}", "", config_note, "",
             "## Main table (values in %; the paper's columns: PiQA acc, ARC-e acc, ARC-c acc_norm, "
-            "HellaSwag acc_norm, WinoGrande acc, 0-shot; MMLU acc, 5-shot)", "", _markdown(table),
+            "HellaSwag acc_norm, WinoGrande acc, 0-shot; MMLU acc, 5-shot)", "", markdown_table(table),
             "Rows marked (paper) are the published numbers for the same base model (config/paper_results.csv); "
             "every other cell comes from the metrics file named in main.csv's `source` column. Recovery is the "
             "row's average over the base average; chance-corrected recovery is (row - chance) / (base - chance) "
-            "on the averages, with the chance row computed from the evaluated items.", ""]
+            "on the averages, with the chance row computed from the evaluated items. Rows with role `control` "
+            "say what each branch does alone: window_only (the window branch, fine-tuned like the methods), "
+            "liger_gla_no_window (the recurrence alone), base_window (the base model restricted to the window, "
+            "not trained).", "", main_sentences(ours), ""]
+    text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))
     if plots:
         text += ["## Plots", ""] + [f"![{p.stem}](../plots/{p.name})" for p in plots] + [""]
@@ -135,7 +219,7 @@ def write_tables(model_tables: list[Path], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.concat([pd.read_csv(p) for p in model_tables], ignore_index=True)
     table.to_csv(out_dir / "main.csv", index=False)
-    (out_dir / "main.md").write_text(_markdown(table))
+    (out_dir / "main.md").write_text(markdown_table(table))
 
 
 def _cli(args: argparse.Namespace) -> int:
@@ -143,8 +227,9 @@ def _cli(args: argparse.Namespace) -> int:
         write_tables(args.tables, args.out)
         print(f"{args.out}/main.csv")
         return 0
+    controls = [m for m in (args.controls or "").split(",") if m]
     report = write_model_report(args.model, args.methods.split(","), args.results, args.paper_name,
-                                args.paper_csv, args.note)
+                                args.paper_csv, args.note, controls=controls, window=args.window)
     print(report)
     return 0
 
@@ -157,6 +242,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")
     p.add_argument("--paper-csv", type=Path, default=Path("config/paper_results.csv"))
     p.add_argument("--note", default="", help="a line under the title (config, data source)")
+    p.add_argument("--controls", default="", help="comma-separated methods that are control rows")
+    p.add_argument("--window", type=int, default=64, help="the methods' window (for the probes' sentences)")
     p.add_argument("--tables", nargs="+", type=Path, help="stack these main.csv files into --out")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
     p.set_defaults(func=_cli)

@@ -75,22 +75,49 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     work, _, _ = smoke_run
     table = pd.read_csv(work / "results" / "tables" / "main.csv")
     ours = table[~table["method"].str.endswith("(paper)")]
-    assert list(ours["method"]) == ["base", "liger_gla", "chance (from the data)"]
+    assert list(ours["method"]) == ["base", "liger_gla", "window_only", "base_window", "chance (from the data)"]
+    assert list(ours["role"]) == ["base", "method", "control", "control", "chance"]
     headers = [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("hellaswag", "HellaSwag"),
                ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]
-    for _, row in ours.iloc[:2].iterrows():
+    for _, row in ours.iloc[:4].iterrows():
         metrics = json.loads(Path(work / row["source"]).read_text())
         for task, header in headers:
             assert row[header] == pytest.approx(round(100 * metrics["paper_metrics"][task], 1))
     chance = json.loads((work / ours.iloc[0]["source"]).read_text())["chance"]
     for task, header in headers:
-        assert ours.iloc[2][header] == pytest.approx(round(100 * chance[task], 1))
+        assert ours.iloc[4][header] == pytest.approx(round(100 * chance[task], 1))
     assert not pd.isna(ours.iloc[1]["Chance-corrected recovery %"])
     assert ours.loc[ours["method"] == "liger_gla", "train tokens"].iloc[0] > 0
     assert (work / "results" / "tables" / "main.md").exists()
     assert (work / "results" / "plots" / "smollm2-135m_latency.png").stat().st_size > 0
     report = (work / "results" / "smollm2-135m" / "report.md").read_text()
     assert "liger_gla" in report and "smollm2-135m_latency.png" in report and "alpaca" in report
+
+
+@pytest.mark.slow
+def test_smoke_dag_controls_and_probes(smoke_run):
+    work, _, _ = smoke_run
+    res = work / "results" / "smollm2-135m"
+    # base_window: converted with its options, never trained; window_only: trained like liger_gla
+    converted = json.loads((work / "resources" / "converted" / "smollm2-135m" / "base_window" / "model" /
+                            "config.json").read_text())["liger"]
+    assert (converted["alpha"], converted["beta"], converted["window"]) == (1.0, 0.0, 64)
+    assert not (work / "resources" / "finetuned" / "smollm2-135m" / "base_window").exists()
+    assert json.loads((res / "window_only" / "train_summary.json").read_text())["liger_options"]["beta"] == 0.0
+    assert json.loads((res / "base_window" / "metrics.json").read_text())["liger"]["alpha"] == 1.0
+    coverage = pd.read_csv(res / "coverage.csv").set_index("task")
+    assert coverage.loc["mmlu", "shots"] == 5 and coverage.loc["mmlu", "items beyond window 64 %"] == 100.0
+    for method in ["base", "liger_gla", "window_only", "base_window"]:
+        passkey = pd.read_csv(res / method / "passkey.csv")
+        assert sorted(set(passkey["length"])) == [96, 192] and len(passkey) == 4
+        assert set(passkey["cache"]) == {"kv" if method == "base" else "liger"}
+        assert (work / "results" / "plots" / f"smollm2-135m_{method}_passkey.png").stat().st_size > 0
+        loss = json.loads((res / method / "position_loss.json").read_text())
+        assert loss["seq_len"] == 256 and loss["sequences"] == 2
+    report = (res / "report.md").read_text()
+    for section in ("## Window coverage", "## Passkey retrieval", "## Loss by position", "Controls: window_only"):
+        assert section in report
+    assert (work / "results" / "plots" / "smollm2-135m_position_loss.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -28,10 +28,30 @@ check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "conf
 
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
-TRAINED = [m for m in METHODS if config["methods"][m]]  # every method but the untouched base
+PIPELINE_KEYS = ("finetune", "control")  # method keys for the pipeline; the others are Liger options
+
+
+def liger_options(method: str) -> dict:
+    """The Liger options of a method entry (empty for the untouched base)."""
+    return {k: v for k, v in config["methods"][method].items() if k not in PIPELINE_KEYS}
+
+
+def is_finetuned(method: str) -> bool:
+    return bool(liger_options(method)) and config["methods"][method].get("finetune", True)
+
+
+TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
+UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
+CONTROLS = [m for m in METHODS if config["methods"][m].get("control")]
+# Window sizes of the rows that have a window branch (LigerOptions' default window is 64).
+WINDOWS = sorted({liger_options(m).get("window", 64) for m in METHODS
+                  if liger_options(m) and liger_options(m).get("hybrid", "liger_attention") != "none"}) or [64]
+PROBES = config.get("probes", {})
+PROBE_FILES = ["metrics.json", "passkey.csv", "position_loss.json"]  # per model and method, in rule all
 GPUS = config.get("resources", {}).get("gpus", 0)
 PROFILE = config.get("profile", {})
-PROFILED = PROFILE.get("methods", TRAINED)  # Liger methods in the efficiency profile (default: every one)
+# Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
+PROFILED = PROFILE.get("methods", [m for m in TRAINED if m not in CONTROLS])
 SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)
 if set(PROFILED) - set(TRAINED):
     raise WorkflowError(f"profile.methods: {sorted(set(PROFILED) - set(TRAINED))} are not Liger methods of "
@@ -74,10 +94,20 @@ def flags(section: dict) -> str:
 
 
 def evaluated_model(wc):
-    """The folder lm-eval loads: the untouched base model, or the fine-tuned Liger model (LoRA merged)."""
+    """The folder a method's row is measured on: the fine-tuned Liger model (LoRA merged), the converted but
+    untrained model (finetune: false), or the untouched base model."""
     if wc.method in TRAINED:
         return f"resources/finetuned/{wc.model}/{wc.method}/model"
+    if wc.method in UNTRAINED:
+        return f"resources/converted/{wc.model}/{wc.method}/model"
     return f"resources/models/{wc.model}"
+
+
+def model_ready(wc):
+    """The file that says `evaluated_model` is complete (the rule that makes it)."""
+    if wc.method in TRAINED:
+        return f"resources/finetuned/{wc.model}/{wc.method}/summary.json"
+    return f"{evaluated_model(wc)}/config.json"
 
 
 def eval_flags():

@@ -1,11 +1,7 @@
 rule evaluate:
     """lm-eval on the six benchmarks (the paper's metrics and shots), base or Liger model."""
     input:
-        lambda wc: (
-            f"resources/finetuned/{wc.model}/{wc.method}/summary.json"
-            if wc.method in TRAINED
-            else f"resources/models/{wc.model}/config.json"
-        ),
+        model_ready,
     output:
         "results/{model}/{method}/metrics.json",
     params:

@@ -10,7 +10,7 @@ rule finetune:
     wildcard_constraints:
         method=one_of(TRAINED),
     params:
-        options=lambda wc: shlex.quote(json.dumps(config["methods"][wc.method])),
+        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
         train=flags(config["train"]),
         out="resources/finetuned/{model}/{method}",
     log:

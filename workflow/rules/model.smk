@@ -20,3 +20,28 @@ rule model:
         ENV
     shell:
         "python -m liger fetch-model {params.name} {params.source} --out resources/models/{wildcards.model} > {log} 2>&1"
+
+
+rule convert:
+    """A method with `finetune: false` (base_window): the base model converted with its options, not trained."""
+    input:
+        "resources/models/{model}/config.json",
+    output:
+        "resources/converted/{model}/{method}/model/config.json",
+    wildcard_constraints:
+        method=one_of(UNTRAINED),
+    params:
+        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
+        out="resources/converted/{model}/{method}/model",
+    log:
+        "logs/{model}/{method}/convert.log",
+    benchmark:
+        "logs/{model}/{method}/convert.benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        ENV
+    shell:
+        "python -m liger convert --model resources/models/{wildcards.model} --options {params.options} "
+        "--out {params.out} > {log} 2>&1"

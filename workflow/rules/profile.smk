@@ -1,3 +1,4 @@
+
 rule profile:
     """Prefill throughput, per-token decode latency and peak memory vs context length; plots."""
     input:
@@ -8,7 +9,7 @@ rule profile:
         prefill=report("results/plots/{model}_prefill.png", category="efficiency"),
     params:
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
-        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in PROFILED})),
+        methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
@@ -39,7 +40,7 @@ rule profile_shape:
         prefill=report("results/plots/shape-{shape}_prefill.png", category="efficiency"),
     params:
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
-        methods=shlex.quote(json.dumps({m: config["methods"][m] for m in PROFILED})),
+        methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),

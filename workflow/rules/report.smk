@@ -5,12 +5,20 @@ rule report:
         train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
         paper=PAPER_CSV,
         profile="results/{model}/profile.csv",
+        coverage="results/{model}/coverage.csv",
+        passkey=expand("results/{{model}}/{method}/passkey.csv", method=METHODS),
+        position_loss=expand("results/{{model}}/{method}/position_loss.json", method=METHODS),
     output:
         table=report("results/{model}/main.csv", category="tables"),
         markdown="results/{model}/main.md",
         report="results/{model}/report.md",
+        passkey="results/{model}/passkey.csv",
+        position_loss="results/{model}/position_loss.csv",
+        position_plot=report("results/plots/{model}_position_loss.png", category="probes"),
     params:
         methods=",".join(METHODS),
+        controls=",".join(CONTROLS) or "''",
+        window=WINDOWS[0],
         paper=lambda wc: shlex.quote(config["models"][wc.model].get("paper_name", "")),
         note=lambda wc: shlex.quote(run_note()),
     log:
@@ -24,7 +32,8 @@ rule report:
         ENV
     shell:
         "python -m liger report --model {wildcards.model} --methods {params.methods} --paper-name {params.paper} "
-        "--paper-csv {input.paper} --note {params.note} > {log} 2>&1"
+        "--paper-csv {input.paper} --note {params.note} --controls {params.controls} --window {params.window} "
+        "> {log} 2>&1"
 
 
 rule tables:
@@ -54,6 +63,7 @@ for _model in MODELS:
         name:
             _model.replace("-", "_").replace(".", "_")
         input:
-            expand("results/{model}/{method}/metrics.json", model=_model, method=METHODS),
+            expand("results/{model}/{method}/{probe}", model=_model, method=METHODS, probe=PROBE_FILES),
+            f"results/{_model}/coverage.csv",
             f"results/{_model}/report.md",
         localrule: True

@@ -1,0 +1,345 @@
+"""Issue #11 on CPU: the control rows, window coverage, passkey retrieval, loss by position, and their report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import liger
+from liger.attention import LigerAttention
+from liger.errors import LigerError
+from tests.conftest import ROOT, SHARED_DATA, tiny_model
+
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+PIPELINE_KEYS = ("finetune", "control")
+
+
+def control_options(name: str) -> dict:
+    """A control row's Liger options exactly as the default config defines them."""
+    return {k: v for k, v in CONFIG["methods"][name].items() if k not in PIPELINE_KEYS}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(smollm2_dir) -> Path:
+    return smollm2_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _tiny_llama_for(tokenizer, seed: int = 0):
+    return tiny_model("llama", seed=seed, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)  # fmt: skip
+
+
+def _save(model, tokenizer, out: Path) -> Path:
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- control rows
+
+
+def test_config_defines_the_three_controls():
+    methods = CONFIG["methods"]
+    assert methods["window_only"] == {"method": "liger_gla", "alpha": 1.0, "beta": 0.0, "control": True}
+    assert methods["base_window"] == {**methods["window_only"], "finetune": False}
+    assert methods["liger_gla_no_window"] == {"method": "liger_gla", "hybrid": "none", "control": True}
+    for name in ("window_only", "base_window", "liger_gla_no_window"):
+        assert yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())["methods"][name] == methods[name]
+
+
+@pytest.mark.parametrize("name,window,recurrence", [("window_only", True, False), ("base_window", True, False),
+                                                    ("liger_gla_no_window", False, True)])
+def test_controls_build_and_run_on_a_tiny_llama(name, window, recurrence, monkeypatch):
+    base = tiny_model("llama")
+    model = liger.linearize(tiny_model("llama"), **control_options(name))
+    opts = liger.options_of(model)
+    assert (opts.uses_window, opts.uses_recurrence) == (window, recurrence)
+    calls = {"recurrent": 0, "window_attention": 0}
+    for branch in calls:
+        original = getattr(LigerAttention, branch)
+
+        def counted(self, *args, _branch=branch, _original=original, **kwargs):
+            calls[_branch] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(LigerAttention, branch, counted)
+    ids = torch.randint(0, 128, (2, 100), generator=torch.Generator().manual_seed(0))
+    out = model(ids, labels=ids)
+    assert torch.isfinite(out.loss)
+    assert calls == {"recurrent": 2 * recurrence, "window_attention": 2 * window}  # 2 layers
+    out.loss.backward()  # the fine-tuned rows train q/k/v through the branch they keep
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    if name != "liger_gla_no_window":  # the window alone at weight 1 is the base model inside the window
+        with torch.no_grad():
+            short, long = ids[:, :65], ids
+            torch.testing.assert_close(model(short).logits, base(short).logits, atol=1e-5, rtol=1e-4)
+            assert not torch.allclose(model(long).logits[:, 65:], base(long).logits[:, 65:], atol=1e-3)
+            torch.testing.assert_close(model(long).logits[:, :65], base(long).logits[:, :65], atol=1e-5, rtol=1e-4)
+
+
+def test_base_window_decodes_like_its_parallel_forward():
+    model = liger.linearize(tiny_model("llama"), **control_options("base_window"))
+    ids = torch.randint(0, 128, (1, 90), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :70], use_cache=True)
+        cache, steps = out.past_key_values, [out.logits[:, -1]]
+        for t in range(70, 89):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits[:, -1])
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 69:89], atol=1e-4, rtol=1e-4)
+
+
+def test_convert_command_saves_the_untrained_control(tmp_path, tokenizer):
+    from liger.cli import main
+
+    base = _save(_tiny_llama_for(tokenizer), tokenizer, tmp_path / "base")
+    options = json.dumps(control_options("base_window"))
+    assert main(["convert", "--model", str(base), "--options", options, "--out", str(tmp_path / "bw")]) == 0
+    model = liger.load(tmp_path / "bw")
+    assert liger.options_of(model).to_dict() == liger.LigerOptions.build(**control_options("base_window")).to_dict()
+    assert (tmp_path / "bw" / "tokenizer.json").exists()
+    assert main(["convert", "--model", str(base), "--options", "[1]", "--out", str(tmp_path / "x")]) == 2
+    assert main(["convert", "--model", str(tmp_path / "bw"), "--options", options, "--out", str(tmp_path / "y")]) == 2
+
+
+# ----------------------------------------------------------------------------------------- coverage
+
+
+PIQA = [{"goal": "How do I open a jar?", "sol1": "Twist the lid.", "sol2": "Eat the lid.", "label": 0},
+        {"goal": "How do I keep bread fresh for a very long time in a warm kitchen without a fridge?",
+         "sol1": "Wrap it tightly in a cloth bag and keep it in a cool dark cupboard.", "sol2": "Leave it on the "
+         "radiator.", "label": 0},
+        {"goal": "Boil water", "sol1": "Use a kettle.", "sol2": "Use a freezer.", "label": 0}]  # fmt: skip
+WINOGRANDE = [{"sentence": "The trophy did not fit in the case because the _ was too big.", "option1": "trophy",
+               "option2": "case", "answer": "1"},
+              {"sentence": "Anna lent Maria a book because _ had finished it.", "option1": "Anna", "option2": "Maria",
+               "answer": "1"}]  # fmt: skip
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_coverage_of_a_tiny_task(tmp_path, tokenizer_dir, tokenizer):
+    from liger.coverage import beyond_column, coverage, markdown
+
+    _write_jsonl(tmp_path / "piqa" / "validation.jsonl", PIQA)
+    _write_jsonl(tmp_path / "winogrande" / "validation.jsonl", WINOGRANDE)
+    df = coverage(tokenizer_dir, tasks="piqa,winogrande", data_dir=tmp_path, windows=[8, 20]).set_index("task")
+    # lm-eval's piqa request: context "Question: {goal}\nAnswer:", continuation " {solution}"
+    lengths = [[len(tokenizer(f"Question: {r['goal']}\nAnswer: {r[s]}")["input_ids"]) for s in ("sol1", "sol2")]
+               for r in PIQA]  # fmt: skip
+    flat = [n for pair in lengths for n in pair]
+    piqa = df.loc["piqa"]
+    assert (piqa["items"], piqa["requests"], piqa["shots"]) == (3, 6, 0)
+    assert piqa["tokens_median"] == np.median(flat) and piqa["tokens_max"] == max(flat)
+    assert piqa["tokens_p90"] == pytest.approx(np.percentile(flat, 90))
+    for w in (8, 20):  # an item is beyond the window when its longest request has L - 2 > window
+        assert piqa[beyond_column(w)] == pytest.approx(round(100 * np.mean([max(p) - 2 > w for p in lengths]), 1))
+    assert 0 < piqa[beyond_column(20)] < 100
+    # winogrande (partial scoring): the option goes in the context, the rest of the sentence is the continuation
+    wino = [[len(tokenizer(r["sentence"].replace("_", r[o]))["input_ids"]) for o in ("option1", "option2")]
+            for r in WINOGRANDE]  # fmt: skip
+    assert df.loc["winogrande", "tokens_max"] == max(n for pair in wino for n in pair)
+    assert df.loc["winogrande", "requests"] == 4
+    text = markdown(df.reset_index())
+    assert "| piqa |" in text and "most items that outrun it" in text
+    with pytest.raises(LigerError, match="unknown task"):
+        coverage(tokenizer_dir, tasks="lambada", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu" / "dev.jsonl").exists(), reason="no MMLU mirror")
+def test_mmlu_coverage_includes_the_five_shot_context(tmp_path, tokenizer_dir):
+    from liger.coverage import coverage
+
+    for split in ("test", "dev"):
+        seen: dict[str, int] = {}
+        keep = []
+        for line in (SHARED_DATA / "mmlu" / f"{split}.jsonl").read_text().splitlines():
+            subject = json.loads(line)["subject"]
+            if seen.get(subject, 0) < (5 if split == "dev" else 1):
+                seen[subject] = seen.get(subject, 0) + 1
+                keep.append(line)
+        (tmp_path / "mmlu").mkdir(exist_ok=True)
+        (tmp_path / "mmlu" / f"{split}.jsonl").write_text("\n".join(keep) + "\n")
+    five = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57).iloc[0]
+    zero = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57, num_fewshot_mmlu=0).iloc[0]
+    assert five["items"] == zero["items"] == 57 and five["requests"] == 4 * 57 and five["shots"] == 5
+    assert five["tokens_median"] > 3 * zero["tokens_median"]  # five solved examples precede the question
+
+
+# ----------------------------------------------------------------------------------------- passkey
+
+
+def test_passkey_prompt_is_deterministic_and_holds_the_key_once_at_its_depth(tokenizer):
+    from liger.passkey import INTRO, QUESTION, make_prompt
+
+    for length in (128, 300):
+        for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+            a, b = make_prompt(tokenizer, length, depth, seed=3), make_prompt(tokenizer, length, depth, seed=3)
+            assert a.input_ids == b.input_ids and a.key == b.key
+            assert len(a.input_ids) == length and 10_000 <= a.key <= 99_999
+            text = tokenizer.decode(a.input_ids)
+            assert text.count(str(a.key)) == 1 and sum(c.isdigit() for c in text) == 5
+            assert text.startswith(INTRO) and text.endswith(QUESTION)
+            # the key sentence sits at the filler boundary nearest to the depth (one filler sentence = 24 tokens)
+            assert abs(a.filler_before / a.filler_tokens - depth) <= 12 / a.filler_tokens + 1e-9
+            needle = tokenizer.decode(a.input_ids[a.needle_at : a.needle_at + 8])
+            assert needle.startswith(" The pass key is")
+    keys = {make_prompt(tokenizer, 128, 0.5, seed=s).key for s in range(6)}
+    assert len(keys) == 6  # seeds give different keys
+    first, last = make_prompt(tokenizer, 200, 0.0, 0), make_prompt(tokenizer, 200, 1.0, 0)
+    assert first.filler_before == 0 and last.filler_before == last.filler_tokens
+    with pytest.raises(LigerError, match="too short"):
+        make_prompt(tokenizer, 40, 0.5, 0)
+    with pytest.raises(LigerError, match="between 0 and 1"):
+        make_prompt(tokenizer, 200, 1.5, 0)
+
+
+def test_passkey_answers_and_length_cap():
+    from liger.passkey import answer_is_key, usable_lengths
+
+    assert answer_is_key(" 12345. Remember", 12345) and not answer_is_key(" 1234 5", 12345)
+    assert not answer_is_key("no number", 12345) and not answer_is_key("123456", 12345)
+    assert usable_lengths([256, 8192, 16384], 8192, 10) == [256, 8182]
+
+
+@pytest.mark.parametrize("convert,kind", [(False, "kv"), (True, "liger")])
+def test_passkey_run_uses_the_models_cache(tmp_path, tokenizer, convert, kind):
+    from liger.passkey import heatmap, run_passkey, summary_table
+
+    model = _tiny_llama_for(tokenizer)
+    if convert:
+        liger.linearize(model, "liger_gla")
+    folder = _save(model, tokenizer, tmp_path / "m")
+    df = run_passkey(folder, lengths=[96, 1000], depths=[0.0, 1.0], seeds=2, new_tokens=4, device="cpu",
+                     progress=False)  # fmt: skip
+    assert len(df) == 2 * 2 * 2 and set(df["cache"]) == {kind}
+    assert set(df["length"]) == {96, 508} and (df["prompt_tokens"] == df["length"]).all()  # capped at 512 - 4
+    assert df["correct"].dtype == bool
+    heatmap(df, tmp_path / "h.png", "t")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert list(summary_table({"m": df}).columns) == [96, 508]
+
+
+# ----------------------------------------------------------------------------------------- loss by position
+
+
+def test_bucket_edges_and_sums():
+    from liger.position_loss import bucket_edges, bucket_table
+
+    assert bucket_edges(8192) == [0, 64, 128, 256, 512, 1024, 2048, 4096, 8191]
+    assert bucket_edges(256) == [0, 64, 128, 255] and bucket_edges(50) == [0, 49]
+    losses = np.random.default_rng(0).gamma(2.0, 1.0, size=(3, 255))
+    table = bucket_table(losses, bucket_edges(256))
+    parts, overall = table[table["bucket"] != "all"], table[table["bucket"] == "all"].iloc[0]
+    assert parts["tokens"].sum() == overall["tokens"] == losses.size
+    weighted = (parts["tokens"] * parts["mean_loss"]).sum() / parts["tokens"].sum()
+    assert weighted == pytest.approx(overall["mean_loss"]) and overall["mean_loss"] == pytest.approx(losses.mean())
+
+
+def test_sequences_start_at_records_and_wrap():
+    from liger.position_loss import make_sequences
+
+    stream = np.arange(100)
+    starts = [0, 10, 25, 60, 80]
+    seqs = make_sequences(stream, starts, 30, 2)
+    assert seqs[0, 0] == 0 and seqs[1, 0] == 25 and seqs.shape == (2, 30)
+    wrap = make_sequences(stream, starts, 30, 5)
+    assert list(wrap[:, 0]) == starts and list(wrap[4, 18:22]) == [98, 99, 0, 1]
+
+
+def test_token_losses_match_the_models_loss():
+    from liger.position_loss import token_losses
+
+    model = liger.linearize(tiny_model("llama"), "liger_gla", window=8)
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    per_pos = token_losses(model, ids, chunk=7)
+    assert per_pos.shape == (2, 39)
+    with torch.no_grad():
+        assert per_pos.mean().item() == pytest.approx(model(ids, labels=ids).loss.item(), rel=1e-5)
+
+
+def test_position_loss_end_to_end(tmp_path, tokenizer):
+    from liger.position_loss import describe, position_loss
+
+    records = [{"instruction": f"Write a sentence about the number {i}.", "input": "" if i % 2 else f"n={i}",
+                "output": f"The number {i} is a fine number, bigger than {i - 1}."} for i in range(30)]  # fmt: skip
+    _write_jsonl(tmp_path / "alpaca.jsonl", records)
+    folder = _save(liger.linearize(_tiny_llama_for(tokenizer), "liger_gla"), tokenizer, tmp_path / "m")
+    result = position_loss(folder, str(tmp_path / "alpaca.jsonl"), n_val=10, seq_len=2048, sequences=3,
+                           device="cpu", progress=False)  # fmt: skip
+    assert result["seq_len"] == 512 and result["records"] == 10 and result["tokens_read"] == 3 * 512
+    assert result["overlapping"] and "overlap" in describe(result)  # 10 short records are far fewer tokens
+    buckets = pd.DataFrame(result["buckets"])
+    parts, overall = buckets[buckets["bucket"] != "all"], buckets[buckets["bucket"] == "all"].iloc[0]
+    assert list(parts["bucket"]) == ["0-64", "64-128", "128-256", "256-511"]
+    assert parts["tokens"].sum() == overall["tokens"] == 3 * 511
+    assert (parts["tokens"] * parts["mean_loss"]).sum() / overall["tokens"] == pytest.approx(overall["mean_loss"])
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def _fake_results(root: Path) -> list[str]:
+    tasks = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
+    rows = {"base": [0.70, 0.70, 0.40, 0.60, 0.60, 0.40], "liger_gla": [0.70, 0.70, 0.40, 0.55, 0.60, 0.30],
+            "window_only": [0.70, 0.70, 0.40, 0.55, 0.60, 0.27], "liger_gla_no_window": [0.6, 0.5, 0.3, 0.4, 0.5, 0.25],
+            "base_window": [0.65, 0.65, 0.35, 0.45, 0.55, 0.26]}  # fmt: skip
+    chance = dict(zip(tasks, [0.5, 0.25, 0.25, 0.25, 0.5, 0.25], strict=True))
+    for i, (method, values) in enumerate(rows.items()):
+        d = root / "m" / method
+        d.mkdir(parents=True)
+        doc = {"paper_metrics": dict(zip(tasks, values, strict=True)), "chance": chance, "limit": None}
+        (d / "metrics.json").write_text(json.dumps(doc))
+        pk = pd.DataFrame({"length": [256, 256, 1024, 1024], "depth": [0.0, 1.0, 0.0, 1.0],
+                           "correct": [True, True, i == 0, True]})  # fmt: skip
+        pk.to_csv(d / "passkey.csv", index=False)
+        buckets = [{"bucket": "0-64", "start": 0, "end": 64, "tokens": 64, "mean_loss": 3.0},
+                   {"bucket": "64-127", "start": 64, "end": 127, "tokens": 63, "mean_loss": 2.5 + 0.1 * i},
+                   {"bucket": "all", "start": 0, "end": 127, "tokens": 127, "mean_loss": 2.8}]  # fmt: skip
+        (d / "position_loss.json").write_text(json.dumps({"buckets": buckets, "sequences": 2, "seq_len": 128,
+                                                           "records": 5, "stream_tokens": 300, "overlapping": False}))
+    pd.DataFrame([{"task": "mmlu", "shots": 5, "items": 3, "requests": 12, "tokens_median": 500.0,
+                   "tokens_p90": 900.0, "tokens_max": 1000, "tokens_mean": 600.0,
+                   "items beyond window 64 %": 100.0}]).to_csv(root / "m" / "coverage.csv", index=False)  # fmt: skip
+    return list(rows)
+
+
+def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
+    from liger.report import write_model_report
+
+    methods = _fake_results(tmp_path)
+    controls = ["window_only", "liger_gla_no_window", "base_window"]
+    report = write_model_report("m", methods, tmp_path, None, ROOT / "config" / "paper_results.csv",
+                                controls=controls).read_text()  # fmt: skip
+    table = pd.read_csv(tmp_path / "m" / "main.csv").set_index("method")
+    assert list(table["role"]) == ["base", "method", "control", "control", "control", "chance"]
+    assert table.loc["window_only", "Chance-corrected recovery %"] == pytest.approx(
+        round(100 * (table.loc["window_only", "Avg"] - table.loc["chance (from the data)", "Avg"])
+              / (table.loc["base", "Avg"] - table.loc["chance (from the data)", "Avg"]), 1), abs=0.15)
+    assert "Within 1 point of liger_gla: window_only." in report
+    assert "the recurrence adds +0.5 points on average and +3.0 on MMLU" in report
+    assert "## Window coverage" in report and "## Passkey retrieval" in report and "## Loss by position" in report
+    assert "The base model retrieves the key in 100% of prompts" in report
+    passkey = pd.read_csv(tmp_path / "m" / "passkey.csv").set_index("method")
+    assert passkey.loc["liger_gla", "1024"] == 50.0 and passkey.loc["base", "1024"] == 100.0
+    losses = pd.read_csv(tmp_path / "m" / "position_loss.csv").set_index("method")
+    assert losses.loc["base_window", "64-127"] == pytest.approx(2.9)
+    assert (tmp_path / "plots" / "m_position_loss.png").stat().st_size > 1000
+    assert "m_position_loss.png" in report

@@ -1,0 +1,98 @@
+# What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
+# position, for the base model and every method (controls included).
+PASSKEY = PROBES.get("passkey", {})
+POSITION_LOSS = PROBES.get("position_loss", {})
+
+
+rule coverage:
+    """Request lengths of each benchmark in the model's tokens; share of items beyond the window."""
+    input:
+        "resources/models/{model}/config.json",
+    output:
+        csv=report("results/{model}/coverage.csv", category="probes"),
+        markdown="results/{model}/coverage.md",
+    params:
+        opts=flags(
+            {
+                "tasks": config["eval"]["tasks"],
+                "data_dir": eval_data_dir(),
+                "limit": config["eval"].get("limit"),
+                "windows": WINDOWS,
+            }
+        ),
+    log:
+        "logs/{model}/coverage.log",
+    benchmark:
+        "logs/{model}/coverage.benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        ENV
+    shell:
+        "python -m liger coverage --model resources/models/{wildcards.model} {params.opts} --out {output.csv} "
+        "> {log} 2>&1"
+
+
+rule passkey:
+    """Passkey retrieval per prompt length and key depth (greedy decoding through the model's cache)."""
+    input:
+        model_ready,
+    output:
+        csv="results/{model}/{method}/passkey.csv",
+        heatmap=report("results/plots/{model}_{method}_passkey.png", category="probes"),
+    params:
+        model=evaluated_model,
+        opts=flags(
+            {
+                "lengths": PASSKEY.get("lengths", [256, 512, 1024, 2048, 4096, 8192]),
+                "depths": PASSKEY.get("depths", [0.0, 0.25, 0.5, 0.75, 1.0]),
+                "seeds": PASSKEY.get("seeds", 5),
+                "new_tokens": PASSKEY.get("new_tokens", 10),
+            }
+        ),
+    log:
+        "logs/{model}/{method}/passkey.log",
+    benchmark:
+        "logs/{model}/{method}/passkey.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "python -m liger passkey --model {params.model} {params.opts} --out {output.csv} "
+        "--plot {output.heatmap} --title '{wildcards.model} {wildcards.method}: passkey accuracy %' > {log} 2>&1"
+
+
+rule position_loss:
+    """Mean next-token loss per position bucket on long sequences of the held-out instruction records."""
+    input:
+        model_ready,
+    output:
+        json="results/{model}/{method}/position_loss.json",
+        csv="results/{model}/{method}/position_loss.csv",
+    params:
+        model=evaluated_model,
+        source=lambda wc: shlex.quote(data_source()),
+        opts=flags(
+            {
+                "n_val": config["data"].get("n_val", 200),
+                "seq_len": POSITION_LOSS.get("seq_len", 8192),
+                "sequences": POSITION_LOSS.get("sequences", 8),
+            }
+        ),
+    log:
+        "logs/{model}/{method}/position_loss.log",
+    benchmark:
+        "logs/{model}/{method}/position_loss.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "python -m liger position-loss --model {params.model} --source {params.source} {params.opts} "
+        "--out {output.json} > {log} 2>&1"
