@@ -84,12 +84,7 @@ class LigerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
-        d = self.head_dim
-        q = self.q_proj(hidden_states).view(B, T, -1, d)
-        k = self.k_proj(hidden_states).view(B, T, -1, d)
-        v = self.v_proj(hidden_states).view(B, T, -1, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project(hidden_states)
         valid = self.padding.token_mask(T)
         cache = liger_cache_layer(past_key_values, self.layer_idx, self.options.window)
 
@@ -105,6 +100,16 @@ class LigerAttention(nn.Module):
         if cache is not None:
             cache.seen += T
         return self.o_proj(out.reshape(B, T, -1)), None
+
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of shape (B, T, heads, head_dim), before rotary (Qwen3's q/k norms applied)."""
+        B, T, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim)
+        k = self.k_proj(hidden_states).view(B, T, -1, self.head_dim)
+        v = self.v_proj(hidden_states).view(B, T, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def _gate_input(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return {"k": k, "q": q, "v": v}[self.options.gate_source]

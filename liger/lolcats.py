@@ -177,21 +177,12 @@ class LolcatsAttention(LigerAttention):
         o = self.options
         return f"lolcats {o.variant}, window={o.window} ({o.window_shape}), eps={o.eps}"
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, None]:
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attention_mask: torch.Tensor | None = None, past_key_values=None,
+                **kwargs) -> tuple[torch.Tensor, None]:
+        """The LigerAttention call contract: (output, None)."""
         B, T, _ = hidden_states.shape
-        d = self.head_dim
-        q = self.q_proj(hidden_states).view(B, T, -1, d)
-        k = self.k_proj(hidden_states).view(B, T, -1, d)
-        v = self.v_proj(hidden_states).view(B, T, -1, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project(hidden_states)
         cos, sin = position_embeddings
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # the feature maps act on the rotated q and k
         valid = self.padding.token_mask(T)
@@ -226,7 +217,10 @@ class LolcatsAttention(LigerAttention):
         kr, vr, fk = self._kv(k, v)
         fq = self.feature_map_q(q)
         pos = torch.arange(T, device=q.device)
-        offset = (-T) % o.window if o.window_shape == "terraced" else 0
+        offset = 0
+        if o.window_shape == "terraced":  # blocks end at each sequence's last real token (right padding: per row)
+            last = T if valid is None else (valid * torch.arange(1, T + 1, device=q.device)).amax(dim=1)
+            offset = (-last) % o.window
         outs, state, absorbed = [], None, 0
         for s in range(0, T, o.chunk_size):
             e = min(T, s + o.chunk_size)

@@ -669,16 +669,9 @@ def finetune(
     return run_stage(LORA, model_dir, data_dir, out_dir, options=options, train=train, callback=callback)
 
 
-def run_stage(
-    stage: Stage,
-    model_dir: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    options: dict | None,
-    train: TrainConfig | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
+              out_dir: str | os.PathLike[str], *, options: dict | None, train: TrainConfig | None = None,
+              callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """One training stage (`finetune`'s contract, with `stage` saying what is trained and how)."""
     cfg = train or default_train_config(options, stage.recipe)
     name = stage.name
@@ -950,23 +943,31 @@ def _cli_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> argparse.ArgumentParser:
-    """Add the `finetune` subcommand."""
-    p = sub.add_parser(
-        "finetune",
-        help="linearize a model and fine-tune LoRA on the packed Alpaca chunks",
-        description="Linearize (liger.linearize with --options), attach LoRA, train; resumes from "
-                    "OUT/checkpoints. Writes OUT/{adapter,model,train_log.csv,summary.json}.",
-    )
+def add_stage_cli(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str,
+                  options_help: str, recipe_note: str) -> argparse.ArgumentParser:
+    """A training stage's subcommand: --model, --data, --out, --options and one flag per TrainConfig field."""
+    p = sub.add_parser(name, help=help, description=description)
     p.add_argument("--model", required=True, type=Path, help="base model folder")
     p.add_argument("--data", required=True, type=Path, help="prepare-data output folder")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--options", required=True, type=_options_arg,
-                   help='Liger method and options as JSON, e.g. \'{"method": "liger_gla"}\' (or a JSON file); '
-                        '\'{"method": "base"}\' trains nothing')
-    _add_config_flags(p, "; lolcats: its variant's stage-2 recipe")
-    p.set_defaults(func=_cli_finetune)
+    p.add_argument("--options", required=True, type=_options_arg, help=options_help)
+    _add_config_flags(p, recipe_note)
+    p.set_defaults(func=func)
     return p
+
+
+def add_cli(sub: Any) -> argparse.ArgumentParser:
+    """Add the `finetune` subcommand."""
+    return add_stage_cli(
+        sub, "finetune", _cli_finetune,
+        help="linearize a model and fine-tune LoRA on the packed Alpaca chunks",
+        description="Linearize (liger.linearize with --options), attach LoRA, train; resumes from "
+                    "OUT/checkpoints. Writes OUT/{adapter,model,train_log.csv,summary.json}. For lolcats this is "
+                    "stage 2: --model is the stage-1 (liger transfer) OUT/model.",
+        options_help='Liger method and options as JSON, e.g. \'{"method": "liger_gla"}\' (or a JSON file); '
+                     '\'{"method": "base"}\' trains nothing',
+        recipe_note="; lolcats: its variant's stage-2 recipe",
+    )
 
 
 __all__: Sequence[str] = ["TrainConfig", "TrainError", "NonFiniteLossError", "finetune", "add_cli"]

@@ -28,9 +28,8 @@ from liger.train import (
     Stage,
     TrainConfig,
     TrainError,
-    _add_config_flags,
     _fmt,
-    _options_arg,
+    add_stage_cli,
     config_from_args,
     load_converted,
     n_targets,
@@ -121,19 +120,13 @@ def _cli(args: argparse.Namespace) -> int:
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
     """Add the `transfer` subcommand."""
-    p = sub.add_parser(
-        "transfer",
+    return add_stage_cli(
+        sub, "transfer", _cli,
         help="LoLCATs stage 1: train the feature maps to match softmax attention (attention transfer)",
         description="Convert with lolcats --options, train the feature maps (and window factors) on the packed "
                     "chunks; resumes from OUT/checkpoints. Writes OUT/{model,train_log.csv,summary.json}; stage 2 "
                     "is `liger finetune --model OUT/model` with the same --options.",
+        options_help='LoLCATs options as JSON, e.g. \'{"method": "lolcats"}\' or '
+                     '\'{"method": "lolcats", "variant": "liger"}\' (or a JSON file)',
+        recipe_note="; lolcats: its variant's stage-1 recipe",
     )
-    p.add_argument("--model", required=True, type=Path, help="base model folder")
-    p.add_argument("--data", required=True, type=Path, help="prepare-data output folder")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--options", required=True, type=_options_arg,
-                   help='LoLCATs options as JSON, e.g. \'{"method": "lolcats"}\' or '
-                        '\'{"method": "lolcats", "variant": "liger"}\' (or a JSON file)')
-    _add_config_flags(p, "; lolcats: its variant's stage-1 recipe")
-    p.set_defaults(func=_cli)
-    return p

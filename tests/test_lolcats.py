@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
-from liger import LigerCache, LigerError, count_parameters, linearize
+from liger import LigerError, count_parameters, linearize
 from liger.lolcats import (
     INIT_WINDOW_FACTOR,
     HedgehogFeatureMap,
@@ -23,7 +23,7 @@ from liger.lolcats import (
 from liger.ops.hybrid import absorb, hybrid_attention
 from liger.ops.reference import lolcats_sets, naive_hedgehog, naive_lolcats_attention
 from tests.conftest import tiny_model
-from tests.test_convert import ATOL, decode_logits, ids
+from tests.test_convert import ATOL, cache_sizes, decode_logits, ids, padded_batch
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
 SMALL = {"window": 5, "chunk_size": 8}  # 23 tokens: several query blocks, and keys leave the window
@@ -216,17 +216,7 @@ def test_terraced_prefill_is_exact_and_decoding_continues_with_the_sliding_windo
 
 
 def test_cache_is_constant_in_length():
-    model = lolcats("llama", window_shape="sliding")
-    cache = LigerCache(model)
-    sizes = {}
-    with torch.no_grad():
-        model(ids(length=100), past_key_values=cache, use_cache=True)
-        sizes[100] = cache.nbytes()
-        for chunk in range(9):
-            model(ids(length=100, seed=chunk + 2), past_key_values=cache, use_cache=True)
-        sizes[1000] = cache.nbytes()
-    assert cache.get_seq_length() == 1000 and sizes[100] == sizes[1000] > 0
-    layer = cache.layers[0]
+    layer = cache_sizes(lolcats("llama", window_shape="sliding")).layers[0]
     S, z = layer.state
     assert S.shape == (1, 4, 2 * 16, 16) and z.shape == (1, 4, 2 * 16) and layer.win_k.shape[1] == 5
 
@@ -236,19 +226,26 @@ def test_left_padded_batch_equals_singles(shape):
     """With position ids counted from each row's first token (as `generate` does): the feature maps act on the
     rotated q and k, so LoLCATs, unlike Liger, depends on absolute positions."""
     model = lolcats("qwen3", window_shape=shape)
-    lengths = [23, 15, 8]
-    seqs = [ids(length=n, seed=10 + n)[0] for n in lengths]
-    width = max(lengths)
-    batch = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, width - len(s):] = s
-        mask[i, width - len(s):] = 1
+    seqs = [ids(length=n, seed=10 + n)[0] for n in (23, 15, 8)]
+    batch, mask = padded_batch(seqs)
+    width = batch.shape[1]
     with torch.no_grad():
         padded = model(batch, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
         for i, s in enumerate(seqs):
             alone = model(s[None]).logits[0]
             assert (padded[i, width - len(s):] - alone).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("shape", ["sliding", "terraced"])
+def test_right_padded_batch_equals_singles(shape):
+    """lm-eval's log-likelihood batches are right-padded: terraced blocks align to each row's last real token."""
+    model = lolcats("llama", window_shape=shape)
+    seqs = [ids(length=n, seed=n)[0] for n in (23, 17, 9)]
+    batch, mask = padded_batch(seqs, side="right")
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask).logits
+        for i, s in enumerate(seqs):
+            assert (padded[i, :len(s)] - model(s[None]).logits[0]).abs().max().item() <= ATOL
 
 
 def test_generate_matches_greedy_by_full_forward():

@@ -17,28 +17,16 @@ from liger.lolcats import RECIPES, LolcatsAttention
 from liger.train import RECIPE_FIELDS, TrainConfig, default_train_config, finetune
 from liger.transfer import TransferObjective, transfer
 from tests.conftest import tiny_model
-from tests.test_train import read_log, write_packed
+from tests.test_train import interrupt_at, read_log
 
 OPTIONS = {"method": "lolcats", "window": 8}
 RERUN = {"method": "lolcats", "variant": "liger", "window": 8, "feature_dim": 16}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_packed(tmp_path_factory.mktemp("data"))
+FAST = dict(grad_accum=2, epochs=2, eval_every=0, ckpt_every=0, progress=False, device="cpu")
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(default_train_config(OPTIONS, "transfer").__dict__, grad_accum=2, epochs=2, eval_every=0,
-                ckpt_every=0, progress=False, device="cpu")
-    return TrainConfig(**{**base, **kw})
+    """Stage 1's recipe with small budgets."""
+    return TrainConfig(**{**default_train_config(OPTIONS, "transfer").__dict__, **FAST, **kw})
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -111,13 +99,8 @@ def test_rerun_variant_keeps_the_window_factors(model_dir, data_dir, tmp_path):
 def test_stage1_resume_reproduces_the_uninterrupted_run(model_dir, data_dir, tmp_path):
     settings = cfg(epochs=2, ckpt_every=3)
     ref = transfer(model_dir, data_dir, tmp_path / "a", options=OPTIONS, train=settings)
-
-    def interrupt(info):
-        if info["step"] == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        transfer(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt)
+        transfer(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt_at(5))
     again = transfer(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings)
     assert again["resumed_at_steps"] == [3] and again["final_train_loss"] == pytest.approx(ref["final_train_loss"])
     a, b = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")

@@ -148,15 +148,7 @@ def lolcats_sets(length: int, window: int, shape: str) -> list[tuple[list[int], 
 
 
 def naive_lolcats_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    fq: Tensor,
-    fk: Tensor,
-    gamma: Tensor,
-    window: int,
-    shape: str = "sliding",
-    *,
+    q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, gamma: Tensor, window: int, shape: str = "sliding", *,
     scale: float | None = None,
     eps: float = 0.0,
 ) -> Tensor:

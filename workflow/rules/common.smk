@@ -29,6 +29,11 @@ check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "conf
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
 TRAINED = [m for m in METHODS if config["methods"][m]]  # every method but the untouched base
+LOLCATS = [m for m in TRAINED if config["methods"][m].get("method") == "lolcats"]  # two stages: transfer, LoRA
+# TrainConfig fields that a LoLCATs variant's recipe sets (liger.train.RECIPE_FIELDS, tested equal): config `train`
+# gives them to the Liger methods only; `lolcats_train: {transfer: ..., lora: ...}` overrides the recipe.
+RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                 "eval_every")
 GPUS = config.get("resources", {}).get("gpus", 0)
 PROFILE = config.get("profile", {})
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
@@ -65,6 +70,21 @@ def flags(section: dict) -> str:
             value = ",".join(map(str, value))
         out += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(out)
+
+
+def train_flags(method, stage="lora"):
+    """The training flags of a method's stage: config `train`, or for lolcats its shared keys plus overrides."""
+    if method not in LOLCATS:
+        return flags(config["train"])
+    shared = {k: v for k, v in config["train"].items() if k not in RECIPE_FIELDS}
+    return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
+
+
+def finetune_input(wc):
+    """Stage 2 of lolcats starts from its stage-1 model; the Liger methods from the base model."""
+    if wc.method in LOLCATS:
+        return f"resources/transferred/{wc.model}/{wc.method}/model"
+    return f"resources/models/{wc.model}"
 
 
 def evaluated_model(wc):
