@@ -56,6 +56,8 @@ def repeat_heads(x: torch.Tensor, n: int) -> torch.Tensor:
 class LigerAttention(nn.Module):
     """Drop-in replacement for a Llama-family attention module (same call signature and return)."""
 
+    supports_step = True  # `step` (fixed-buffer decoding, liger.decode) implements this layer
+
     def __init__(self, attn: nn.Module, options: LigerOptions, padding: PaddingContext) -> None:
         super().__init__()
         config = attn.config
@@ -84,7 +86,7 @@ class LigerAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
-        q, k, v = self._qkv(hidden_states)
+        q, k, v = self.project(hidden_states)
         valid = self.padding.token_mask(T)
         cache = liger_cache_layer(past_key_values, self.layer_idx, self.options.window)
 
@@ -101,13 +103,12 @@ class LigerAttention(nn.Module):
             cache.seen += T
         return self.o_proj(out.reshape(B, T, -1)), None
 
-    def _qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, T, heads, head_dim), after Qwen3's per-head norms where the model has them."""
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of shape (B, T, heads, head_dim), before rotary (Qwen3's q/k norms applied)."""
         B, T, _ = hidden_states.shape
-        d = self.head_dim
-        q = self.q_proj(hidden_states).view(B, T, -1, d)
-        k = self.k_proj(hidden_states).view(B, T, -1, d)
-        v = self.v_proj(hidden_states).view(B, T, -1, d)
+        q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim)
+        k = self.k_proj(hidden_states).view(B, T, -1, self.head_dim)
+        v = self.v_proj(hidden_states).view(B, T, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -185,7 +186,7 @@ class LigerAttention(nn.Module):
         so a whole model step can be captured in a CUDA graph.
         """
         B = hidden_states.shape[0]
-        q, k, v = self._qkv(hidden_states)
+        q, k, v = self.project(hidden_states)
         opts = self.options
         out = None
         if opts.uses_recurrence:

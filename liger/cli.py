@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "liger.cli_model",
     "liger.data",
     "liger.train",
+    "liger.transfer",
     "liger.evaluate",
     "liger.coverage",
     "liger.passkey",

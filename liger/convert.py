@@ -3,7 +3,8 @@
 A converted model's config is the original config under a `liger_<type>` model type with a `liger` entry
 (the method and its options). Importing `liger` registers those types with transformers' Auto classes, so
 `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the original architecture, converts it again, and loads
-the weights: the conversion adds no parameters, so the state dicts have the same keys.
+the weights: a Liger conversion adds no parameters, so the state dicts have the same keys (a LoLCATs one adds
+its feature maps and window factors, which the saved weights then hold).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from liger.attention import LigerAttention, PaddingContext
 from liger.errors import LigerError
-from liger.options import LigerOptions
+from liger.options import build_options, options_from_dict
 
 
 def _architectures() -> dict[str, tuple[type, type]]:
@@ -59,44 +60,53 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _convert_layers(model: PreTrainedModel, options: LigerOptions) -> None:
+def _convert_layers(model: PreTrainedModel, options) -> None:
     backbone = model.get_decoder()
     n_layers = len(backbone.layers)
     bad = [i for i in options.softmax_layers if not 0 <= i < n_layers]
     if bad:
         raise LigerError(f"softmax_layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    layer_cls = LigerAttention
+    if options.method == "lolcats":
+        from liger.lolcats import LolcatsAttention as layer_cls
     padding = PaddingContext()
     backbone.register_forward_pre_hook(padding.hook, with_kwargs=True)
     for i, layer in enumerate(backbone.layers):
         if isinstance(layer.self_attn, LigerAttention):
             raise LigerError("the model is already linearized")
         if i not in options.softmax_layers:
-            layer.self_attn = LigerAttention(layer.self_attn, options, padding)
+            layer.self_attn = layer_cls(layer.self_attn, options, padding)
 
 
 def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> PreTrainedModel:
     """Convert every attention layer of `model` (except `softmax_layers`) into a Liger layer, in place.
 
-    `method` is one of liger_gla, liger_hgrn2, liger_gsa; `options` are the fields of `LigerOptions`.
-    The parameter count does not change (asserted).
+    `method` is one of liger_gla, liger_hgrn2, liger_gsa (`options`: the fields of `LigerOptions`; the parameter
+    count does not change, asserted) or lolcats (`options`: the fields of `liger.lolcats.LolcatsOptions`; it adds
+    the feature maps and window factors, and the count grows by exactly `liger.lolcats.added_parameters`).
     """
     model_type = check_supported(model.config)
     if model.config.model_type.startswith("liger_"):
         raise LigerError("the model is already linearized")
-    opts = LigerOptions.build(method, **options)
+    opts = build_options(method, **options)
+    expected = 0
+    if opts.method == "lolcats":
+        from liger.lolcats import added_parameters
+
+        expected = added_parameters(model.config, opts)
     before = count_parameters(model)
     _convert_layers(model, opts)
     after = count_parameters(model)
-    assert after == before, f"conversion changed the parameter count: {before} -> {after}"
+    assert after - before == expected, f"conversion added {after - before} parameters, expected {expected}"
     model.config.__class__ = LIGER_CONFIGS[model_type]
     model.config.liger = opts.to_dict()
     return model
 
 
-def options_of(model: PreTrainedModel) -> LigerOptions | None:
-    """The Liger options of a converted model, None for an unconverted one."""
+def options_of(model: PreTrainedModel):
+    """The options (`LigerOptions` or `LolcatsOptions`) of a converted model, None for an unconverted one."""
     d = getattr(model.config, "liger", None)
-    return LigerOptions.from_dict(d) if d else None
+    return options_from_dict(d) if d else None
 
 
 def _register() -> None:
@@ -107,7 +117,7 @@ def _register() -> None:
 
         def __init__(self, config, *args, base=model_cls, **kwargs):
             base.__init__(self, config, *args, **kwargs)
-            _convert_layers(self, LigerOptions.from_dict(config.liger))
+            _convert_layers(self, options_from_dict(config.liger))
 
         model_sub = type(f"Liger{model_cls.__name__}", (model_cls,), {"config_class": config_sub, "__init__": __init__})
         AutoConfig.register(liger_type, config_sub, exist_ok=True)
@@ -140,7 +150,7 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
 
         opts_file = Path(adapter) / ADAPTER_OPTIONS
         if opts_file.is_file():
-            want = LigerOptions.from_dict(json.loads(opts_file.read_text(encoding="utf-8")))
+            want = options_from_dict(json.loads(opts_file.read_text(encoding="utf-8")))
             have = options_of(model)
             if have is None:
                 linearize(model, **want.to_dict())

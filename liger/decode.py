@@ -44,6 +44,10 @@ class GraphDecoder:
         if plain:
             raise LigerError(f"graph decoding needs every layer converted; layers {plain} keep softmax attention "
                              "(softmax_layers): decode with model.generate instead")
+        other = {type(layer.self_attn).__name__ for layer in layers if not layer.self_attn.supports_step}
+        if other:
+            raise LigerError(f"graph decoding implements the Liger layers, not {', '.join(sorted(other))}: "
+                             "decode with model.generate instead")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise LigerError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
         self.model = model

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from liger.errors import LigerError
 
 METHODS = ("liger_gla", "liger_hgrn2", "liger_gsa")
+ALL_METHODS = (*METHODS, "lolcats")  # the Liger methods and the LoLCATs baseline (liger.lolcats)
 HYBRIDS = ("liger_attention", "none")
 FEATURE_MAPS = ("softmax", "none")
 GATE_SOURCES = ("k", "q", "v")
@@ -31,7 +32,7 @@ class LigerOptions:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise LigerError(f"unknown Liger method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise LigerError(f"unknown Liger method {self.method!r}; choose one of {', '.join(ALL_METHODS)}")
         if self.gate_normalizer is None:
             self.gate_normalizer = 1.0 if self.method == "liger_hgrn2" else 16.0
         if self.feature_map is None:
@@ -73,3 +74,18 @@ class LigerOptions:
     @property
     def uses_recurrence(self) -> bool:
         return self.beta != 0 or self.hybrid == "none"
+
+
+def build_options(method: str, **options):
+    """The options of one conversion: `LigerOptions`, or `liger.lolcats.LolcatsOptions` for method lolcats."""
+    if method == "lolcats":
+        from liger.lolcats import LolcatsOptions
+
+        return LolcatsOptions.build(method, **options)
+    return LigerOptions.build(method, **options)
+
+
+def options_from_dict(d: dict):
+    """`build_options` from a dict holding "method" (a converted model's config entry)."""
+    d = dict(d)
+    return build_options(d.pop("method"), **d)

@@ -36,6 +36,7 @@ def plan(config: dict, resources: Path = Path("resources")) -> dict:
     data, train, ev = config["data"], config.get("train", {}), config["eval"]
     trained = [m for m, opts in config["methods"].items()  # converted and fine-tuned (finetune: false is not)
                if set(opts) - {"finetune", "control"} and opts.get("finetune", True)]
+    stages = sum(2 if config["methods"][m].get("method") == "lolcats" else 1 for m in trained)  # LoLCATs: two
     out = {}
     for name, model in config["models"].items():
         meta = resources / "data" / name / "meta.json"
@@ -57,9 +58,9 @@ def plan(config: dict, resources: Path = Path("resources")) -> dict:
         zero_shot = sum(n for t, n in items.items() if t != "mmlu")
         mmlu = items.get("mmlu", 0)
         eval_s = (zero_shot * CPU_EVAL_S["base"] + mmlu * CPU_EVAL_S["mmlu"]) * (1 + len(trained) * 1.4)
-        train_s = len(trained) * tokens / CPU_TRAIN_TOK_S
+        train_s = stages * tokens / CPU_TRAIN_TOK_S
         out[name] = {"methods": list(config["methods"]), "train_tokens_per_method": int(tokens),
-                     "eval_items_per_method": sum(items.values()),
+                     "eval_items_per_method": sum(items.values()), "training_stages": stages,
                      "cpu_hours": round(scale * (train_s + eval_s) / 3600, 1)}
     return out
 

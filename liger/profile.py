@@ -164,9 +164,13 @@ def build_variant(variant: str, model_dir: Path | None, shape: str | None, devic
 
 
 def make_decoder(model, variant: str, liger_decoder: str, batch: int, prefill_chunk: int | None):
+    """The transformers loop for the base variants, `--liger-decoder hf` and layers GraphDecoder does not cover."""
     if variant.startswith("base_") or liger_decoder == "hf":
         return HFDecoder(model)
-    return GraphDecoderAdapter(model, batch, prefill_chunk)
+    try:
+        return GraphDecoderAdapter(model, batch, prefill_chunk)
+    except LigerError:  # e.g. LoLCATs layers or softmax_layers
+        return HFDecoder(model)
 
 
 def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None = None, variants: list[str],

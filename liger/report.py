@@ -14,7 +14,7 @@ TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
 HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
            "winogrande": "WinoGrande", "mmlu": "MMLU"}
 COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %",
-           "Chance-corrected recovery %", "train tokens", "source"]
+           "Chance-corrected recovery %", "train tokens", "train stages", "source"]
 CHANCE = "chance (from the data)"
 
 
@@ -49,8 +49,7 @@ def our_rows(model: str, methods: list[str], results: Path,
         for task, header in HEADERS.items():
             value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
-        summary = results / model / method / "train_summary.json"
-        row["train tokens"] = _read_json(summary).get("tokens_trained") if summary.exists() else None
+        row["train tokens"], row["train stages"] = _train_tokens(results / model / method)
         rows.append(row)
         if chance is None and metrics.get("chance"):
             chance, full_data = metrics["chance"], metrics.get("limit") is None
@@ -61,6 +60,17 @@ def our_rows(model: str, methods: list[str], results: Path,
         chance_row |= {h: round(100 * chance[t], 1) if t in chance else None for t, h in HEADERS.items()}
         df = pd.concat([df, pd.DataFrame([chance_row])], ignore_index=True)
     return _with_averages(df, base="base" if "base" in methods else None), (chance if full_data else None)
+
+
+def _train_tokens(folder: Path) -> tuple[int | None, str | None]:
+    """Tokens trained over every stage of a row (LoLCATs: attention transfer + LoRA), and the split by stage."""
+    stages = [(name, folder / f"{stem}_summary.json") for name, stem in (("attention transfer", "transfer"),
+                                                                         ("LoRA", "train"))]
+    tokens = [(name, _read_json(path).get("tokens_trained")) for name, path in stages if path.exists()]
+    tokens = [(name, n) for name, n in tokens if n]
+    if not tokens:
+        return None, None
+    return sum(n for _, n in tokens), " + ".join(f"{name} {n / 1e6:.2f}M" for name, n in tokens)
 
 
 def _with_averages(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
@@ -204,7 +214,9 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "on the averages, with the chance row computed from the evaluated items. Rows with role `control` "
             "say what each branch does alone: window_only (the window branch, fine-tuned like the methods), "
             "liger_gla_no_window (the recurrence alone), base_window (the base model restricted to the window, "
-            "not trained).", "", main_sentences(ours), ""]
+            "not trained). `train tokens` counts every training stage of a row (LoLCATs: attention transfer, then "
+            "LoRA, as the paper's Table 2 counts 0.02B + 0.02B = 0.04B); `train stages` splits it.", "",
+            main_sentences(ours), ""]
     text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))
     if plots:

@@ -51,6 +51,9 @@ log = logging.getLogger("liger.train")
 DATA_FILES = ("train_ids.npy", "train_mask.npy", "val_ids.npy", "val_mask.npy", "meta.json")
 CSV_FIELDS = ("step", "epoch", "loss", "lr", "tokens_seen", "tokens_per_s", "val_loss")
 CKPT_PREFIX = "step-"
+# TrainConfig fields that a LoLCATs recipe sets (liger.lolcats.RECIPES); the other fields are shared by all methods.
+RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                 "eval_every")
 # TrainConfig fields that must match a checkpoint for a run to resume from it.
 RESUME_STRICT = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "micro_batch", "grad_accum", "seed",
                  "weight_decay", "lr_factor", "lr_patience", "min_lr")
@@ -285,6 +288,12 @@ def validation_loss(model: torch.nn.Module, data: PackedData, micro_batch: int, 
     return total / count if count else None
 
 
+def is_converted(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether a model folder holds a converted model (its config records the conversion)."""
+    config = Path(model_dir) / "config.json"
+    return config.is_file() and "liger" in json.loads(config.read_text(encoding="utf-8"))
+
+
 def base_validation_loss(model_dir: str | os.PathLike[str], data: PackedData, micro_batch: int,
                          device: torch.device, dtype: torch.dtype) -> float | None:
     """The validation loss of the model in `model_dir` as it is (before conversion), for comparison."""
@@ -362,29 +371,39 @@ def load_tokenizer(model_dir: Path) -> Any | None:
         raise TrainError(f"{model_dir}: could not load its tokenizer ({type(e).__name__}: {e})") from e
 
 
-def build_model(model_dir: str | os.PathLike[str], options: dict | None, cfg: TrainConfig, device: torch.device,
-                dtype: torch.dtype) -> torch.nn.Module:
-    """Load the model, linearize it with `options` (None: keep softmax attention) and attach LoRA (peft).
+def load_converted(model_dir: str | os.PathLike[str], options: dict | None, device: torch.device,
+                   dtype: torch.dtype) -> torch.nn.Module:
+    """Load the model and linearize it with `options` (None: keep softmax attention), every parameter frozen.
 
-    Only the LoRA weights are trainable. A folder that holds an already converted model is accepted when
-    its options are the requested ones.
+    A folder that holds an already converted model is accepted when its options are the requested ones.
     """
-    from peft import LoraConfig, get_peft_model
-
     import liger
-    from liger.options import LigerOptions
+    from liger.options import build_options
 
     model = liger.load(model_dir, dtype=dtype)
     if options is not None:
         have = liger.options_of(model)
         if have is None:
             liger.linearize(model, **options)
-        elif have != LigerOptions.build(**options):
+        elif have != build_options(**options):
             raise TrainError(f"{model_dir} holds a model already converted with {have.to_dict()}, not the "
                              f"requested {options}; give the base model folder")
     model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def build_model(model_dir: str | os.PathLike[str], options: dict | None, cfg: TrainConfig, device: torch.device,
+                dtype: torch.dtype) -> torch.nn.Module:
+    """Load the model, linearize it with `options` (None: keep softmax attention) and attach LoRA (peft).
+
+    Only the LoRA weights are trainable. A folder that holds an already converted model is accepted when
+    its options are the requested ones (e.g. a LoLCATs model after attention transfer).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = load_converted(model_dir, options, device, dtype)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.lora_targets if t not in names]
     if missing:
@@ -608,6 +627,53 @@ def _fmt(x: float | None) -> str:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
+    """``adapter/`` (the LoRA weights) and ``model/`` (LoRA merged into the converted model, with the tokenizer)."""
+    with _atomic_dir(out / "adapter") as tmp:
+        model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA only; skips a config reload
+    save_model_folder(model.merge_and_unload(), out, tokenizer, model_dir)
+
+
+def save_model_folder(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
+    """``model/``: a Hugging Face folder that `liger.load` opens, with the tokenizer of `model_dir`."""
+    with _atomic_dir(out / "model") as tmp:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        else:
+            log.warning("%s has no tokenizer; model/ holds the weights only", model_dir)
+
+
+@dataclass
+class Stage:
+    """What differs between training stages; the loop, checkpoints, logs and summary are shared.
+
+    build: the model with only its trained parameters requiring grad; objective: the module that `train_step`
+    and `validation_loss` call in place of the model (its output's ``.loss`` is the micro-batch loss); data: a
+    view of the packed data; save: the outputs besides the log, checkpoints and summary; extra: summary fields.
+    """
+
+    name: str
+    build: Callable[[Path, dict, TrainConfig, torch.device, torch.dtype], torch.nn.Module]
+    objective: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
+    data: Callable[[PackedData], PackedData] = lambda data: data
+    save: Callable[[torch.nn.Module, Path, Any, Path], None] = save_lora_outputs
+    extra: Callable[[torch.nn.Module], dict[str, Any]] = lambda model: {}
+    recipe: str = "lora"  # the LoLCATs stage whose recipe is the default TrainConfig of a lolcats method
+
+
+LORA = Stage("finetune", build_model)
+
+
+def default_train_config(options: dict | None, stage: str = "lora") -> TrainConfig:
+    """The paper's recipe: Liger's for Liger methods, the variant's stage recipe for lolcats (liger.lolcats)."""
+    if options and options.get("method") == "lolcats":
+        from liger.lolcats import recipe
+
+        return TrainConfig(**recipe(options.get("variant", "original"), stage))
+    return TrainConfig()
+
+
 def finetune(
     model_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -622,9 +688,18 @@ def finetune(
     `options` (e.g. ``{"method": "liger_gla", "hybrid": "liger_attention"}``) go to `liger.linearize`;
     ``None`` or ``{"method": "base"}`` trains nothing and writes only a summary saying so. Resumes from the
     last checkpoint in ``out_dir/checkpoints`` when there is one. `callback` is called after every optimizer
-    step (and its checkpoint) with the step's numbers. Returns the summary (also in summary.json).
+    step (and its checkpoint) with the step's numbers. `train` None: `default_train_config(options)`.
+    Returns the summary (also in summary.json).
     """
-    cfg = train or TrainConfig()
+    return run_stage(LORA, model_dir, data_dir, out_dir, options=options, train=train, callback=callback)
+
+
+def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
+              out_dir: str | os.PathLike[str], *, options: dict | None, train: TrainConfig | None = None,
+              callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """One training stage (`finetune`'s contract, with `stage` saying what is trained and how)."""
+    cfg = train or default_train_config(options, stage.recipe)
+    name = stage.name
     model_dir, data_dir, out = Path(model_dir).expanduser(), Path(data_dir).expanduser(), Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -643,21 +718,22 @@ def finetune(
             "versions": versions("torch", "transformers", "peft", "liger", "numpy"),
         }
         write_json_atomic(out / "summary.json", summary)
-        log.info("finetune: method base: nothing to convert or train; wrote %s", out / "summary.json")
+        log.info("%s: method base: nothing to convert or train; wrote %s", name, out / "summary.json")
         return summary
 
-    from liger.options import LigerOptions
+    from liger.options import build_options
 
     options = dict(options)
-    full_options = LigerOptions.build(**options).to_dict()  # fails fast on a bad method or option
-    data = load_data(data_dir, cfg.val_limit)
+    full_options = build_options(**options).to_dict()  # fails fast on a bad method or option
+    data = stage.data(load_data(data_dir, cfg.val_limit))
     tokenizer = load_tokenizer(model_dir)
     device, dtype = device_and_dtype(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    model = build_model(model_dir, options, cfg, device, dtype)
+    model = stage.build(model_dir, options, cfg, device, dtype)
+    objective = stage.objective(model)
     check_vocab(data, model.config, tokenizer)
     params = [p for _, p in trainable(model)]
     n_trainable = sum(p.numel() for p in params)
@@ -674,7 +750,7 @@ def finetune(
         state = load_checkpoint(existing[-1], model, opt, sched, run_info)
         state.resumed_at.append(state.step)
         csv_log.start(existing[-1] / "train_log.csv")
-        log.info("finetune: resuming from checkpoint %s (step %d, %d tokens seen)", existing[-1], state.step,
+        log.info("%s: resuming from checkpoint %s (step %d, %d tokens seen)", name, existing[-1], state.step,
                  state.tokens_seen)
         last_ckpt: Path | None = existing[-1]
     else:
@@ -685,23 +761,25 @@ def finetune(
     seq_len = data.seq_len
     n_train = data.train_ids.shape[0]
     total = planned_steps(n_train, seq_len, cfg)
+    trained = f"LoRA r={cfg.lora_r} on {','.join(cfg.lora_targets)}" if stage.save is save_lora_outputs else "trained"
     log.info(
-        "finetune: %s, options %s, device %s %s; LoRA r=%d on %s: %d trainable of %d parameters; %d train chunks "
-        "x %d tokens, %d val chunks; %d optimizer steps planned (global batch %d)",
-        model_dir, options, device, str(dtype).removeprefix("torch."), cfg.lora_r, ",".join(cfg.lora_targets),
-        n_trainable, n_total, n_train, seq_len, data.val_ids.shape[0], total, cfg.global_batch,
+        "%s: %s, options %s, device %s %s; %s: %d trainable of %d parameters; %d train chunks x %d tokens, %d val "
+        "chunks; %d optimizer steps planned (global batch %d)",
+        name, model_dir, options, device, str(dtype).removeprefix("torch."), trained, n_trainable, n_total, n_train,
+        seq_len, data.val_ids.shape[0], total, cfg.global_batch,
     )
     if data.val_ids.shape[0] == 0:
-        log.warning("finetune: no validation chunks: the learning rate is never reduced")
+        log.warning("%s: no validation chunks: the learning rate is never reduced", name)
 
     if state.step == 0 and state.initial_val_loss is None:
-        state.base_val_loss = base_validation_loss(model_dir, data, cfg.micro_batch, device, dtype)
-        log.info("finetune: validation loss of the unconverted model: %s", _fmt(state.base_val_loss))
-        val = validation_loss(model, data, cfg.micro_batch, device)
+        if not is_converted(model_dir):
+            state.base_val_loss = base_validation_loss(model_dir, data, cfg.micro_batch, device, dtype)
+            log.info("%s: validation loss of the unconverted model: %s", name, _fmt(state.base_val_loss))
+        val = validation_loss(objective, data, cfg.micro_batch, device)
         state.initial_val_loss = state.last_val_loss = val
         state.last_val_step = 0
         csv_log.write(step=0, epoch=0.0, lr=opt.param_groups[0]["lr"], tokens_seen=0, val_loss=val)
-        log.info("finetune: validation loss at the start: %s", _fmt(val))
+        log.info("%s: validation loss at the start: %s", name, _fmt(val))
 
     steps_per_epoch = len(epoch_plan(np.arange(n_train), cfg.micro_batch, cfg.grad_accum))
     base_wall = state.wall_time
@@ -714,7 +792,7 @@ def finetune(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc="finetune", disable=not cfg.progress,
+    bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=name, disable=not cfg.progress,
                dynamic_ncols=True)
     tok_rate = None
     try:
@@ -730,7 +808,7 @@ def finetune(
                     n_items = sum(n_targets(lab) for _, lab in batches)
                     lr = opt.param_groups[0]["lr"]
                     try:
-                        loss_sum = train_step(model, params, opt, batches, cfg.max_grad_norm)
+                        loss_sum = train_step(objective, params, opt, batches, cfg.max_grad_norm)
                     except _NonFinite as e:
                         raise _nonfinite(state.step + 1, e.what, e.value, last_ckpt, ckpt_root) from None
                     dt = time.perf_counter() - t0
@@ -751,9 +829,9 @@ def finetune(
                     val = None
                     periodic = cfg.eval_every > 0 and state.step % cfg.eval_every == 0
                     if periodic or state.step == total:
-                        val = validation_loss(model, data, cfg.micro_batch, device)
+                        val = validation_loss(objective, data, cfg.micro_batch, device)
                         state.last_val_loss, state.last_val_step = val, state.step
-                        log.info("finetune: step %d: train loss %.4f, validation loss %s", state.step, loss_sum,
+                        log.info("%s: step %d: train loss %.4f, validation loss %s", name, state.step, loss_sum,
                                  _fmt(val))
                         if periodic and val is not None:
                             sched.step(val)
@@ -771,7 +849,7 @@ def finetune(
                     break
     except KeyboardInterrupt:
         where = f"the last checkpoint ({last_ckpt}) is kept: rerun to resume" if last_ckpt else "no checkpoint yet"
-        log.warning("finetune: interrupted at step %d; %s", state.step, where)
+        log.warning("%s: interrupted at step %d; %s", name, state.step, where)
         raise
     finally:
         bar.close()
@@ -780,19 +858,13 @@ def finetune(
         last_ckpt = ckpt()  # e.g. a run of 0 steps: a rerun then starts where this one ended
     wall = base_wall + time.perf_counter() - proc_start
 
-    with _atomic_dir(out / "adapter") as tmp:
-        model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA only; skips a config reload
-        write_json_atomic(tmp / ADAPTER_OPTIONS, full_options)  # liger.load(base, adapter=...) converts first
-    merged = model.merge_and_unload()
-    with _atomic_dir(out / "model") as tmp:
-        merged.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        else:
-            log.warning("finetune: %s has no tokenizer; model/ holds the weights only", model_dir)
+    stage.save(model, out, tokenizer, model_dir)
+    if (out / "adapter").is_dir() and not is_converted(model_dir):  # liger.load(base, adapter=...) converts first
+        write_json_atomic(out / "adapter" / ADAPTER_OPTIONS, full_options)
 
     summary = {
         "status": "trained",
+        "stage": name,
         "method": full_options["method"],
         "options": options,
         "liger_options": full_options,
@@ -821,6 +893,7 @@ def finetune(
         "final_lr": opt.param_groups[0]["lr"],
         "trainable_parameters": n_trainable,
         "total_parameters": n_total,
+        **stage.extra(model),
         "resumed_at_steps": state.resumed_at,
         "checkpoint": str(last_ckpt),
         "versions": versions("torch", "transformers", "peft", "liger", "numpy"),
@@ -828,8 +901,8 @@ def finetune(
         "process_time_s": round(time.perf_counter() - t_start, 3),
     }
     write_json_atomic(out / "summary.json", summary)
-    log.info("finetune: done: %d steps, %d tokens, %.1f tokens/s; train loss %s -> %s, val loss %s -> %s; wrote %s",
-             state.step, state.tokens_seen, summary["tokens_per_s"] or 0.0, _fmt(state.initial_train_loss),
+    log.info("%s: done: %d steps, %d tokens, %.1f tokens/s; train loss %s -> %s, val loss %s -> %s; wrote %s",
+             name, state.step, state.tokens_seen, summary["tokens_per_s"] or 0.0, _fmt(state.initial_train_loss),
              _fmt(state.last_loss), _fmt(state.initial_val_loss), _fmt(state.last_val_loss), out)
     return summary
 
@@ -863,26 +936,35 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(float(text))
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, recipe_note: str = "") -> None:
+    """One flag per TrainConfig field; a flag not given leaves the field to the method's recipe."""
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        shown = ",".join(default) if isinstance(default, list) else default
+        note = f"(default {shown}{recipe_note if f.name in RECIPE_FIELDS else ''})"
         if f.name == "progress":
-            p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+            p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                           help="no progress bar")
         elif f.name == "lora_targets":
-            p.add_argument(flag, default=default, type=lambda s: [t for t in s.split(",") if t],
-                           help=f"comma-separated module names (default {','.join(default)})")
+            p.add_argument(flag, default=argparse.SUPPRESS, type=lambda s: [t for t in s.split(",") if t],
+                           help=f"comma-separated module names {note}")
         elif f.type == "int | None":
-            p.add_argument(flag, type=_optional_int, default=default, help=f"(default {default})")
+            p.add_argument(flag, type=_optional_int, default=argparse.SUPPRESS, help=note)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(default))
-            p.add_argument(flag, type=kind, default=default, help=f"(default {default})")
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=note)
+
+
+def config_from_args(args: argparse.Namespace, options: dict | None, stage: str = "lora") -> TrainConfig:
+    """The method's recipe (`default_train_config`) with the flags that were given on top."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**{**asdict(default_train_config(options, stage)), **given})
 
 
 def _cli_finetune(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg = config_from_args(args, args.options)
     summary = finetune(args.model, args.data, args.out, options=args.options, train=cfg)
     if summary["status"] == "skipped":
         print(f"{args.out}: method base, nothing trained")
@@ -893,23 +975,31 @@ def _cli_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: Any) -> argparse.ArgumentParser:
-    """Add the `finetune` subcommand."""
-    p = sub.add_parser(
-        "finetune",
-        help="linearize a model and fine-tune LoRA on the packed Alpaca chunks",
-        description="Linearize (liger.linearize with --options), attach LoRA, train; resumes from "
-                    "OUT/checkpoints. Writes OUT/{adapter,model,train_log.csv,summary.json}.",
-    )
+def add_stage_cli(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str,
+                  options_help: str, recipe_note: str) -> argparse.ArgumentParser:
+    """A training stage's subcommand: --model, --data, --out, --options and one flag per TrainConfig field."""
+    p = sub.add_parser(name, help=help, description=description)
     p.add_argument("--model", required=True, type=Path, help="base model folder")
     p.add_argument("--data", required=True, type=Path, help="prepare-data output folder")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--options", required=True, type=_options_arg,
-                   help='Liger method and options as JSON, e.g. \'{"method": "liger_gla"}\' (or a JSON file); '
-                        '\'{"method": "base"}\' trains nothing')
-    _add_config_flags(p)
-    p.set_defaults(func=_cli_finetune)
+    p.add_argument("--options", required=True, type=_options_arg, help=options_help)
+    _add_config_flags(p, recipe_note)
+    p.set_defaults(func=func)
     return p
+
+
+def add_cli(sub: Any) -> argparse.ArgumentParser:
+    """Add the `finetune` subcommand."""
+    return add_stage_cli(
+        sub, "finetune", _cli_finetune,
+        help="linearize a model and fine-tune LoRA on the packed Alpaca chunks",
+        description="Linearize (liger.linearize with --options), attach LoRA, train; resumes from "
+                    "OUT/checkpoints. Writes OUT/{adapter,model,train_log.csv,summary.json}. For lolcats this is "
+                    "stage 2: --model is the stage-1 (liger transfer) OUT/model.",
+        options_help='Liger method and options as JSON, e.g. \'{"method": "liger_gla"}\' (or a JSON file); '
+                     '\'{"method": "base"}\' trains nothing',
+        recipe_note="; lolcats: its variant's stage-2 recipe",
+    )
 
 
 __all__: Sequence[str] = ["TrainConfig", "TrainError", "NonFiniteLossError", "finetune", "add_cli"]

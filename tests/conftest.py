@@ -34,6 +34,22 @@ def tiny_model(arch: str, seed: int = 0, **overrides):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved without a tokenizer."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Packed chunks of random tokens (tests/test_train.py write_packed)."""
+    from tests.test_train import write_packed
+
+    return write_packed(tmp_path_factory.mktemp("data"))
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The embedded SmolLM2 as a Hugging Face folder (fetched once; cached under resources/)."""

@@ -33,6 +33,17 @@ def ids(batch: int = 1, length: int = 23, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def padded_batch(seqs: list[torch.Tensor], side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `seqs` padded (with 0) to the longest, on the given side."""
+    width = max(len(s) for s in seqs)
+    batch = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        batch[i, cols], mask[i, cols] = s, 1
+    return batch, mask
+
+
 def decode_logits(model, tokens: torch.Tensor, prefill: int) -> torch.Tensor:
     """Logits of every position from a prefill of `prefill` tokens then one token at a time."""
     cache = DynamicCache()
@@ -62,7 +73,11 @@ def test_parameters_unchanged_and_decoding_matches_forward(arch, method, opts):
 
 @pytest.mark.parametrize("method,opts", VARIANTS[:5], ids=lambda v: v if isinstance(v, str) else str(v))
 def test_cache_is_constant_in_length(method, opts):
-    model = converted("llama", method, **opts)
+    cache_sizes(converted("llama", method, **opts))
+
+
+def cache_sizes(model) -> LigerCache:
+    """Feed 1000 tokens in chunks of 100 through a LigerCache; check its size after 100 and 1000 tokens."""
     cache = LigerCache(model)
     sizes = {}
     with torch.no_grad():
@@ -73,20 +88,16 @@ def test_cache_is_constant_in_length(method, opts):
         sizes[1000] = cache.nbytes()
     assert cache.get_seq_length() == 1000
     assert sizes[100] == sizes[1000] > 0
+    return cache
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("method,opts", VARIANTS, ids=lambda v: v if isinstance(v, str) else str(v))
 def test_left_padded_batch_equals_singles(arch, method, opts):
     model = converted(arch, method, **opts)
-    lengths = [23, 15, 8]
-    seqs = [ids(length=n, seed=10 + n)[0] for n in lengths]
-    width = max(lengths)
-    batch = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, width - len(s):] = s
-        mask[i, width - len(s):] = 1
+    seqs = [ids(length=n, seed=10 + n)[0] for n in (23, 15, 8)]
+    batch, mask = padded_batch(seqs)
+    width = batch.shape[1]
     with torch.no_grad():
         padded = model(batch, attention_mask=mask).logits
         for i, s in enumerate(seqs):

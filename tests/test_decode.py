@@ -101,6 +101,8 @@ def test_inter_layer_hybrid_and_bad_inputs_are_refused():
     model = linearize(tiny_model("llama"), "liger_gla", softmax_layers=[1])
     with pytest.raises(LigerError, match="layers \\[1\\] keep softmax attention"):
         GraphDecoder(model)
+    with pytest.raises(LigerError, match="not LolcatsAttention"):
+        GraphDecoder(linearize(tiny_model("llama"), "lolcats"))
     model = linearize(tiny_model("llama"), "liger_gla")
     with pytest.raises(LigerError, match="CUDA graphs need"):
         GraphDecoder(model, graph=True)

@@ -75,19 +75,30 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     work, _, _ = smoke_run
     table = pd.read_csv(work / "results" / "tables" / "main.csv")
     ours = table[~table["method"].str.endswith("(paper)")]
-    assert list(ours["method"]) == ["base", "liger_gla", "window_only", "base_window", "chance (from the data)"]
-    assert list(ours["role"]) == ["base", "method", "control", "control", "chance"]
+    assert list(ours["method"]) == ["base", "liger_gla", "window_only", "base_window", "lolcats",
+                                    "chance (from the data)"]
+    assert list(ours["role"]) == ["base", "method", "control", "control", "method", "chance"]
     headers = [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("hellaswag", "HellaSwag"),
                ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]
-    for _, row in ours.iloc[:4].iterrows():
+    for _, row in ours.iloc[:5].iterrows():
         metrics = json.loads(Path(work / row["source"]).read_text())
         for task, header in headers:
             assert row[header] == pytest.approx(round(100 * metrics["paper_metrics"][task], 1))
     chance = json.loads((work / ours.iloc[0]["source"]).read_text())["chance"]
     for task, header in headers:
-        assert ours.iloc[4][header] == pytest.approx(round(100 * chance[task], 1))
+        assert ours.iloc[5][header] == pytest.approx(round(100 * chance[task], 1))
     assert not pd.isna(ours.iloc[1]["Chance-corrected recovery %"])
     assert ours.loc[ours["method"] == "liger_gla", "train tokens"].iloc[0] > 0
+    # LoLCATs: attention transfer then LoRA, each 2 steps x 2 chunks x 128 tokens; both counted
+    lol = ours[ours["method"] == "lolcats"].iloc[0]
+    assert lol["train tokens"] == 2 * 512 and lol["train stages"] == "attention transfer 0.00M + LoRA 0.00M"
+    stage1 = json.loads((work / "results" / "smollm2-135m" / "lolcats" / "transfer_summary.json").read_text())
+    stage2 = json.loads((work / "results" / "smollm2-135m" / "lolcats" / "train_summary.json").read_text())
+    assert (stage1["stage"], stage1["train_config"]["lr"], stage1["train_config"]["max_grad_norm"]) == (
+        "transfer", 1e-2, 0.0)
+    assert (stage2["train_config"]["lora_alpha"], stage2["train_config"]["lora_targets"]) == (
+        16, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert stage2["model_dir"].endswith("transferred/smollm2-135m/lolcats/model")
     assert (work / "results" / "tables" / "main.md").exists()
     assert (work / "results" / "plots" / "smollm2-135m_latency.png").stat().st_size > 0
     report = (work / "results" / "smollm2-135m" / "report.md").read_text()
@@ -138,6 +149,16 @@ def test_paper_config_builds_the_dag(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ["llama-3-8b", "mistral-7b", "llama-3.2-1b", "llama-3.2-3b"]:
         assert f"results/{name}/report.md" in proc.stdout
+        for method in ["lolcats", "lolcats_liger_rerun"]:
+            assert f"resources/transferred/{name}/{method}/summary.json" in proc.stdout
+
+
+def test_rules_know_the_recipe_fields():
+    from liger.train import RECIPE_FIELDS
+
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    start = common.index("RECIPE_FIELDS = ")
+    assert eval(common[start + len("RECIPE_FIELDS = "):common.index(")", start) + 1]) == RECIPE_FIELDS
 
 
 def _bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:

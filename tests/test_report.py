@@ -38,6 +38,21 @@ def test_table_rows_averages_recovery_and_paper_rows(tmp_path):
     assert (row["PiQA"], row["MMLU"], row["Avg"]) == (80.3, 43.4, 67.6)  # Table 2 of the paper
     assert row["Recovery %"] == pytest.approx(round(100 * 67.6 / 71.7, 1))
     assert "note line" in report.read_text() and "Liger-GLA (paper)" in (tmp_path / "m" / "main.md").read_text()
+
+
+def test_lolcats_rows_count_both_stages_beside_the_papers_lolcats_rows(tmp_path):
+    tasks = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
+    write_metrics(tmp_path, "m", "base", dict.fromkeys(tasks, 0.6))
+    write_metrics(tmp_path, "m", "lolcats", dict.fromkeys(tasks, 0.5), tokens=2_000_000)
+    write_metrics(tmp_path, "m", "liger_gla", dict.fromkeys(tasks, 0.55), tokens=2_000_000)
+    (tmp_path / "m" / "lolcats" / "transfer_summary.json").write_text(json.dumps({"tokens_trained": 1_500_000}))
+    write_model_report("m", ["base", "lolcats", "liger_gla"], tmp_path, "Llama-3-8B", PAPER_CSV)
+    table = pd.read_csv(tmp_path / "m" / "main.csv")
+    lol, gla = table.iloc[1], table.iloc[2]
+    assert lol["method"] == "lolcats" and lol["train tokens"] == 3_500_000
+    assert lol["train stages"] == "attention transfer 1.50M + LoRA 2.00M" and gla["train stages"] == "LoRA 2.00M"
+    paper = set(table["method"])
+    assert {"LoLCATs (Liger re-run) (paper)", "LoLCATs (LoLCATs paper numbers) (paper)", "Liger-GLA (paper)"} <= paper
     write_tables([tmp_path / "m" / "main.csv"], tmp_path / "tables")
     assert len(pd.read_csv(tmp_path / "tables" / "main.csv")) == len(table)
 

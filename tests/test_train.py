@@ -39,22 +39,19 @@ def write_packed(folder: Path, n_train: int = 8, n_val: int = 2, seq_len: int = 
     return folder
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama saved without a tokenizer."""
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_packed(tmp_path_factory.mktemp("data"))
-
-
 def cfg(**kw) -> TrainConfig:
     base = dict(grad_accum=2, epochs=2, lr=1e-2, eval_every=0, ckpt_every=0, progress=False, device="cpu")
     return TrainConfig(**{**base, **kw})
+
+
+def interrupt_at(step: int):
+    """A training callback that stops the run (as Ctrl-C would) after optimizer step `step`."""
+
+    def interrupt(info):
+        if info["step"] == step:
+            raise KeyboardInterrupt
+
+    return interrupt
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -100,12 +97,8 @@ def test_resume_reproduces_the_uninterrupted_run(model_dir, data_dir, tmp_path):
     settings = cfg(max_steps=6, ckpt_every=3, eval_every=2)
     ref = finetune(model_dir, data_dir, tmp_path / "a", options=OPTIONS, train=settings)
 
-    def interrupt(info):
-        if info["step"] == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt)
+        finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt_at(5))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-00000003"]
     assert not (tmp_path / "b" / "summary.json").exists()
@@ -300,13 +293,8 @@ def test_cuda_bf16_finetune_learns_and_resumes(tmp_path):
     assert ref["device"].startswith("cuda") and ref["dtype"] == "bfloat16"
     assert ref["final_train_loss"] < ref["initial_train_loss"] - 0.3
     assert all(v.dtype == torch.float32 for v in lora_weights(tmp_path / "a").values())
-
-    def interrupt(info):
-        if info["step"] == 13:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        finetune(model_dir, data, tmp_path / "b", options=opts, train=settings, callback=interrupt)
+        finetune(model_dir, data, tmp_path / "b", options=opts, train=settings, callback=interrupt_at(13))
     again = finetune(model_dir, data, tmp_path / "b", options=opts, train=settings)
     assert again["resumed_at_steps"] == [10]
     assert again["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=1e-2)

@@ -118,3 +118,62 @@ def naive_sliding_window_attention(
     probs = torch.softmax(torch.where(has_key, scores, torch.zeros_like(scores)), dim=-1)
     probs = torch.where(has_key, probs, torch.zeros_like(probs))
     return torch.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def naive_hedgehog(x: Tensor, weight: Tensor, eps: float = 1e-12) -> Tensor:
+    """Hedgehog features in float64, one head at a time: u = x_h W_h, [softmax(u), softmax(-u)] clamped at eps.
+
+    x: (B, T, H, D), weight: (H, D, F); returns (B, T, H, 2F).
+    """
+    x, weight = _f64(x), _f64(weight)
+    heads = []
+    for h in range(x.shape[2]):
+        u = x[:, :, h] @ weight[h]
+        heads.append(torch.cat([torch.softmax(u, dim=-1), torch.softmax(-u, dim=-1)], dim=-1).clamp(min=eps))
+    return torch.stack(heads, dim=2)
+
+
+def lolcats_sets(length: int, window: int, shape: str) -> list[tuple[list[int], list[int]]]:
+    """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists (LOLCATS.md 2.4)."""
+    sets = []
+    offset = (-length) % window  # terraced blocks are aligned to the end of the sequence
+    for i in range(length):
+        if shape == "sliding":
+            win = [j for j in range(i + 1) if j > i - window]
+        else:
+            block = (i + offset) // window
+            win = [j for j in range(i + 1) if (j + offset) // window >= block - 1]
+        sets.append((win, [j for j in range(i + 1) if j not in win]))
+    return sets
+
+
+def naive_lolcats_attention(
+    q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, gamma: Tensor, window: int, shape: str = "sliding", *,
+    scale: float | None = None,
+    eps: float = 0.0,
+) -> Tensor:
+    """The LoLCATs hybrid in float64, term by term for every (batch, head, query) (LOLCATS.md section 2.3).
+
+    q, k, v: (B, T, H, D) with k and v already expanded to the query heads; fq, fk: (B, T, H, F); gamma: (H,).
+    y_i = (sum_W gamma exp(s_ij - m_i) v_j + sum_L fq_i.fk_j v_j) / (sum_W gamma exp(s_ij - m_i) + sum_L fq_i.fk_j
+    + eps) with s_ij = q_i.k_j * scale and m_i the largest s_ij over the window set.
+    """
+    q, k, v, fq, fk, gamma = (_f64(x) for x in (q, k, v, fq, fk, gamma))
+    B, T, H, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    out = torch.zeros(B, T, H, v.shape[-1], dtype=torch.float64, device=q.device)
+    for i, (win, lin) in enumerate(lolcats_sets(T, window, shape)):
+        for b in range(B):
+            for h in range(H):
+                s = {j: float(q[b, i, h] @ k[b, j, h]) * scale for j in win}
+                m = max(s.values())
+                num = torch.zeros(v.shape[-1], dtype=torch.float64, device=q.device)
+                den = 0.0
+                for j in win:
+                    a = float(gamma[h]) * math.exp(s[j] - m)
+                    num, den = num + a * v[b, j, h], den + a
+                for j in lin:
+                    w = float(fq[b, i, h] @ fk[b, j, h])
+                    num, den = num + w * v[b, j, h], den + w
+                out[b, i, h] = num / (den + eps)
+    return out

@@ -48,6 +48,11 @@ WINDOWS = sorted({liger_options(m).get("window", 64) for m in METHODS
                   if liger_options(m) and liger_options(m).get("hybrid", "liger_attention") != "none"}) or [64]
 PROBES = config.get("probes", {})
 PROBE_FILES = ["metrics.json", "passkey.csv", "position_loss.json"]  # per model and method, in rule all
+LOLCATS = [m for m in TRAINED if liger_options(m).get("method") == "lolcats"]  # two stages: transfer, LoRA
+# TrainConfig fields that a LoLCATs variant's recipe sets (liger.train.RECIPE_FIELDS, tested equal): config `train`
+# gives them to the Liger methods only; `lolcats_train: {transfer: ..., lora: ...}` overrides the recipe.
+RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                 "eval_every")
 GPUS = config.get("resources", {}).get("gpus", 0)
 PROFILE = config.get("profile", {})
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
@@ -91,6 +96,21 @@ def flags(section: dict) -> str:
             value = ",".join(map(str, value))
         out += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(out)
+
+
+def train_flags(method, stage="lora"):
+    """The training flags of a method's stage: config `train`, or for lolcats its shared keys plus overrides."""
+    if method not in LOLCATS:
+        return flags(config["train"])
+    shared = {k: v for k, v in config["train"].items() if k not in RECIPE_FIELDS}
+    return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
+
+
+def finetune_input(wc):
+    """Stage 2 of lolcats starts from its stage-1 model; the Liger methods from the base model."""
+    if wc.method in LOLCATS:
+        return f"resources/transferred/{wc.model}/{wc.method}/model"
+    return f"resources/models/{wc.model}"
 
 
 def evaluated_model(wc):

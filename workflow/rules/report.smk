@@ -3,6 +3,7 @@ rule report:
     input:
         metrics=expand("results/{{model}}/{method}/metrics.json", method=METHODS),
         train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
+        transfer=expand("results/{{model}}/{method}/transfer_summary.json", method=LOLCATS),
         paper=PAPER_CSV,
         profile="results/{model}/profile.csv",
         coverage="results/{model}/coverage.csv",

@@ -1,0 +1,132 @@
+"""LoLCATs stage 1, attention transfer (LOLCATS.md section 3), on the training loop of `liger.train`.
+
+Every attention layer is converted to the LoLCATs layer; only its feature maps (and, in the original, its window
+factors) are trained, to match the softmax attention's per-head outputs (before o_proj) on the packed chunks.
+Each layer passes the softmax output on (teacher forcing), so one forward trains all layers at once and
+independently. Loss: 1000 x the mean over layers of the MSE over every position of the chunk (prompt included).
+
+`transfer(model_dir, data_dir, out_dir, options={"method": "lolcats"})` writes ``model/`` (the converted model
+with its trained feature maps; stage 2 is `liger.train.finetune` on it), ``train_log.csv``, ``checkpoints/``
+(resumable, as the LoRA fine-tune) and ``summary.json``. The last step's weights are kept, as in the LoRA
+fine-tune and the Liger authors' re-run (the original code reloads the best validation checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from liger.lolcats import MSE_FACTOR, LolcatsAttention, added_parameters
+from liger.train import (
+    PackedData,
+    Stage,
+    TrainConfig,
+    TrainError,
+    _fmt,
+    add_stage_cli,
+    config_from_args,
+    load_converted,
+    n_targets,
+    run_stage,
+    save_model_folder,
+)
+
+
+def lolcats_layers(model: torch.nn.Module) -> list[LolcatsAttention]:
+    return [m for m in model.modules() if isinstance(m, LolcatsAttention)]
+
+
+def build_transfer_model(model_dir: Path, options: dict, cfg: TrainConfig, device: torch.device,
+                         dtype: torch.dtype) -> torch.nn.Module:
+    """The converted model with only the feature maps (and window factors, when the options train them) trainable."""
+    if options.get("method") != "lolcats":
+        raise TrainError(f"attention transfer is LoLCATs' stage 1: the method must be lolcats, not "
+                         f"{options.get('method')!r}")
+    model = load_converted(model_dir, options, device, dtype)
+    layers = lolcats_layers(model)
+    for layer in layers:
+        layer.feature_map_q.weight.requires_grad_(True)
+        layer.feature_map_k.weight.requires_grad_(True)
+        layer.window_factors.requires_grad_(layer.options.train_window_factor)
+    model.train()
+    return model
+
+
+class TransferObjective(torch.nn.Module):
+    """What the training loop calls in stage 1: the backbone in transfer mode; ``.loss`` = MSE_FACTOR x the mean
+    over layers of the MSE, scaled by this micro-batch's share of the step's positions (as token losses are)."""
+
+    def __init__(self, model: torch.nn.Module, mse_factor: float = MSE_FACTOR) -> None:
+        super().__init__()
+        self.model = model
+        self.mse_factor = mse_factor
+        self.layers = lolcats_layers(model)
+        if not self.layers:
+            raise TrainError("the model has no LoLCATs layer to train (all layers kept as softmax attention?)")
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
+                use_cache: bool = False) -> SimpleNamespace:
+        for layer in self.layers:
+            layer.transfer, layer.transfer_mse = True, None
+        try:
+            self.model.get_decoder()(input_ids=input_ids, use_cache=False)  # the LM head plays no part
+            mse = torch.stack([layer.transfer_mse for layer in self.layers]).mean()
+        finally:
+            for layer in self.layers:
+                layer.transfer, layer.transfer_mse = False, None
+        return SimpleNamespace(loss=self.mse_factor * mse * (n_targets(labels) / num_items_in_batch))
+
+
+def every_position(data: PackedData) -> PackedData:
+    """The chunks with every position counted: the transfer loss covers prompts too, each micro-batch alike."""
+    ones = {f"{split}_mask": np.ones(getattr(data, f"{split}_ids").shape, dtype=np.bool_) for split in ("train", "val")}
+    return dataclasses.replace(data, **ones)
+
+
+def _save(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
+    save_model_folder(model, out, tokenizer, model_dir)
+
+
+def _extra(model: torch.nn.Module) -> dict[str, Any]:
+    from liger.convert import options_of
+
+    return {"mse_factor": MSE_FACTOR, "added_parameters": added_parameters(model.config, options_of(model))}
+
+
+TRANSFER = Stage("transfer", build_transfer_model, objective=TransferObjective, data=every_position, save=_save,
+                 extra=_extra, recipe="transfer")
+
+
+def transfer(model_dir, data_dir, out_dir, *, options: dict, train: TrainConfig | None = None,
+             callback=None) -> dict[str, Any]:
+    """Stage 1 on `data_dir`: convert the model in `model_dir` with lolcats `options`, train the feature maps,
+    write `out_dir`. `train` None: the variant's stage-1 recipe (liger.lolcats.RECIPES). Returns the summary."""
+    return run_stage(TRANSFER, model_dir, data_dir, out_dir, options=options, train=train, callback=callback)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, args.options, "transfer")
+    summary = transfer(args.model, args.data, args.out, options=args.options, train=cfg)
+    print(f"{args.out}: {summary['optimizer_steps']} steps, {summary['tokens_trained']} tokens, "
+          f"val loss {_fmt(summary['initial_val_loss'])} -> {_fmt(summary['final_val_loss'])}")
+    return 0
+
+
+def add_cli(sub: Any) -> argparse.ArgumentParser:
+    """Add the `transfer` subcommand."""
+    return add_stage_cli(
+        sub, "transfer", _cli,
+        help="LoLCATs stage 1: train the feature maps to match softmax attention (attention transfer)",
+        description="Convert with lolcats --options, train the feature maps (and window factors) on the packed "
+                    "chunks; resumes from OUT/checkpoints. Writes OUT/{model,train_log.csv,summary.json}; stage 2 "
+                    "is `liger finetune --model OUT/model` with the same --options.",
+        options_help='LoLCATs options as JSON, e.g. \'{"method": "lolcats"}\' or '
+                     '\'{"method": "lolcats", "variant": "liger"}\' (or a JSON file)',
+        recipe_note="; lolcats: its variant's stage-1 recipe",
+    )
