@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SMOLLM2 = ROOT / "resources" / "models" / "smollm2-135m"
 
+ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
+# Liger conversions every CPU test of a converted model runs over (method, options)
+LIGER_VARIANTS = [
+    ("liger_gla", {}),
+    ("liger_hgrn2", {}),
+    ("liger_gsa", {"num_slots": 8}),
+    ("liger_gla", {"hybrid": "none"}),
+    ("liger_gsa", {"num_slots": 8, "hybrid": "none"}),
+    ("liger_gla", {"beta": 0.0}),  # window only
+    ("liger_gla", {"softmax_layers": [1]}),  # inter-layer hybrid
+]
+
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)
 

@@ -8,18 +8,9 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
 from liger import LigerCache, LigerError, count_parameters, linearize
-from tests.conftest import tiny_model
+from tests.conftest import ARCHS, LIGER_VARIANTS, tiny_model
 
-ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
-VARIANTS = [
-    ("liger_gla", {}),
-    ("liger_hgrn2", {}),
-    ("liger_gsa", {"num_slots": 8}),
-    ("liger_gla", {"hybrid": "none"}),
-    ("liger_gsa", {"num_slots": 8, "hybrid": "none"}),
-    ("liger_gla", {"beta": 0.0}),  # window only
-    ("liger_gla", {"softmax_layers": [1]}),  # inter-layer hybrid
-]
+VARIANTS = LIGER_VARIANTS
 # A small window and chunk so that 23 tokens cross chunk boundaries and evict from the window.
 SMALL = {"window": 5, "chunk_size": 8}
 ATOL = 1e-4  # the bound for fp32 decoding vs the parallel forward

@@ -22,10 +22,9 @@ from liger.lolcats import (
 )
 from liger.ops.hybrid import absorb, hybrid_attention
 from liger.ops.reference import lolcats_sets, naive_hedgehog, naive_lolcats_attention
-from tests.conftest import tiny_model
+from tests.conftest import ARCHS, tiny_model
 from tests.test_convert import ATOL, cache_sizes, decode_logits, ids, padded_batch
 
-ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
 SMALL = {"window": 5, "chunk_size": 8}  # 23 tokens: several query blocks, and keys leave the window
 
 
