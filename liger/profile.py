@@ -194,7 +194,8 @@ def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None =
     for variant in variants:
         model = build_variant(variant, model_dir, shape, device, dtype, (methods or {}).get(variant))
         decoder = make_decoder(model, variant, liger_decoder, batch, prefill_chunk)
-        floor_ms = 1e3 * weight_bytes(model) / bandwidth
+        weights = weight_bytes(model)
+        floor_ms = 1e3 * weights / bandwidth
         for n in tqdm(lengths, desc=variant, unit="len"):
             try:
                 point = measure(decoder, n, new_tokens, batch, device, model.config.vocab_size)
@@ -203,7 +204,7 @@ def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None =
                 decoder = make_decoder(model, variant, liger_decoder, batch, prefill_chunk)  # drop its buffers
                 torch.cuda.empty_cache()
             rows.append({"variant": variant, "decoder": decoder.name, "length": n, "batch": batch, **point,
-                         "weights_gib": weight_bytes(model) / 2**30, "floor_ms": floor_ms})
+                         "weights_gib": weights / 2**30, "floor_ms": floor_ms})
         del model, decoder
         if cuda:
             torch.cuda.empty_cache()
