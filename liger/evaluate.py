@@ -365,6 +365,7 @@ def evaluate(
     data_dir: str | Path | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
+    mmlu_batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     num_fewshot_mmlu: int = 5,
@@ -375,7 +376,8 @@ def evaluate(
     `data_dir`: the offline mirrors (local tasks `liger_*`); None uses lm-eval's own tasks (the hub).
     `limit`: at most N items per task for smoke runs; MMLU's is spread over its 57 subjects (ceil(N/57)
     each, lm-eval's per-task limit). MMLU runs `num_fewshot_mmlu`-shot, the others 0-shot. All lm-eval
-    seeds are `seed`. `batch_size` None: `default_batch_size` per task. Input errors raise LigerError
+    seeds are `seed`. `batch_size` None: `default_batch_size` per task; `mmlu_batch_size` (default `batch_size`)
+    is MMLU's alone, whose 5-shot prompts are ten times longer than the others. Input errors raise LigerError
     before the model is loaded.
     """
     from lm_eval import simple_evaluate
@@ -397,8 +399,10 @@ def evaluate(
         check_data(data_dir, task_list)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if batch_size is not None and int(batch_size) < 1:
-        raise LigerError(f"--batch-size {batch_size}: must be >= 1")
+    for flag, value in (("--batch-size", batch_size), ("--mmlu-batch-size", mmlu_batch_size)):
+        if value is not None and int(value) < 1:
+            raise LigerError(f"{flag} {value}: must be >= 1")
+    sizes = {"mmlu": mmlu_batch_size if mmlu_batch_size is not None else batch_size}
     mmlu_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit is not None else None
 
     with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
@@ -412,7 +416,8 @@ def evaluate(
             runs.append((["mmlu"], num_fewshot_mmlu, mmlu_limit))
         reports: dict[str, dict] = {}
         for run_tasks, shots, run_limit in runs:
-            bs = int(batch_size) if batch_size is not None else default_batch_size(dev, run_tasks[0])
+            given = sizes.get(run_tasks[0], batch_size)
+            bs = int(given) if given is not None else default_batch_size(dev, run_tasks[0])
             lm.batch_size_per_gpu = bs
             log.info("lm-eval: %s, %d-shot, batch size %d, limit %s", ",".join(run_tasks), shots, bs, run_limit)
             raw = simple_evaluate(
@@ -447,8 +452,8 @@ def evaluate(
 def _cli(args: argparse.Namespace) -> int:
     report = evaluate(
         args.model, args.out, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir, limit=args.limit,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype, num_fewshot_mmlu=args.num_fewshot_mmlu,
-        seed=args.seed,
+        batch_size=args.batch_size, mmlu_batch_size=args.mmlu_batch_size, device=args.device, dtype=args.dtype,
+        num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed,
     )  # fmt: skip
     for task, entry in report["tasks"].items():
         value = entry["value"]
@@ -470,6 +475,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="offline mirrors folder (piqa/, arc_easy/, ...); default: the hub")
     p.add_argument("--limit", type=int, help="at most N items per task (smoke runs; MMLU: ceil(N/57) per subject)")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: 32 on CUDA, 8 for MMLU; 8 on CPU)")
+    p.add_argument("--mmlu-batch-size", type=int, help="MMLU's batch size (default: --batch-size, else 8 on CUDA)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")

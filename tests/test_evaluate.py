@@ -346,12 +346,12 @@ def _check_report(report: dict, tasks: list[str], n: int | None) -> None:
 
 def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
     out = tmp_path / "res" / "eval.json"
-    report = evaluate(base_dir, out, data_dir=short_mirror, limit=3, batch_size=4, device="cpu")
+    report = evaluate(base_dir, out, data_dir=short_mirror, limit=3, batch_size=4, mmlu_batch_size=2, device="cpu")
     assert json.loads(out.read_text()) == report
     assert not [p for p in out.parent.iterdir() if p != out]  # atomic write leaves nothing else
     _check_report(report, list(PAPER_TASKS), n=3)
     assert report["device"] == "cpu" and report["dtype"] == "float32" and report["batch_size"] == 4
-    assert {entry["batch_size"] for entry in report["tasks"].values()} == {4}
+    assert {t: e["batch_size"] for t, e in report["tasks"].items()} == {t: 2 if t == "mmlu" else 4 for t in PAPER_TASKS}
     assert report["liger"] == "base" and report["adapter"] is None and report["limit"] == 3
     assert report["data_source"] == {"kind": "local", "data_dir": str(short_mirror.resolve())}
     mmlu = report["tasks"]["mmlu"]
@@ -496,6 +496,8 @@ def test_missing_mirror_file(no_model_load, tmp_path):
     (data / "mmlu/dev.jsonl").unlink()
     with pytest.raises(LigerError, match=r"task mmlu: missing data file .*mmlu/dev\.jsonl"):
         evaluate(model, tmp_path / "out.json", tasks="mmlu", data_dir=data)
+    with pytest.raises(LigerError, match=r"--mmlu-batch-size 0: must be >= 1"):
+        evaluate(model, tmp_path / "out.json", tasks="mmlu", mmlu_batch_size=0)
     with pytest.raises(LigerError, match=r"not a folder"):
         evaluate(model, tmp_path / "out.json", tasks="piqa", data_dir=tmp_path / "nowhere")
 

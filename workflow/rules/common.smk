@@ -133,7 +133,7 @@ def model_ready(wc):
 def eval_flags():
     e = config["eval"]
     return flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
-                  "batch_size": e.get("batch_size")})
+                  "batch_size": e.get("batch_size"), "mmlu_batch_size": e.get("mmlu_batch_size")})
 
 
 def run_note():
