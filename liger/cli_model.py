@@ -1,14 +1,21 @@
-"""Model commands: `fetch-model` (the embedded SmolLM2 or a hub model as a local Hugging Face folder) and
-`convert` (a base model linearized with given options and saved untrained, e.g. the base_window control)."""
+"""Model commands: `fetch-model` (the embedded SmolLM2 or a hub model as a local Hugging Face folder),
+`convert` (a base model linearized with given options and saved untrained, e.g. the base_window control) and
+`merge` (a trained model rebuilt from the base model and the small files a run publishes: a LoRA adapter, the
+parameters a conversion added)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+import torch
 
 from liger.errors import LigerError
 from liger.models import EMBEDDED, fetch_embedded, load_hub, save_atomic
+
+log = logging.getLogger(__name__)
 
 
 def fetch_model(args: argparse.Namespace) -> None:
@@ -65,6 +72,42 @@ def _convert_cli(args: argparse.Namespace) -> None:
     print(f"{convert(args.model, options, args.out)}: converted with {options}, not trained")
 
 
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path | None = None,
+          dtype: str = "auto") -> Path:
+    """The base model in `model_dir`, converted and given the `added` parameters and/or the LoRA `adapter`
+    (merged), saved as a model folder at `out` (what `finetune` / `transfer` write as OUT/model)."""
+    from transformers import AutoTokenizer
+
+    import liger
+
+    if adapter is None and added is None:
+        raise LigerError("merge needs --adapter and/or --added: there is nothing to merge into the base model")
+    for folder in (adapter, added):
+        if folder is not None and not folder.is_dir():
+            raise LigerError(f"{folder}: no such folder")
+    from liger.train import atomic_dir
+
+    model = liger.load(model_dir, adapter=adapter, added=added, dtype=DTYPES[dtype])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        tokenizer = None
+        log.warning("%s has no tokenizer; %s holds the weights only", model_dir, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out
+
+
+def _merge_cli(args: argparse.Namespace) -> None:
+    out = merge(args.model, args.out, adapter=args.adapter, added=args.added, dtype=args.dtype)
+    print(f"{out}: {args.model} with {', '.join(str(p) for p in (args.added, args.adapter) if p)}")
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-model", help="obtain a base model as a local Hugging Face folder")
     p.add_argument("name", help=f"embedded model ({', '.join(sorted(EMBEDDED))}) or a name for --hf-id")
@@ -77,3 +120,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--options", required=True, help="Liger method and options as JSON")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.set_defaults(func=_convert_cli)
+
+    p = sub.add_parser("merge", help="rebuild a trained model folder from the base model and a run's adapter / "
+                                     "added parameters")
+    p.add_argument("--model", required=True, type=Path, help="base model folder (unconverted)")
+    p.add_argument("--adapter", type=Path, help="LoRA adapter folder (finetune OUT/adapter), merged")
+    p.add_argument("--added", type=Path, help="added-parameters folder (transfer OUT/added), loaded first")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                   help="weights' dtype (auto: the base model's stored dtype)")
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.set_defaults(func=_merge_cli)

@@ -129,13 +129,87 @@ _register()
 
 
 ADAPTER_OPTIONS = "liger_options.json"  # written beside a fine-tuned adapter: the conversion it was trained on
+ADDED_WEIGHTS = "added.safetensors"  # the parameters a conversion adds (LoLCATs' feature maps, window factors)
 
 
-def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, **kwargs) -> PreTrainedModel:
+def save_added(model: PreTrainedModel, folder: str | Path) -> Path:
+    """Save the parameters the model's conversion added, with its options, into `folder` (a few MB): with the
+    base model they rebuild the converted model (``load(base, added=folder)``), e.g. after attention transfer."""
+    from safetensors.torch import save_file
+
+    opts = options_of(model)
+    if opts is None:
+        raise LigerError("the model is not converted: it has no added parameters to save")
+    config_cls, model_cls = SUPPORTED[model.config.model_type.removeprefix("liger_")]
+    with torch.device("meta"):  # the unconverted model's parameter names, no memory
+        base = set(model_cls(config_cls.from_dict({k: v for k, v in model.config.to_dict().items()
+                                                   if k not in ("liger", "model_type")})).state_dict())
+    added = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in base}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(added, str(folder / ADDED_WEIGHTS))
+    (folder / ADAPTER_OPTIONS).write_text(json.dumps(opts.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def _read_options(folder: Path, what: str):
+    opts_file = folder / ADAPTER_OPTIONS
+    if not opts_file.is_file():
+        return None
+    try:
+        return options_from_dict(json.loads(opts_file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, LigerError) as e:
+        raise LigerError(f"{opts_file}: not the options of a conversion ({e}); {what} may be corrupt") from e
+
+
+def _convert_as(model: PreTrainedModel, want, path: Path, source: Path) -> None:
+    """Convert `model` (loaded from `path`) with `want`, or check it already is."""
+    have = options_of(model)
+    if have is None:
+        linearize(model, **want.to_dict())
+    elif have != want:
+        raise LigerError(f"{source} was trained on a model converted with {want.to_dict()}, but {path} "
+                         f"holds one converted with {have.to_dict()}")
+
+
+def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
+    """Convert the base model with `folder`'s options and load the parameters the conversion added."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    want = _read_options(folder, "the added-weights folder")
+    if want is None or not (folder / ADDED_WEIGHTS).is_file():
+        raise LigerError(f"{folder}: needs {ADDED_WEIGHTS} and {ADAPTER_OPTIONS} (written by save_added, e.g. "
+                         "`liger transfer` OUT/added)")
+    if options_of(model) is not None:
+        raise LigerError(f"{path}: already converted; give the base model folder with added weights")
+    before = set(model.state_dict())
+    _convert_as(model, want, path, folder)
+    expected = set(model.state_dict()) - before
+    try:
+        tensors = load_file(str(folder / ADDED_WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise LigerError(f"{folder / ADDED_WEIGHTS}: unreadable ({e}); copy or produce it again") from e
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise LigerError(f"{folder / ADDED_WEIGHTS} does not fit {path} converted with {want.to_dict()}: "
+                         f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    state = model.state_dict()
+    for name, tensor in tensors.items():
+        if tensor.shape != state[name].shape:
+            raise LigerError(f"{folder / ADDED_WEIGHTS}: {name} has shape {tuple(tensor.shape)}, the model's is "
+                             f"{tuple(state[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, added: str | Path | None = None,
+         **kwargs) -> PreTrainedModel:
     """Load a saved model (converted or not); optionally attach a peft LoRA adapter and merge it.
 
     An adapter trained on a converted model carries its conversion (``liger_options.json``): given the base
-    model folder, the model is converted with those options before the adapter is attached.
+    model folder, the model is converted with those options before the adapter is attached. `added` (a folder of
+    `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
     """
     path = Path(path)
     if not (path / "config.json").exists():
@@ -145,18 +219,16 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise LigerError(f"{path}: could not load the model ({e}); the folder may be corrupt: produce it again") from e
+    if added is not None:
+        _load_added(model, path, Path(added))
     if adapter is not None:
         from peft import PeftModel
 
-        opts_file = Path(adapter) / ADAPTER_OPTIONS
-        if opts_file.is_file():
-            want = options_from_dict(json.loads(opts_file.read_text(encoding="utf-8")))
-            have = options_of(model)
-            if have is None:
-                linearize(model, **want.to_dict())
-            elif have != want:
-                raise LigerError(f"{adapter} was trained on a model converted with {want.to_dict()}, but {path} "
-                                 f"holds one converted with {have.to_dict()}")
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise LigerError(f"{adapter}: no adapter_config.json; not a LoRA adapter folder (finetune OUT/adapter)")
+        want = _read_options(Path(adapter), "the adapter")
+        if want is not None:
+            _convert_as(model, want, path, Path(adapter))
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:
             model = model.merge_and_unload()

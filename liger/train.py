@@ -575,7 +575,7 @@ def _device_name(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `final` (the old one is removed after)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -629,14 +629,14 @@ def _fmt(x: float | None) -> str:
 
 def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
     """``adapter/`` (the LoRA weights) and ``model/`` (LoRA merged into the converted model, with the tokenizer)."""
-    with _atomic_dir(out / "adapter") as tmp:
+    with atomic_dir(out / "adapter") as tmp:
         model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA only; skips a config reload
     save_model_folder(model.merge_and_unload(), out, tokenizer, model_dir)
 
 
 def save_model_folder(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
     """``model/``: a Hugging Face folder that `liger.load` opens, with the tokenizer of `model_dir`."""
-    with _atomic_dir(out / "model") as tmp:
+    with atomic_dir(out / "model") as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

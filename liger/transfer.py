@@ -30,6 +30,7 @@ from liger.train import (
     TrainError,
     _fmt,
     add_stage_cli,
+    atomic_dir,
     config_from_args,
     load_converted,
     n_targets,
@@ -90,7 +91,12 @@ def every_position(data: PackedData) -> PackedData:
 
 
 def _save(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
+    """``model/`` and ``added/``: the trained feature maps and window factors alone (``liger merge --added``)."""
+    from liger.convert import save_added
+
     save_model_folder(model, out, tokenizer, model_dir)
+    with atomic_dir(out / "added") as tmp:
+        save_added(model, tmp)
 
 
 def _extra(model: torch.nn.Module) -> dict[str, Any]:
@@ -124,8 +130,9 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
         sub, "transfer", _cli,
         help="LoLCATs stage 1: train the feature maps to match softmax attention (attention transfer)",
         description="Convert with lolcats --options, train the feature maps (and window factors) on the packed "
-                    "chunks; resumes from OUT/checkpoints. Writes OUT/{model,train_log.csv,summary.json}; stage 2 "
-                    "is `liger finetune --model OUT/model` with the same --options.",
+                    "chunks; resumes from OUT/checkpoints. Writes OUT/{model,added,train_log.csv,summary.json} "
+                    "(added: the trained parameters alone); stage 2 is `liger finetune --model OUT/model` with the "
+                    "same --options.",
         options_help='LoLCATs options as JSON, e.g. \'{"method": "lolcats"}\' or '
                      '\'{"method": "lolcats", "variant": "liger"}\' (or a JSON file)',
         recipe_note="; lolcats: its variant's stage-1 recipe",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,3 +204,23 @@ def test_slurm_profile_dry_run(tmp_path):
                          "--configfile", str(ROOT / "config" / "paper.yaml"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "finetune" in proc.stdout + proc.stderr
+
+
+def test_one_gpu_profile_budgets_gpu_memory_per_job(tmp_path):
+    """The shared-GPU profile: each GPU job takes its measured budget; a LoLCATs stage 2 takes more than a Liger
+    fine-tune (it ran out of memory within the Liger budget)."""
+    profile = ROOT / "workflow" / "profiles" / "one-gpu"
+    config = ROOT / "config" / "config.yaml"
+    proc = run_snakemake(tmp_path, "-n", "--profile", str(profile), "--configfile", str(config),
+                         str(profile / "eval-batch.yaml"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    budgets = {}
+    for block in proc.stdout.split("\n\n"):
+        rule = re.search(r"rule (\w+):", block)
+        method = re.search(r"method=(\w+)", block)
+        gb = re.search(r"gpu_mem_gb=(\d+)", block)
+        if rule and method and gb:
+            budgets[(rule.group(1), method.group(1))] = int(gb.group(1))
+    assert budgets[("finetune", "liger_gla")] == 16 and budgets[("finetune", "lolcats")] == 40
+    assert budgets[("transfer", "lolcats")] == 22 and budgets[("evaluate", "liger_gla")] == 16
+    assert "--batch-size 64 --mmlu-batch-size 16" in proc.stdout

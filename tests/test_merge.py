@@ -1,0 +1,117 @@
+"""Rebuilding trained models from the small files a run publishes: `save_added` / `load(added=...)` and
+`liger merge` (adapter, added parameters, both), and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import liger
+from liger import LigerError
+from liger.cli import main
+from liger.convert import ADAPTER_OPTIONS, ADDED_WEIGHTS, save_added
+from liger.lolcats import added_parameters
+from liger.train import TrainConfig, default_train_config, finetune
+from liger.transfer import transfer
+
+LOLCATS = {"method": "lolcats", "window": 8}
+GLA = {"method": "liger_gla", "hybrid": "liger_attention", "window": 8, "chunk_size": 16}
+FAST = dict(grad_accum=2, max_steps=2, eval_every=0, ckpt_every=0, progress=False, device="cpu")
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    wa, wb = weights(a), weights(b)
+    assert set(wa) == set(wb)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=atol, rtol=0), name
+
+
+@pytest.fixture(scope="module")
+def lolcats_run(model_dir, data_dir, tmp_path_factory) -> Path:
+    """Both LoLCATs stages, two steps each: t/ (stage 1) and f/ (stage 2)."""
+    root = tmp_path_factory.mktemp("lolcats_run")
+    transfer(model_dir, data_dir, root / "t", options=LOLCATS,
+             train=TrainConfig(**{**default_train_config(LOLCATS, "transfer").__dict__, **FAST}))
+    finetune(root / "t" / "model", data_dir, root / "f", options=LOLCATS,
+             train=TrainConfig(**{**default_train_config(LOLCATS).__dict__, **FAST}))
+    return root
+
+
+def test_transfer_writes_the_added_parameters_alone(lolcats_run, model_dir):
+    added = lolcats_run / "t" / "added"
+    tensors = load_file(str(added / ADDED_WEIGHTS))
+    assert tensors and all(("feature_map_" in k) or k.endswith("window_factors") for k in tensors)
+    model = liger.load(lolcats_run / "t" / "model")
+    assert sum(t.numel() for t in tensors.values()) == added_parameters(model.config, liger.options_of(model))
+    assert json.loads((added / ADAPTER_OPTIONS).read_text()) == liger.options_of(model).to_dict()
+    trained = weights(lolcats_run / "t" / "model")
+    assert all(torch.equal(trained[k], v) for k, v in tensors.items())
+
+
+def test_merge_rebuilds_both_lolcats_stages_from_the_base_model(lolcats_run, model_dir, tmp_path):
+    t, f = lolcats_run / "t", lolcats_run / "f"
+    assert main(["merge", "--model", str(model_dir), "--added", str(t / "added"), "--out", str(tmp_path / "s1")]) == 0
+    assert_same_weights(tmp_path / "s1", t / "model")  # stage 1: exactly the transferred model
+    assert main(["merge", "--model", str(model_dir), "--added", str(t / "added"), "--adapter", str(f / "adapter"),
+                 "--out", str(tmp_path / "s2")]) == 0
+    assert_same_weights(tmp_path / "s2", f / "model", atol=1e-6)  # stage 2: the LoRA merged the same way
+    assert liger.options_of(liger.load(tmp_path / "s2")) == liger.options_of(liger.load(f / "model"))
+
+
+def test_merge_rebuilds_a_liger_finetune_from_its_adapter(model_dir, data_dir, tmp_path):
+    finetune(model_dir, data_dir, tmp_path / "f", options=GLA, train=TrainConfig(lr=1e-2, **FAST))
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(tmp_path / "f" / "adapter"),
+                 "--dtype", "float32", "--out", str(tmp_path / "m")]) == 0
+    assert_same_weights(tmp_path / "m", tmp_path / "f" / "model", atol=1e-6)
+    assert not torch.equal(weights(tmp_path / "m")["model.layers.0.self_attn.q_proj.weight"],
+                           weights(model_dir)["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_save_added_needs_a_converted_model(model_dir, tmp_path):
+    with pytest.raises(LigerError, match="not converted"):
+        save_added(liger.load(model_dir), tmp_path / "a")
+    assert not load_file(str(save_added(liger.linearize(liger.load(model_dir), **GLA), tmp_path / "g")
+                             / ADDED_WEIGHTS))  # a Liger conversion adds no parameters
+
+
+def test_merge_errors(lolcats_run, model_dir, tmp_path, capsys):
+    added = lolcats_run / "t" / "added"
+
+    def merge(*extra: str) -> str:
+        assert main(["merge", "--model", str(model_dir), *extra, "--out", str(tmp_path / "out")]) == 2
+        return capsys.readouterr().err
+
+    assert "nothing to merge" in merge()
+    assert "no such folder" in merge("--added", str(tmp_path / "missing"))
+    assert "not a LoRA adapter folder" in merge("--adapter", str(added))
+    assert "needs added.safetensors" in merge("--added", str(lolcats_run / "f" / "adapter"))
+    assert "already converted" in main_err(["merge", "--model", str(lolcats_run / "t" / "model"), "--added",
+                                            str(added), "--out", str(tmp_path / "out")], capsys)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / ADAPTER_OPTIONS).write_text((added / ADAPTER_OPTIONS).read_text())
+    (broken / ADDED_WEIGHTS).write_bytes(b"not safetensors")
+    assert "unreadable" in merge("--added", str(broken))
+    tensors = load_file(str(added / ADDED_WEIGHTS))
+    save_file({**tensors, "model.layers.0.self_attn.extra": torch.zeros(2)}, str(broken / ADDED_WEIGHTS))
+    assert "unexpected ['model.layers.0.self_attn.extra']" in merge("--added", str(broken))
+    first = sorted(tensors)[0]
+    save_file({**tensors, first: torch.zeros(3)}, str(broken / ADDED_WEIGHTS))
+    assert "has shape (3,)" in merge("--added", str(broken))
+    (broken / ADAPTER_OPTIONS).write_text("{not json")
+    assert "not the options of a conversion" in merge("--added", str(broken))
+    assert not (tmp_path / "out").exists()
+
+
+def main_err(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
