@@ -96,10 +96,45 @@ def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
+    set_special_tokens(tokenizer, model, gguf_special_tokens(gguf))
     model = model.to(torch.bfloat16)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(model, tokenizer, out)
     return out
+
+
+# GGUF metadata key -> (tokenizer attribute, config attribute) of a special token
+SPECIAL_TOKENS = {
+    "bos": ("bos_token", "bos_token_id"),
+    "eos": ("eos_token", "eos_token_id"),
+    "padding": ("pad_token", "pad_token_id"),
+    "unknown": ("unk_token", None),
+}
+
+
+def gguf_special_tokens(path: Path) -> dict[str, int]:
+    """The special token ids a GGUF file declares (`tokenizer.ggml.{bos,eos,padding,unknown}_token_id`)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    ids = {}
+    for role in SPECIAL_TOKENS:
+        field = fields.get(f"tokenizer.ggml.{role}_token_id")
+        if field is not None:
+            ids[role] = int(field.parts[field.data[0]][0])
+    return ids
+
+
+def set_special_tokens(tokenizer, model, ids: dict[str, int]) -> None:
+    """Give the tokenizer and the model config the GGUF's special tokens. transformers' GGUF loader does not in
+    every version: 5.17 makes SmolLM2's eos `<|im_start|>` (the GGUF says `<|im_end|>`) and sets no pad token."""
+    for role, token_id in ids.items():
+        tok_attr, cfg_attr = SPECIAL_TOKENS[role]
+        setattr(tokenizer, tok_attr, tokenizer.convert_ids_to_tokens(token_id))
+        if cfg_attr is not None:
+            setattr(model.config, cfg_attr, token_id)
+            if getattr(model, "generation_config", None) is not None:
+                setattr(model.generation_config, cfg_attr, token_id)
 
 
 def load_hub(hf_id: str, **kwargs):

