@@ -103,6 +103,40 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
     return out
 
 
+RUN_FILES = ("summary.json", "train_log.csv")
+
+
+def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
+    """A published training run (a `finetune` or `transfer` OUT without its model/: ``adapter/`` or ``added/``,
+    ``summary.json``, ``train_log.csv``) restored as a full OUT: model/ rebuilt on `model_dir` by `merge`."""
+    import shutil
+
+    from liger.fileio import write_json_atomic
+
+    parts = [name for name in ("adapter", "added") if (run_dir / name).is_dir()]
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if len(parts) != 1 or missing:
+        raise LigerError(f"{run_dir}: not a published run: it needs one of adapter/ or added/ (found "
+                         f"{parts or 'neither'}) and {', '.join(RUN_FILES)} (missing: {missing or 'none'})")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LigerError(f"{run_dir / 'summary.json'}: not JSON ({e.msg}); copy the run again") from e
+    part = parts[0]
+    merge(model_dir, out / "model", **{part: run_dir / part})
+    if (out / part).exists():
+        shutil.rmtree(out / part)
+    shutil.copytree(run_dir / part, out / part)
+    shutil.copyfile(run_dir / "train_log.csv", out / "train_log.csv")
+    write_json_atomic(out / "summary.json", {**summary, "restored_from": str(run_dir)})
+    return out
+
+
+def _restore_cli(args: argparse.Namespace) -> None:
+    out = restore(args.model, args.run, args.out)
+    print(f"{out}: restored from {args.run} on {args.model}")
+
+
 def _merge_cli(args: argparse.Namespace) -> None:
     out = merge(args.model, args.out, adapter=args.adapter, added=args.added, dtype=args.dtype)
     print(f"{out}: {args.model} with {', '.join(str(p) for p in (args.added, args.adapter) if p)}")
@@ -130,3 +164,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="weights' dtype (auto: the base model's stored dtype)")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.set_defaults(func=_merge_cli)
+
+    p = sub.add_parser("restore", help="restore a published training run (adapter/ or added/, summary, log) "
+                                       "as a full finetune / transfer output")
+    p.add_argument("--model", required=True, type=Path,
+                   help="the model the run trained on (base model; a LoLCATs stage 2: the stage-1 model)")
+    p.add_argument("--run", required=True, type=Path, help="published run folder, e.g. "
+                   "results/gpu-runs/RUN/finetuned/MODEL/METHOD")
+    p.add_argument("--out", required=True, type=Path, help="output folder (writes model/, adapter/ or added/, "
+                   "summary.json, train_log.csv)")
+    p.set_defaults(func=_restore_cli)

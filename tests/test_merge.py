@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,49 @@ def test_merge_errors(lolcats_run, model_dir, tmp_path, capsys):
 def main_err(argv: list[str], capsys) -> str:
     assert main(argv) == 2
     return capsys.readouterr().err
+
+
+def publish(run_dir: Path, dest: Path, part: str) -> Path:
+    """What a run publishes: its adapter/ or added/, summary.json and train_log.csv (no model/)."""
+    dest.mkdir(parents=True)
+    shutil.copytree(run_dir / part, dest / part)
+    for name in ("summary.json", "train_log.csv"):
+        shutil.copyfile(run_dir / name, dest / name)
+    return dest
+
+
+def test_restore_rebuilds_published_runs(lolcats_run, model_dir, tmp_path, capsys):
+    t, f = lolcats_run / "t", lolcats_run / "f"
+    stage1 = publish(t, tmp_path / "pub" / "transferred", "added")
+    stage2 = publish(f, tmp_path / "pub" / "finetuned", "adapter")
+    assert main(["restore", "--model", str(model_dir), "--run", str(stage1), "--out", str(tmp_path / "t")]) == 0
+    assert main(["restore", "--model", str(tmp_path / "t" / "model"), "--run", str(stage2), "--out",
+                 str(tmp_path / "f")]) == 0
+    assert_same_weights(tmp_path / "t" / "model", t / "model")
+    assert_same_weights(tmp_path / "f" / "model", f / "model", atol=1e-6)
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["restored_from"] == str(stage2)
+    assert {k: v for k, v in summary.items() if k != "restored_from"} == json.loads((f / "summary.json").read_text())
+    assert (tmp_path / "f" / "train_log.csv").read_text() == (f / "train_log.csv").read_text()
+    assert (tmp_path / "f" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "restored from" in capsys.readouterr().out
+
+
+def test_restore_errors(lolcats_run, model_dir, tmp_path, capsys):
+    run = publish(lolcats_run / "f", tmp_path / "run", "adapter")
+
+    def restore(folder: Path) -> str:
+        assert main(["restore", "--model", str(model_dir), "--run", str(folder), "--out", str(tmp_path / "o")]) == 2
+        return capsys.readouterr().err
+
+    (run / "train_log.csv").unlink()
+    assert "missing: ['train_log.csv']" in restore(run)
+    shutil.copytree(lolcats_run / "t" / "added", run / "added")
+    assert "found ['adapter', 'added']" in restore(run)
+    shutil.rmtree(run / "added")
+    shutil.rmtree(run / "adapter")
+    assert "found neither" in restore(run)
+    bad = publish(lolcats_run / "f", tmp_path / "bad", "adapter")
+    (bad / "summary.json").write_text("{oops")
+    assert "not JSON" in restore(bad)
+    assert not (tmp_path / "o" / "model").exists()

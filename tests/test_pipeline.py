@@ -224,3 +224,33 @@ def test_one_gpu_profile_budgets_gpu_memory_per_job(tmp_path):
     assert budgets[("finetune", "liger_gla")] == 16 and budgets[("finetune", "lolcats")] == 40
     assert budgets[("transfer", "lolcats")] == 22 and budgets[("evaluate", "liger_gla")] == 16
     assert "--batch-size 64 --mmlu-batch-size 16" in proc.stdout
+
+
+PUBLISHED = ROOT / "results" / "gpu-runs" / "h100-2026-11-23c"  # adapters of the H100 run, in the repo
+
+
+def test_reuse_restores_published_runs_instead_of_training(tmp_path, smollm2_dir):
+    """`reuse: RUN`: the methods with a published run are restored (`liger restore`), the others trained; the
+    committed Liger-GLA adapter rebuilds a model that differs from the base only where LoRA was applied."""
+    (tmp_path / "resources" / "models").mkdir(parents=True)
+    os.symlink(smollm2_dir, tmp_path / "resources" / "models" / "smollm2-135m")
+    config = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={PUBLISHED}"]
+    targets = [f"results/smollm2-135m/{m}/metrics.json" for m in ("liger_gla", "lolcats", "liger_gla_no_window")]
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", *targets, *config)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "python -m liger" in line]
+    restored = {line.split("--out ")[1].split()[0] for line in commands if "liger restore" in line}
+    trained = {line.split("--out ")[1].split()[0] for line in commands if " finetune " in line or " transfer " in line}
+    assert restored == {"resources/finetuned/smollm2-135m/liger_gla", "resources/transferred/smollm2-135m/lolcats"}
+    assert trained == {f"resources/finetuned/smollm2-135m/{m}" for m in ("lolcats", "liger_gla_no_window")}
+
+    proc = run_snakemake(tmp_path, "--cores", "1", "results/smollm2-135m/liger_gla/train_summary.json", *config)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "results/smollm2-135m/liger_gla/train_summary.json").read_text())
+    assert summary["restored_from"].endswith("finetuned/smollm2-135m/liger_gla") and summary["tokens_trained"] > 0
+    from safetensors.torch import load_file
+
+    merged = load_file(str(tmp_path / "resources/finetuned/smollm2-135m/liger_gla/model/model.safetensors"))
+    base = load_file(str(next(smollm2_dir.glob("*.safetensors"))))
+    changed = {k for k in base if not (base[k] == merged[k]).all()}
+    assert changed and all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")) for k in changed)

@@ -106,6 +106,43 @@ def train_flags(method, stage="lora"):
     return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
 
 
+REUSE = config.get("reuse")  # a published run's folder: finetuned/ and transferred/ laid out as under resources/
+
+
+def reused_run(wc, stage_dir):
+    """This model and method's published run under `reuse` (stage_dir: finetuned | transferred), or None."""
+    if not REUSE:
+        return None
+    run = os.path.join(REUSE, stage_dir, wc.model, wc.method)
+    return run if os.path.isfile(os.path.join(run, "summary.json")) else None
+
+
+def stage_inputs(wc, stage_dir):
+    """A training stage's inputs: the model it starts from and the packed data, or the published run it restores."""
+    if stage_dir == "transferred" or wc.method not in LOLCATS:
+        start = f"resources/models/{wc.model}/config.json"
+    else:
+        start = f"resources/transferred/{wc.model}/{wc.method}/summary.json"
+    run = reused_run(wc, stage_dir)
+    if run:
+        return {"model": start, "run": os.path.join(run, "summary.json")}
+    return {"model": start, "data": f"resources/data/{wc.model}/meta.json"}
+
+
+def stage_command(wc, stage_dir):
+    """`liger finetune` / `liger transfer`, or `liger restore` of the published run under `reuse`."""
+    out = f"resources/{stage_dir}/{wc.model}/{wc.method}"
+    model = f"resources/models/{wc.model}" if stage_dir == "transferred" else finetune_input(wc)
+    run = reused_run(wc, stage_dir)
+    if run:
+        return f"python -m liger restore --model {model} --run {shlex.quote(run)} --out {out}"
+    command = "transfer" if stage_dir == "transferred" else "finetune"
+    options = shlex.quote(json.dumps(liger_options(wc.method)))
+    train = train_flags(wc.method, "transfer" if stage_dir == "transferred" else "lora")
+    return (f"python -m liger {command} --model {model} --data resources/data/{wc.model} --out {out} "
+            f"--options {options} {train}")
+
+
 def finetune_input(wc):
     """Stage 2 of lolcats starts from its stage-1 model; the Liger methods from the base model."""
     if wc.method in LOLCATS:

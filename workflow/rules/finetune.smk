@@ -1,13 +1,8 @@
 rule finetune:
     """Linearize the base model with the method's options, attach LoRA, train on the packed chunks (for lolcats:
-    stage 2, LoRA on the stage-1 model)."""
+    stage 2, LoRA on the stage-1 model); or, with `reuse`, restore the published run's adapter instead."""
     input:
-        model=lambda wc: (
-            f"resources/transferred/{wc.model}/{wc.method}/summary.json"
-            if wc.method in LOLCATS
-            else f"resources/models/{wc.model}/config.json"
-        ),
-        data="resources/data/{model}/meta.json",
+        unpack(lambda wc: stage_inputs(wc, "finetuned")),
     output:
         summary="resources/finetuned/{model}/{method}/summary.json",
         train="results/{model}/{method}/train_summary.json",
@@ -15,9 +10,7 @@ rule finetune:
     wildcard_constraints:
         method=one_of(TRAINED),
     params:
-        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
-        train=lambda wc: train_flags(wc.method),
-        model=finetune_input,
+        run=lambda wc: stage_command(wc, "finetuned"),
         out="resources/finetuned/{model}/{method}",
     log:
         "logs/{model}/{method}/finetune.log",
@@ -30,16 +23,15 @@ rule finetune:
     conda:
         ENV
     shell:
-        "python -m liger finetune --model {params.model} --data resources/data/{wildcards.model} "
-        "--out {params.out} --options {params.options} {params.train} > {log} 2>&1 && "
-        "cp {output.summary} {output.train} && cp {params.out}/train_log.csv {output.log_csv}"
+        "{params.run} > {log} 2>&1 && cp {output.summary} {output.train} && "
+        "cp {params.out}/train_log.csv {output.log_csv}"
 
 
 rule transfer:
-    """LoLCATs stage 1: convert, train the feature maps to match softmax attention on the packed chunks."""
+    """LoLCATs stage 1: convert, train the feature maps to match softmax attention on the packed chunks; or, with
+    `reuse`, restore the published run's trained feature maps (added/) instead."""
     input:
-        model="resources/models/{model}/config.json",
-        data="resources/data/{model}/meta.json",
+        unpack(lambda wc: stage_inputs(wc, "transferred")),
     output:
         summary="resources/transferred/{model}/{method}/summary.json",
         train="results/{model}/{method}/transfer_summary.json",
@@ -47,8 +39,7 @@ rule transfer:
     wildcard_constraints:
         method=one_of(LOLCATS),
     params:
-        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
-        train=lambda wc: train_flags(wc.method, "transfer"),
+        run=lambda wc: stage_command(wc, "transferred"),
         out="resources/transferred/{model}/{method}",
     log:
         "logs/{model}/{method}/transfer.log",
@@ -61,6 +52,5 @@ rule transfer:
     conda:
         ENV
     shell:
-        "python -m liger transfer --model resources/models/{wildcards.model} --data resources/data/{wildcards.model} "
-        "--out {params.out} --options {params.options} {params.train} > {log} 2>&1 && "
-        "cp {output.summary} {output.train} && cp {params.out}/train_log.csv {output.log_csv}"
+        "{params.run} > {log} 2>&1 && cp {output.summary} {output.train} && "
+        "cp {params.out}/train_log.csv {output.log_csv}"
