@@ -244,8 +244,12 @@ def test_reuse_restores_published_runs_instead_of_training(tmp_path, smollm2_dir
     assert restored == {"resources/finetuned/smollm2-135m/liger_gla", "resources/transferred/smollm2-135m/lolcats"}
     assert trained == {f"resources/finetuned/smollm2-135m/{m}" for m in ("lolcats", "liger_gla_no_window")}
 
-    proc = run_snakemake(tmp_path, "--cores", "1", "results/smollm2-135m/liger_gla/train_summary.json", *config)
+    proc = run_snakemake(tmp_path, "--cores", "1", "results/smollm2-135m/liger_gla/train_summary.json",
+                         "results/smollm2-135m/lolcats/transfer_summary.json", *config)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    stage1 = json.loads((tmp_path / "results/smollm2-135m/lolcats/transfer_summary.json").read_text())
+    assert stage1["stage"] == "transfer" and stage1["restored_from"].endswith("transferred/smollm2-135m/lolcats")
+    assert (tmp_path / "resources/transferred/smollm2-135m/lolcats/model/config.json").is_file()
     summary = json.loads((tmp_path / "results/smollm2-135m/liger_gla/train_summary.json").read_text())
     assert summary["restored_from"].endswith("finetuned/smollm2-135m/liger_gla") and summary["tokens_trained"] > 0
     from safetensors.torch import load_file
