@@ -405,28 +405,39 @@ def evaluate(
     sizes = {"mmlu": mmlu_batch_size if mmlu_batch_size is not None else batch_size}
     mmlu_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit is not None else None
 
+    # Each run's reports are saved as it finishes: a rerun with the same settings (an interrupted job) skips them.
+    partial = out_json.with_name(out_json.name + ".partial")
+    settings = {"model": _fingerprint(model_path), "adapter": _fingerprint(Path(adapter)) if adapter else None,
+                "data_dir": str(Path(data_dir).resolve()) if local else None, "limit": limit,
+                "num_fewshot_mmlu": num_fewshot_mmlu, "seed": seed, "dtype": str(torch_dtype)}  # fmt: skip
+    reports: dict[str, dict] = _resumed(partial, settings, task_list)
+    resumed = set(reports)
+    runs = []  # (paper tasks, num_fewshot, limit): MMLU is the one few-shot task
+    zero_shot = [t for t in task_list if t != "mmlu" and t not in reports]
+    if zero_shot:
+        runs.append((zero_shot, 0, limit))
+    if "mmlu" in task_list and "mmlu" not in reports:
+        runs.append((["mmlu"], num_fewshot_mmlu, mmlu_limit))
+
     with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
-        lm = LigerLM(model_path, adapter=adapter, device=dev, dtype=torch_dtype, batch_size=1)
+        lm = LigerLM(model_path, adapter=adapter, device=dev, dtype=torch_dtype, batch_size=1) if runs else None
         seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
-        runs = []  # (paper tasks, num_fewshot, limit): MMLU is the one few-shot task
-        zero_shot = [t for t in task_list if t != "mmlu"]
-        if zero_shot:
-            runs.append((zero_shot, 0, limit))
-        if "mmlu" in task_list:
-            runs.append((["mmlu"], num_fewshot_mmlu, mmlu_limit))
-        reports: dict[str, dict] = {}
         for run_tasks, shots, run_limit in runs:
             given = sizes.get(run_tasks[0], batch_size)
             bs = int(given) if given is not None else default_batch_size(dev, run_tasks[0])
             lm.batch_size_per_gpu = bs
             log.info("lm-eval: %s, %d-shot, batch size %d, limit %s", ",".join(run_tasks), shots, bs, run_limit)
+            run_start = time.perf_counter()
             raw = simple_evaluate(
                 model=lm, tasks=[top[t] for t in run_tasks], num_fewshot=shots, limit=run_limit,
                 task_manager=manager, log_samples=False, **seeds,
             )  # fmt: skip
             for t in run_tasks:
                 chance = chance_level([leaves[n] for n in leaf_task_names(t, local)], run_limit)
-                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance}
+                run_s = round(time.perf_counter() - run_start, 2)
+                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance,
+                                                                     "run_wall_time_s": run_s}  # fmt: skip
+            write_json_atomic(partial, {"settings": settings, "tasks": reports})
 
     report = {
         "model": str(model_path),
@@ -443,10 +454,37 @@ def evaluate(
         "seed": seed,
         "num_fewshot_mmlu": num_fewshot_mmlu,
         "versions": versions("lm_eval", "torch", "transformers", "liger"),
-        "wall_time_s": round(time.perf_counter() - start, 2),
+        "wall_time_s": round(time.perf_counter() - start, 2),  # this process's; resumed runs add their own
+        "resumed": sorted(resumed),
     }
     write_json_atomic(out_json, report)
+    partial.unlink(missing_ok=True)
     return report
+
+
+def _fingerprint(folder: Path) -> dict[str, Any]:
+    """A model folder's path and its files' sizes and modification times: changes when it is rebuilt."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    stats = [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return {"path": str(folder.resolve()), "files": stats}
+
+
+def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:
+    """The task reports an interrupted run of the same settings saved in `partial` (none if it differs)."""
+    if not partial.is_file():
+        return {}
+    try:
+        saved = json.loads(partial.read_text())
+        if saved["settings"] != settings:
+            log.warning("%s: saved by a run with other settings; starting over", partial)
+            return {}
+        done = {t: r for t, r in saved["tasks"].items() if t in task_list}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        log.warning("%s: unreadable; starting over", partial)
+        return {}
+    if done:
+        log.info("resuming: %s scored by an earlier run (%s)", ", ".join(done), partial)
+    return done
 
 
 def _cli(args: argparse.Namespace) -> int:

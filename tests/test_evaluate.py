@@ -9,6 +9,7 @@ neither the network nor the embedded SmolLM2; the slow test runs SmolLM2 on the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -369,6 +370,46 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
             "arc_challenge": sum(1 / len(d["choices"]["text"]) for d in arc) / len(arc)}
     assert report["chance"] == pytest.approx(report["chance"] | want)
     assert all(report["tasks"][t]["chance"] == report["chance"][t] for t in PAPER_TASKS)
+
+
+def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror, tmp_path, monkeypatch):
+    import lm_eval
+
+    model = shutil.copytree(base_dir, tmp_path / "model")  # rebuilt below
+
+    kwargs = dict(tasks="piqa,mmlu", data_dir=short_mirror, limit=2, batch_size=2, device="cpu")
+    fresh = evaluate(model, tmp_path / "fresh.json", **kwargs)
+    real, calls = lm_eval.simple_evaluate, []
+
+    def interrupted(**kw):  # MMLU's run dies (device time out, a kill): the 0-shot run's scores survive
+        calls.append(kw["num_fewshot"])
+        if kw["num_fewshot"] == 5:
+            raise KeyboardInterrupt
+        return real(**kw)
+
+    out = tmp_path / "eval.json"
+    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, out, **kwargs)
+    partial = tmp_path / "eval.json.partial"
+    assert not out.exists() and list(json.loads(partial.read_text())["tasks"]) == ["piqa"]
+
+    calls.clear()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: calls.append(kw["num_fewshot"]) or real(**kw))
+    report = evaluate(model, out, **kwargs)
+    assert calls == [5] and report["resumed"] == ["piqa"] and not partial.exists()
+    assert report["paper_metrics"] == fresh["paper_metrics"] and fresh["resumed"] == []
+    # a partial file of a model rebuilt since, of other settings (another limit) or a corrupt one: start over
+    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, out, **kwargs)
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")
+    stale = partial.read_text()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: calls.append(kw["num_fewshot"]) or real(**kw))
+    for text in (stale, json.dumps({"settings": {"limit": 9}, "tasks": {"piqa": {}}}), "{not json"):
+        partial.write_text(text)
+        calls.clear()
+        assert evaluate(model, out, **kwargs)["resumed"] == [] and calls == [0, 5] and not partial.exists()
 
 
 def test_chance_level_counts_choices_per_item():
