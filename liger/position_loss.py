@@ -172,7 +172,7 @@ def sentences(table: pd.DataFrame) -> str:
     others = [m for m in table.index if m != "base"]
     if others:
         text.append("From the first bucket to the last the loss changes by " +
-                    ", ".join(f"{-drop[m]:+.2f} for {m}" for m in others) + " nats.")  # fmt: skip
+                    ", ".join(f"{-drop[m]:+.2f} nats for {m}" for m in others) + ".")  # fmt: skip
         if "base" in table.index:
             text.append(f"In the last bucket ({last}) the rows stand " + ", ".join(
                 f"{table.loc[m, last] - table.loc['base', last]:+.2f}" + f" ({m})" for m in others)

@@ -243,6 +243,15 @@ def test_reuse_restores_published_runs_instead_of_training(tmp_path, smollm2_dir
     trained = {line.split("--out ")[1].split()[0] for line in commands if " finetune " in line or " transfer " in line}
     assert restored == {"resources/finetuned/smollm2-135m/liger_gla", "resources/transferred/smollm2-135m/lolcats"}
     assert trained == {f"resources/finetuned/smollm2-135m/{m}" for m in ("lolcats", "liger_gla_no_window")}
+    # several runs, comma-separated: the first that has a method wins (the later run published the no-window row)
+    later = PUBLISHED.parent / "h100-2026-11-23d"
+    both = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={PUBLISHED},{later}"]
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", *targets, *both)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    runs = {line.split("--run ")[1].split()[0] for line in (proc.stdout + proc.stderr).splitlines()
+            if "liger restore" in line}  # fmt: skip
+    assert runs == {f"{PUBLISHED}/finetuned/smollm2-135m/liger_gla", f"{PUBLISHED}/transferred/smollm2-135m/lolcats",
+                    f"{later}/finetuned/smollm2-135m/liger_gla_no_window"}  # fmt: skip
 
     proc = run_snakemake(tmp_path, "--cores", "1", "results/smollm2-135m/liger_gla/train_summary.json",
                          "results/smollm2-135m/lolcats/transfer_summary.json", *config)

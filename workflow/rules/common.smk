@@ -106,15 +106,16 @@ def train_flags(method, stage="lora"):
     return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
 
 
-REUSE = config.get("reuse")  # a published run's folder: finetuned/ and transferred/ laid out as under resources/
+# Published runs' folders (finetuned/ and transferred/ laid out as under resources/), a list or comma-separated.
+_reuse = config.get("reuse") or []
+REUSE = [r.strip() for r in (_reuse.split(",") if isinstance(_reuse, str) else _reuse) if r.strip()]
 
 
 def reused_run(wc, stage_dir):
-    """This model and method's published run under `reuse` (stage_dir: finetuned | transferred), or None."""
-    if not REUSE:
-        return None
-    run = os.path.join(REUSE, stage_dir, wc.model, wc.method)
-    return run if os.path.isfile(os.path.join(run, "summary.json")) else None
+    """This model and method's published run, the first `reuse` folder that has it (stage_dir: finetuned |
+    transferred), or None."""
+    runs = [os.path.join(r, stage_dir, wc.model, wc.method) for r in REUSE]
+    return next((run for run in runs if os.path.isfile(os.path.join(run, "summary.json"))), None)
 
 
 def stage_inputs(wc, stage_dir):
