@@ -221,7 +221,7 @@ def test_one_gpu_profile_budgets_gpu_memory_per_job(tmp_path):
         gb = re.search(r"gpu_mem_gb=(\d+)", block)
         if rule and method and gb:
             budgets[(rule.group(1), method.group(1))] = int(gb.group(1))
-    assert budgets[("finetune", "liger_gla")] == 16 and budgets[("finetune", "lolcats")] == 40
+    assert budgets[("finetune", "liger_gla")] == 16 and budgets[("finetune", "lolcats")] == 48
     assert budgets[("transfer", "lolcats")] == 22 and budgets[("evaluate", "liger_gla")] == 16
     assert "--batch-size 64 --mmlu-batch-size 16" in proc.stdout
 
