@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import torch
 
 from liger.errors import LigerError
 from liger.models import EMBEDDED, fetch_embedded, load_hub, save_atomic
-
-log = logging.getLogger(__name__)
 
 
 def fetch_model(args: argparse.Namespace) -> None:
@@ -88,18 +85,14 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
     for folder in (adapter, added):
         if folder is not None and not folder.is_dir():
             raise LigerError(f"{folder}: no such folder")
-    from liger.train import atomic_dir
+    from liger.train import save_model_dir
 
     model = liger.load(model_dir, adapter=adapter, added=added, dtype=DTYPES[dtype])
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError):
         tokenizer = None
-        log.warning("%s has no tokenizer; %s holds the weights only", model_dir, out)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    save_model_dir(model, out, tokenizer, model_dir)
     return out
 
 

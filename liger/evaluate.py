@@ -432,9 +432,9 @@ def evaluate(
                 model=lm, tasks=[top[t] for t in run_tasks], num_fewshot=shots, limit=run_limit,
                 task_manager=manager, log_samples=False, **seeds,
             )  # fmt: skip
+            run_s = round(time.perf_counter() - run_start, 2)
             for t in run_tasks:
                 chance = chance_level([leaves[n] for n in leaf_task_names(t, local)], run_limit)
-                run_s = round(time.perf_counter() - run_start, 2)
                 reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance,
                                                                      "run_wall_time_s": run_s}  # fmt: skip
             write_json_atomic(partial, {"settings": settings, "tasks": reports})

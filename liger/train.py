@@ -636,12 +636,17 @@ def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None, 
 
 def save_model_folder(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
     """``model/``: a Hugging Face folder that `liger.load` opens, with the tokenizer of `model_dir`."""
-    with atomic_dir(out / "model") as tmp:
+    save_model_dir(model, out / "model", tokenizer, model_dir)
+
+
+def save_model_dir(model: torch.nn.Module, folder: Path, tokenizer: Any | None, model_dir: Path) -> None:
+    """`folder`, written atomically: the model and the tokenizer of `model_dir` (None: the weights alone)."""
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         else:
-            log.warning("%s has no tokenizer; model/ holds the weights only", model_dir)
+            log.warning("%s has no tokenizer; %s holds the weights only", model_dir, folder)
 
 
 @dataclass
