@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -462,11 +463,16 @@ def evaluate(
     return report
 
 
-def _fingerprint(folder: Path) -> dict[str, Any]:
-    """A model folder's path and its files' sizes and modification times: changes when it is rebuilt."""
+def _fingerprint(folder: Path) -> list[list]:
+    """A model folder's files, each with its size and SHA-256: changes when the model does, not when the same files
+    are written again (a restored adapter, a model rebuilt on another machine)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file())
-    stats = [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return {"path": str(folder.resolve()), "files": stats}
+    return [[str(f.relative_to(folder)), f.stat().st_size, _sha256(f)] for f in files]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:
