@@ -172,6 +172,20 @@ def _convert_as(model: PreTrainedModel, want, path: Path, source: Path) -> None:
                          f"holds one converted with {have.to_dict()}")
 
 
+def layer_config(path: Path, layer_options: dict):
+    """The config of the converted model in `path` with some runtime layer settings replaced (validated)."""
+    bad = sorted(set(layer_options) - set(RUNTIME_OPTIONS))
+    if bad:
+        raise LigerError(f"layer options {bad}: only {', '.join(RUNTIME_OPTIONS)} can be changed on a trained model "
+                         "(the others change its parameters)")
+    config = AutoConfig.from_pretrained(path)
+    saved = getattr(config, "liger", None)
+    if not saved:
+        raise LigerError(f"{path}: not a converted model; layer options apply to Liger and LoLCATs models only")
+    config.liger = options_from_dict({**saved, **layer_options}).to_dict()
+    return config
+
+
 def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
     """Convert the base model with `folder`'s options and load the parameters the conversion added."""
     from safetensors import SafetensorError
@@ -203,18 +217,26 @@ def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
+# Layer settings that a saved converted model may be loaded with instead of its own: they change how attention is
+# computed, not which parameters exist (e.g. LoLCATs' terraced window evaluated as the sliding window it decodes with).
+RUNTIME_OPTIONS = ("window", "window_shape", "chunk_size")
+
+
 def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, added: str | Path | None = None,
-         **kwargs) -> PreTrainedModel:
+         layer_options: dict | None = None, **kwargs) -> PreTrainedModel:
     """Load a saved model (converted or not); optionally attach a peft LoRA adapter and merge it.
 
     An adapter trained on a converted model carries its conversion (``liger_options.json``): given the base
     model folder, the model is converted with those options before the adapter is attached. `added` (a folder of
     `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
+    `layer_options` replaces some of a converted folder's `RUNTIME_OPTIONS` (the same weights, computed otherwise).
     """
     path = Path(path)
     if not (path / "config.json").exists():
         raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
     kwargs.setdefault("dtype", torch.float32)
+    if layer_options:
+        kwargs["config"] = layer_config(path, layer_options)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:

@@ -28,8 +28,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
-from liger.convert import load
-from liger.device import resolve_device, resolve_dtype
+from liger.convert import layer_config, load
+from liger.device import add_layer_options_arg, resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
 from liger.provenance import versions
@@ -95,6 +95,7 @@ class LigerLM(HFLM):
         self,
         pretrained: str | Path,
         adapter: str | Path | None = None,
+        layer_options: dict | None = None,
         device: str | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         batch_size: int | str | None = None,
@@ -105,7 +106,7 @@ class LigerLM(HFLM):
         adapter = Path(adapter) if adapter else None
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        model = load(model_path, adapter=adapter, dtype=torch_dtype).to(dev).eval()
+        model = load(model_path, adapter=adapter, layer_options=layer_options, dtype=torch_dtype).to(dev).eval()
         tokenizer = _load_tokenizer(model_path, adapter)
         tokenizer.padding_side = "left"
         super().__init__(
@@ -349,7 +350,10 @@ def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None) -> Itera
         yield manager, top, leaves
 
 
-def _liger_options(model_path: Path) -> dict | str:
+def _liger_options(model_path: Path, layer_options: dict | None = None) -> dict | str:
+    """The conversion the model is evaluated with ("base": none), `layer_options` applied (checked early)."""
+    if layer_options:
+        return layer_config(model_path, layer_options).liger
     cfg = json.loads((model_path / "config.json").read_text())
     return cfg.get("liger") or "base"
 
@@ -371,15 +375,17 @@ def evaluate(
     dtype: str = "auto",
     num_fewshot_mmlu: int = 5,
     seed: int = 0,
+    layer_options: dict | None = None,
 ) -> dict:
     """Score a saved model (base or Liger; `adapter` merged) on the paper's tasks; write and return the report.
 
     `data_dir`: the offline mirrors (local tasks `liger_*`); None uses lm-eval's own tasks (the hub).
     `limit`: at most N items per task for smoke runs; MMLU's is spread over its 57 subjects (ceil(N/57)
     each, lm-eval's per-task limit). MMLU runs `num_fewshot_mmlu`-shot, the others 0-shot. All lm-eval
-    seeds are `seed`. `batch_size` None: `default_batch_size` per task; `mmlu_batch_size` (default `batch_size`)
-    is MMLU's alone, whose 5-shot prompts are ten times longer than the others. Input errors raise LigerError
-    before the model is loaded.
+    seeds are `seed`. `layer_options` evaluates a converted model's weights with other runtime layer settings
+    (`liger.convert.RUNTIME_OPTIONS`, e.g. {"window_shape": "sliding"}). `batch_size` None: `default_batch_size`
+    per task; `mmlu_batch_size` (default `batch_size`) is MMLU's alone, whose 5-shot prompts are ten times longer
+    than the others. Input errors raise LigerError before the model is loaded.
     """
     from lm_eval import simple_evaluate
 
@@ -395,6 +401,7 @@ def evaluate(
         raise LigerError(f"--limit {limit}: must be a positive number of items")
     if num_fewshot_mmlu < 0:
         raise LigerError(f"num_fewshot_mmlu={num_fewshot_mmlu}: must be >= 0")
+    liger_options = _liger_options(model_path, layer_options)
     local = data_dir is not None
     if local:
         check_data(data_dir, task_list)
@@ -410,7 +417,8 @@ def evaluate(
     partial = out_json.with_name(out_json.name + ".partial")
     settings = {"model": _fingerprint(model_path), "adapter": _fingerprint(Path(adapter)) if adapter else None,
                 "data_dir": str(Path(data_dir).resolve()) if local else None, "limit": limit,
-                "num_fewshot_mmlu": num_fewshot_mmlu, "seed": seed, "dtype": str(torch_dtype)}  # fmt: skip
+                "num_fewshot_mmlu": num_fewshot_mmlu, "seed": seed, "dtype": str(torch_dtype),
+                "layer_options": layer_options or None}  # fmt: skip
     reports: dict[str, dict] = _resumed(partial, settings, task_list)
     resumed = set(reports)
     runs = []  # (paper tasks, num_fewshot, limit): MMLU is the one few-shot task
@@ -421,7 +429,8 @@ def evaluate(
         runs.append((["mmlu"], num_fewshot_mmlu, mmlu_limit))
 
     with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
-        lm = LigerLM(model_path, adapter=adapter, device=dev, dtype=torch_dtype, batch_size=1) if runs else None
+        lm = LigerLM(model_path, adapter=adapter, layer_options=layer_options, device=dev, dtype=torch_dtype,
+                     batch_size=1) if runs else None  # fmt: skip
         seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         for run_tasks, shots, run_limit in runs:
             given = sizes.get(run_tasks[0], batch_size)
@@ -443,7 +452,8 @@ def evaluate(
     report = {
         "model": str(model_path),
         "adapter": str(adapter) if adapter is not None else None,
-        "liger": _liger_options(model_path),
+        "liger": liger_options,
+        "layer_options": layer_options or None,
         "data_source": {"kind": "local", "data_dir": str(Path(data_dir).resolve())} if local else {"kind": "hub"},
         "tasks": {t: reports[t] for t in task_list},
         "paper_metrics": {t: reports[t]["value"] for t in task_list},
@@ -497,7 +507,7 @@ def _cli(args: argparse.Namespace) -> int:
     report = evaluate(
         args.model, args.out, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir, limit=args.limit,
         batch_size=args.batch_size, mmlu_batch_size=args.mmlu_batch_size, device=args.device, dtype=args.dtype,
-        num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed,
+        num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed, layer_options=args.layer_options,
     )  # fmt: skip
     for task, entry in report["tasks"].items():
         value = entry["value"]
@@ -524,5 +534,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="lm-eval seeds (default 0)")
+    add_layer_options_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON file")
     p.set_defaults(func=_cli)

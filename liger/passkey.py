@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from liger.device import add_layer_options_arg
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_text_atomic
 
@@ -102,6 +103,7 @@ def run_passkey(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = True,
+    layer_options: dict | None = None,
 ) -> pd.DataFrame:
     """One row per (length, depth, seed): the key, the model's answer and whether it is right."""
     from tqdm.auto import tqdm
@@ -111,7 +113,7 @@ def run_passkey(
 
     if seeds < 1 or new_tokens < 1 or not lengths or not depths:
         raise LigerError("passkey: give lengths and depths, seeds >= 1 and new_tokens >= 1")
-    model, dev = load_for_inference(model_dir, device, dtype)
+    model, dev = load_for_inference(model_dir, device, dtype, layer_options)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     limit = int(getattr(model.config, "max_position_embeddings", 0) or max(lengths) + new_tokens)
     cells = [(n, d, s) for n in usable_lengths(lengths, limit, new_tokens) for d in depths for s in range(seeds)]
@@ -190,7 +192,7 @@ def _cli(args: argparse.Namespace) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
     df = run_passkey(args.model, lengths=lengths, depths=depths, seeds=args.seeds, new_tokens=args.new_tokens,
-                     device=args.device, dtype=args.dtype)
+                     device=args.device, dtype=args.dtype, layer_options=args.layer_options)
     write_text_atomic(args.out, df.to_csv(index=False))
     if args.plot:
         heatmap(df, args.plot, args.title or f"passkey retrieval: {args.model}")
@@ -211,6 +213,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", required=True, type=Path, help="output CSV, one row per prompt")
+    add_layer_options_arg(p)
     p.add_argument("--plot", type=Path, help="heatmap PNG (accuracy per length and depth)")
     p.add_argument("--title", help="heatmap title")
     p.set_defaults(func=_cli)

@@ -31,11 +31,15 @@ def _params(model: dict) -> float:
     return SMOLLM2_PARAMS
 
 
+# Method keys of the pipeline, not Liger options (workflow/rules/common.smk holds the same tuple; tested equal).
+PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")
+
+
 def plan(config: dict, resources: Path = Path("resources")) -> dict:
     """Work per model (training tokens, evaluated items) and a CPU time estimate in hours."""
     data, train, ev = config["data"], config.get("train", {}), config["eval"]
     trained = [m for m, opts in config["methods"].items()  # converted and fine-tuned (finetune: false is not)
-               if set(opts) - {"finetune", "control"} and opts.get("finetune", True)]
+               if set(opts) - set(PIPELINE_KEYS) and opts.get("finetune", True)]
     stages = sum(2 if config["methods"][m].get("method") == "lolcats" else 1 for m in trained)  # LoLCATs: two
     out = {}
     for name, model in config["models"].items():

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from liger.device import add_layer_options_arg
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_json_atomic, write_text_atomic
 
@@ -95,6 +96,7 @@ def position_loss(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = True,
+    layer_options: dict | None = None,
 ) -> dict:
     """Bucketed next-token loss of the model in `model_dir` on held-out instruction records; a JSON-able dict."""
     from tqdm.auto import tqdm
@@ -108,7 +110,7 @@ def position_loss(
     records = load_records(source)[:n_val]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stream, starts = heldout_stream(tokenizer, records)
-    model, dev = load_for_inference(model_dir, device, dtype)
+    model, dev = load_for_inference(model_dir, device, dtype, layer_options)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and seq_len > limit:
         log.info("seq_len %d capped at the model's position limit %d", seq_len, limit)
@@ -208,7 +210,7 @@ def plot(results: dict[str, dict], out_png: Path, title: str) -> None:
 def _cli(args: argparse.Namespace) -> int:
     result = position_loss(args.model, args.source, n_val=args.n_val, seq_len=args.seq_len,
                            sequences=args.sequences, first_bucket=args.first_bucket, device=args.device,
-                           dtype=args.dtype)  # fmt: skip
+                           dtype=args.dtype, layer_options=args.layer_options)  # fmt: skip
     write_json_atomic(args.out, result)
     write_text_atomic(args.out.with_suffix(".csv"), pd.DataFrame(result["buckets"]).to_csv(index=False))
     print(pd.DataFrame(result["buckets"]).to_string(index=False))
@@ -228,5 +230,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-bucket", type=int, default=64, help="end of the first bucket; later ones double")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    add_layer_options_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON (a CSV of the buckets beside it)")
     p.set_defaults(func=_cli)

@@ -63,14 +63,19 @@ def our_rows(model: str, methods: list[str], results: Path,
 
 
 def _train_tokens(folder: Path) -> tuple[int | None, str | None]:
-    """Tokens trained over every stage of a row (LoLCATs: attention transfer + LoRA), and the split by stage."""
-    stages = [(name, folder / f"{stem}_summary.json") for name, stem in (("attention transfer", "transfer"),
-                                                                         ("LoRA", "train"))]
-    tokens = [(name, _read_json(path).get("tokens_trained")) for name, path in stages if path.exists()]
-    tokens = [(name, n) for name, n in tokens if n]
-    if not tokens:
+    """Tokens trained over every stage of a row (LoLCATs: attention transfer + LoRA), and the split by stage with
+    each stage's wall time where its summary records one."""
+    stages = [(name, _read_json(path)) for name, path in (("attention transfer", folder / "transfer_summary.json"),
+                                                          ("LoRA", folder / "train_summary.json")) if path.exists()]
+    stages = [(name, s) for name, s in stages if s.get("tokens_trained")]
+    if not stages:
         return None, None
-    return sum(n for _, n in tokens), " + ".join(f"{name} {n / 1e6:.2f}M" for name, n in tokens)
+
+    def stage(name: str, summary: dict) -> str:
+        wall = summary.get("wall_time_s")
+        return f"{name} {summary['tokens_trained'] / 1e6:.2f}M" + (f" in {wall / 60:.1f} min" if wall else "")
+
+    return sum(s["tokens_trained"] for _, s in stages), " + ".join(stage(n, s) for n, s in stages)
 
 
 def _with_averages(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
@@ -146,6 +151,10 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
                 if pd.notna(r.get("Recovery %")) else "no base row to divide by")
 
     text = [f"{reference} averages {ref['Avg']:.1f} ({recovery(ref)})."]
+    others = rows[(rows["role"] == "method") & (rows.index != reference)]
+    if not others.empty:
+        text.append("Other methods: " + "; ".join(f"{m} {r['Avg']:.1f} ({r['Avg'] - ref['Avg']:+.1f} vs {reference})"
+                                                  for m, r in others.iterrows()) + ".")
     controls = rows[rows["role"] == "control"]
     if not controls.empty:
         text.append("Controls: " + "; ".join(f"{m} {r['Avg']:.1f} ({r['Avg'] - ref['Avg']:+.1f} vs {reference}, "
@@ -215,7 +224,8 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "say what each branch does alone: window_only (the window branch, fine-tuned like the methods), "
             "liger_gla_no_window (the recurrence alone), base_window (the base model restricted to the window, "
             "not trained). `train tokens` counts every training stage of a row (LoLCATs: attention transfer, then "
-            "LoRA, as the paper's Table 2 counts 0.02B + 0.02B = 0.04B); `train stages` splits it.", "",
+            "LoRA, as the paper's Table 2 counts 0.02B + 0.02B = 0.04B); `train stages` splits it, with each "
+            "stage's wall time in the run that trained it (other jobs may have shared its GPU).", "",
             main_sentences(ours), ""]
     text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))

@@ -489,6 +489,29 @@ def test_evaluate_liger_with_adapter_and_cli(liger_dir, short_mirror, tmp_path, 
     assert report["liger"]["method"] == "liger_gla" and report["liger"]["window"] == 4
 
 
+def test_evaluate_with_other_layer_options(liger_dir, short_mirror, tmp_path, capsys):
+    """`--layer-options`: the same weights scored with another runtime setting, recorded in the report."""
+    from liger.cli import main
+
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(liger_dir), "--tasks", "piqa", "--data-dir", str(short_mirror), "--limit", "2",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--layer-options", '{"window": 8}']) == 0
+    report = json.loads(out.read_text())
+    assert report["layer_options"] == {"window": 8} and report["liger"]["window"] == 8
+    assert json.loads((liger_dir / "config.json").read_text())["liger"]["window"] == 4  # the folder is untouched
+    for bad, message in (("window=8", "not JSON"), ("[8]", "a JSON object is needed")):
+        with pytest.raises(SystemExit):
+            main([*args, "--layer-options", bad])
+        assert message in capsys.readouterr().err
+
+
+def test_layer_options_need_a_converted_model(no_model_load, base_dir, tmp_path):
+    with pytest.raises(LigerError, match="not a converted model"):
+        evaluate(base_dir, tmp_path / "out.json", tasks="piqa", layer_options={"window": 8})
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_device_dtype_and_batch_defaults():
     assert resolve_dtype("auto", "cuda") == torch.bfloat16 and resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float16", "cpu") == torch.float16 and resolve_device("cpu") == "cpu"

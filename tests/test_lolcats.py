@@ -280,6 +280,32 @@ def test_save_and_load_roundtrip(variant, tmp_path):
             assert torch.equal(loaded.eval()(tokens).logits, want)
 
 
+def test_loading_with_other_layer_options_computes_the_same_weights_otherwise(tmp_path):
+    """The original's terraced model loaded with the sliding window it decodes with: the same weights, the sliding
+    model's outputs (what `liger evaluate --layer-options` scores)."""
+    model = lolcats("llama", window_shape="terraced")
+    with torch.no_grad():
+        for layer in attentions(model):
+            layer.feature_map_k.weight.add_(0.1 * torch.randn_like(layer.feature_map_k.weight))
+    model.save_pretrained(tmp_path / "m")
+    sliding = lolcats("llama", window_shape="sliding")
+    sliding.load_state_dict(model.state_dict())
+    loaded = liger.load(tmp_path / "m", layer_options={"window_shape": "sliding"}).eval()
+    assert liger.options_of(loaded) == liger.options_of(sliding)
+    tokens = ids()
+    with torch.no_grad():
+        got, terraced = loaded(tokens).logits, model(tokens).logits
+        assert (got - sliding.eval()(tokens).logits).abs().max().item() <= ATOL
+        assert (got - terraced).abs().max().item() > 1e-3
+    with pytest.raises(LigerError, match=r"\['feature_dim'\]: only window, window_shape, chunk_size"):
+        liger.load(tmp_path / "m", layer_options={"feature_dim": 8})
+    with pytest.raises(LigerError, match="window_shape='tk'"):
+        liger.load(tmp_path / "m", layer_options={"window_shape": "tk"})
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    with pytest.raises(LigerError, match="not a converted model"):
+        liger.load(tmp_path / "base", layer_options={"window": 8})
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(LigerError, match="variant='lg'"):
         linearize(tiny_model("llama"), "lolcats", variant="lg")

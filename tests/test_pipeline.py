@@ -77,22 +77,23 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     table = pd.read_csv(work / "results" / "tables" / "main.csv")
     ours = table[~table["method"].str.endswith("(paper)")]
     assert list(ours["method"]) == ["base", "liger_gla", "window_only", "base_window", "lolcats",
-                                    "chance (from the data)"]
-    assert list(ours["role"]) == ["base", "method", "control", "control", "method", "chance"]
+                                    "lolcats_sliding", "chance (from the data)"]
+    assert list(ours["role"]) == ["base", "method", "control", "control", "method", "control", "chance"]
     headers = [("piqa", "PiQA"), ("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("hellaswag", "HellaSwag"),
                ("winogrande", "WinoGrande"), ("mmlu", "MMLU")]
-    for _, row in ours.iloc[:5].iterrows():
+    for _, row in ours.iloc[:-1].iterrows():
         metrics = json.loads(Path(work / row["source"]).read_text())
         for task, header in headers:
             assert row[header] == pytest.approx(round(100 * metrics["paper_metrics"][task], 1))
     chance = json.loads((work / ours.iloc[0]["source"]).read_text())["chance"]
     for task, header in headers:
-        assert ours.iloc[5][header] == pytest.approx(round(100 * chance[task], 1))
+        assert ours.iloc[-1][header] == pytest.approx(round(100 * chance[task], 1))
     assert not pd.isna(ours.iloc[1]["Chance-corrected recovery %"])
     assert ours.loc[ours["method"] == "liger_gla", "train tokens"].iloc[0] > 0
     # LoLCATs: attention transfer then LoRA, each 2 steps x 2 chunks x 128 tokens; both counted
     lol = ours[ours["method"] == "lolcats"].iloc[0]
-    assert lol["train tokens"] == 2 * 512 and lol["train stages"] == "attention transfer 0.00M + LoRA 0.00M"
+    assert lol["train tokens"] == 2 * 512
+    assert re.fullmatch(r"attention transfer 0\.00M in \d+\.\d min \+ LoRA 0\.00M in \d+\.\d min", lol["train stages"])
     stage1 = json.loads((work / "results" / "smollm2-135m" / "lolcats" / "transfer_summary.json").read_text())
     stage2 = json.loads((work / "results" / "smollm2-135m" / "lolcats" / "train_summary.json").read_text())
     assert (stage1["stage"], stage1["train_config"]["lr"], stage1["train_config"]["max_grad_norm"]) == (
@@ -100,6 +101,12 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     assert (stage2["train_config"]["lora_alpha"], stage2["train_config"]["lora_targets"]) == (
         16, ["q_proj", "k_proj", "v_proj", "o_proj"])
     assert stage2["model_dir"].endswith("transferred/smollm2-135m/lolcats/model")
+    # lolcats_sliding: LoLCATs' own model (not trained again) scored with the sliding window it decodes with
+    sliding = json.loads((work / "results" / "smollm2-135m" / "lolcats_sliding" / "metrics.json").read_text())
+    assert sliding["layer_options"] == {"window_shape": "sliding"} and sliding["liger"]["window_shape"] == "sliding"
+    assert sliding["model"].endswith("finetuned/smollm2-135m/lolcats/model") and pd.isna(
+        ours.loc[ours["method"] == "lolcats_sliding", "train tokens"].iloc[0])
+    assert not list(work.glob("resources/*/smollm2-135m/lolcats_sliding"))
     assert (work / "results" / "tables" / "main.md").exists()
     assert (work / "results" / "plots" / "smollm2-135m_latency.png").stat().st_size > 0
     report = (work / "results" / "smollm2-135m" / "report.md").read_text()
@@ -119,13 +126,16 @@ def test_smoke_dag_controls_and_probes(smoke_run):
     assert json.loads((res / "base_window" / "metrics.json").read_text())["liger"]["alpha"] == 1.0
     coverage = pd.read_csv(res / "coverage.csv").set_index("task")
     assert coverage.loc["mmlu", "shots"] == 5 and coverage.loc["mmlu", "items beyond window 64 %"] == 100.0
-    for method in ["base", "liger_gla", "window_only", "base_window"]:
+    for method in ["base", "liger_gla", "window_only", "base_window", "lolcats", "lolcats_sliding"]:
         passkey = pd.read_csv(res / method / "passkey.csv")
         assert sorted(set(passkey["length"])) == [96, 192] and len(passkey) == 4
         assert set(passkey["cache"]) == {"kv" if method == "base" else "liger"}
         assert (work / "results" / "plots" / f"smollm2-135m_{method}_passkey.png").stat().st_size > 0
         loss = json.loads((res / method / "position_loss.json").read_text())
         assert loss["seq_len"] == 256 and loss["sequences"] == 2
+    terraced, sliding = (json.loads((res / m / "position_loss.json").read_text())["buckets"][-1]["mean_loss"]
+                         for m in ("lolcats", "lolcats_sliding"))  # the same weights, another window
+    assert terraced != pytest.approx(sliding, rel=1e-4)
     report = (res / "report.md").read_text()
     for section in ("## Window coverage", "## Passkey retrieval", "## Loss by position", "Controls: window_only"):
         assert section in report
@@ -154,12 +164,14 @@ def test_paper_config_builds_the_dag(tmp_path):
             assert f"resources/transferred/{name}/{method}/summary.json" in proc.stdout
 
 
-def test_rules_know_the_recipe_fields():
+def test_rules_know_the_recipe_fields_and_pipeline_keys():
+    from liger.plan import PIPELINE_KEYS
     from liger.train import RECIPE_FIELDS
 
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    start = common.index("RECIPE_FIELDS = ")
-    assert eval(common[start + len("RECIPE_FIELDS = "):common.index(")", start) + 1]) == RECIPE_FIELDS
+    for name, want in (("RECIPE_FIELDS", RECIPE_FIELDS), ("PIPELINE_KEYS", PIPELINE_KEYS)):
+        start = common.index(f"{name} = ")
+        assert eval(common[start + len(f"{name} = "):common.index(")", start) + 1]) == want
 
 
 def _bad_config(tmp_path: Path, edit) -> subprocess.CompletedProcess:
@@ -181,6 +193,16 @@ def test_bad_config_is_a_schema_error_naming_the_key(tmp_path, edit, needle):
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "validat" in err.lower() and needle in err, err[-2000:]
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"weights_of": "nope", "layer_options": {"window_shape": "sliding"}}, "methods.x.weights_of: 'nope'"),
+    ({"weights_of": "base"}, "methods.x.weights_of: 'base' is not a converted method"),
+    ({"weights_of": "lolcats", "window": 8}, "methods.x: a `weights_of` row takes only"),
+])
+def test_bad_weights_of_rows_name_the_row(tmp_path, entry, needle):
+    proc = _bad_config(tmp_path, lambda c: c["methods"].__setitem__("x", entry))
+    assert proc.returncode != 0 and needle in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
 
 
 def test_lint_is_clean(tmp_path):

@@ -14,10 +14,10 @@ import yaml
 import liger
 from liger.attention import LigerAttention
 from liger.errors import LigerError
+from liger.plan import PIPELINE_KEYS
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-PIPELINE_KEYS = ("finetune", "control")
 
 
 def control_options(name: str) -> dict:

@@ -45,12 +45,16 @@ def test_lolcats_rows_count_both_stages_beside_the_papers_lolcats_rows(tmp_path)
     write_metrics(tmp_path, "m", "base", dict.fromkeys(tasks, 0.6))
     write_metrics(tmp_path, "m", "lolcats", dict.fromkeys(tasks, 0.5), tokens=2_000_000)
     write_metrics(tmp_path, "m", "liger_gla", dict.fromkeys(tasks, 0.55), tokens=2_000_000)
-    (tmp_path / "m" / "lolcats" / "transfer_summary.json").write_text(json.dumps({"tokens_trained": 1_500_000}))
-    write_model_report("m", ["base", "lolcats", "liger_gla"], tmp_path, "Llama-3-8B", PAPER_CSV)
+    (tmp_path / "m" / "lolcats" / "transfer_summary.json").write_text(
+        json.dumps({"tokens_trained": 1_500_000, "wall_time_s": 630.0}))
+    report = write_model_report("m", ["base", "lolcats", "liger_gla"], tmp_path, "Llama-3-8B", PAPER_CSV)
+    text = report.read_text()
+    assert "liger_gla averages 55.0" in text and "Other methods: lolcats 50.0 (-5.0 vs liger_gla)." in text
     table = pd.read_csv(tmp_path / "m" / "main.csv")
     lol, gla = table.iloc[1], table.iloc[2]
     assert lol["method"] == "lolcats" and lol["train tokens"] == 3_500_000
-    assert lol["train stages"] == "attention transfer 1.50M + LoRA 2.00M" and gla["train stages"] == "LoRA 2.00M"
+    assert lol["train stages"] == "attention transfer 1.50M in 10.5 min + LoRA 2.00M"
+    assert gla["train stages"] == "LoRA 2.00M"
     paper = set(table["method"])
     assert {"LoLCATs (Liger re-run) (paper)", "LoLCATs (LoLCATs paper numbers) (paper)", "Liger-GLA (paper)"} <= paper
     write_tables([tmp_path / "m" / "main.csv"], tmp_path / "tables")

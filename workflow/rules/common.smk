@@ -3,6 +3,7 @@ import json
 import re
 import os
 import shlex
+from types import SimpleNamespace
 
 import jsonschema
 import yaml
@@ -28,7 +29,10 @@ check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "conf
 
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
-PIPELINE_KEYS = ("finetune", "control")  # method keys for the pipeline; the others are Liger options
+PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")  # pipeline keys; the others: Liger options
+# Rows that score another row's model with other runtime layer settings (`liger evaluate --layer-options`), e.g.
+# LoLCATs' terraced window evaluated as the sliding window it decodes with: {method: the row whose weights}.
+REVIEWED = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
 
 
 def liger_options(method: str) -> dict:
@@ -39,6 +43,14 @@ def liger_options(method: str) -> dict:
 def is_finetuned(method: str) -> bool:
     return bool(liger_options(method)) and config["methods"][method].get("finetune", True)
 
+
+for _m, _of in REVIEWED.items():
+    _entry = config["methods"][_m]
+    if _of not in METHODS or _of in REVIEWED or not config["methods"][_of]:
+        raise WorkflowError(f"methods.{_m}.weights_of: {_of!r} is not a converted method of `methods`")
+    if set(_entry) - {"weights_of", "layer_options", "control"}:
+        raise WorkflowError(f"methods.{_m}: a `weights_of` row takes only layer_options and control (it has "
+                            f"{sorted(set(_entry) - {'weights_of', 'layer_options', 'control'})})")
 
 TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
 UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
@@ -151,9 +163,15 @@ def finetune_input(wc):
     return f"resources/models/{wc.model}"
 
 
+def weights(wc):
+    """The wildcards of the row whose model a row is measured on (a `weights_of` row: that row's)."""
+    return SimpleNamespace(model=wc.model, method=REVIEWED.get(wc.method, wc.method))
+
+
 def evaluated_model(wc):
     """The folder a method's row is measured on: the fine-tuned Liger model (LoRA merged), the converted but
-    untrained model (finetune: false), or the untouched base model."""
+    untrained model (finetune: false), the untouched base model, or for a `weights_of` row that row's model."""
+    wc = weights(wc)
     if wc.method in TRAINED:
         return f"resources/finetuned/{wc.model}/{wc.method}/model"
     if wc.method in UNTRAINED:
@@ -163,15 +181,23 @@ def evaluated_model(wc):
 
 def model_ready(wc):
     """The file that says `evaluated_model` is complete (the rule that makes it)."""
+    wc = weights(wc)
     if wc.method in TRAINED:
         return f"resources/finetuned/{wc.model}/{wc.method}/summary.json"
     return f"{evaluated_model(wc)}/config.json"
 
 
-def eval_flags():
+def layer_flag(wc):
+    """`--layer-options JSON` of a `weights_of` row that sets them, else nothing."""
+    layer = config["methods"][wc.method].get("layer_options")
+    return flags({"layer_options": json.dumps(layer) if layer else None})
+
+
+def eval_flags(wc):
     e = config["eval"]
-    return flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
+    opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
                   "batch_size": e.get("batch_size"), "mmlu_batch_size": e.get("mmlu_batch_size")})
+    return f"{opts} {layer_flag(wc)}"
 
 
 def run_note():

@@ -6,7 +6,7 @@ rule evaluate:
         "results/{model}/{method}/metrics.json",
     params:
         model=evaluated_model,
-        opts=eval_flags(),
+        opts=eval_flags,
     log:
         "logs/{model}/{method}/evaluate.log",
     benchmark:

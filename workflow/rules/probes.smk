@@ -43,6 +43,7 @@ rule passkey:
         heatmap=report("results/plots/{model}_{method}_passkey.png", category="probes"),
     params:
         model=evaluated_model,
+        layer=layer_flag,
         opts=flags(
             {
                 "lengths": PASSKEY.get("lengths", [256, 512, 1024, 2048, 4096, 8192]),
@@ -62,7 +63,7 @@ rule passkey:
     conda:
         ENV
     shell:
-        "python -m liger passkey --model {params.model} {params.opts} --out {output.csv} "
+        "python -m liger passkey --model {params.model} {params.opts} {params.layer} --out {output.csv} "
         "--plot {output.heatmap} --title '{wildcards.model} {wildcards.method}: passkey accuracy %' > {log} 2>&1"
 
 
@@ -75,6 +76,7 @@ rule position_loss:
         csv="results/{model}/{method}/position_loss.csv",
     params:
         model=evaluated_model,
+        layer=layer_flag,
         source=lambda wc: shlex.quote(data_source()),
         opts=flags(
             {
@@ -94,5 +96,5 @@ rule position_loss:
     conda:
         ENV
     shell:
-        "python -m liger position-loss --model {params.model} --source {params.source} {params.opts} "
+        "python -m liger position-loss --model {params.model} --source {params.source} {params.opts} {params.layer} "
         "--out {output.json} > {log} 2>&1"
