@@ -183,8 +183,8 @@ def sentences(table: pd.DataFrame, window: int = 64) -> str:
                     f"{others.loc[best, longest]:.0f}% at {longest} tokens).")
         blind = [m for m in others.index if others.loc[m].max() == 0]
         if blind:
-            text.append(f"{', '.join(blind)} never return the key at any length (every prompt is longer than "
-                        f"the {window}-token window).")
+            text.append(f"{', '.join(blind)} never {'returns' if len(blind) == 1 else 'return'} the key at any "
+                        f"length (every prompt is longer than the {window}-token window).")
     return " ".join(text)
 
 

@@ -179,6 +179,9 @@ def sentences(table: pd.DataFrame) -> str:
             text.append(f"In the last bucket ({last}) the rows stand " + ", ".join(
                 f"{table.loc[m, last] - table.loc['base', last]:+.2f}" + f" ({m})" for m in others)
                 + " nats from the base.")  # fmt: skip
+        text.append("Each row's lowest bucket: " + ", ".join(
+            f"{m} {table.loc[m, buckets].astype(float).idxmin()} ({table.loc[m, buckets].min():.2f})"
+            for m in table.index) + ".")  # fmt: skip
     return " ".join(text)
 
 

@@ -223,9 +223,11 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "on the averages, with the chance row computed from the evaluated items. Rows with role `control` "
             "say what each branch does alone: window_only (the window branch, fine-tuned like the methods), "
             "liger_gla_no_window (the recurrence alone), base_window (the base model restricted to the window, "
-            "not trained). `train tokens` counts every training stage of a row (LoLCATs: attention transfer, then "
-            "LoRA, as the paper's Table 2 counts 0.02B + 0.02B = 0.04B); `train stages` splits it, with each "
-            "stage's wall time in the run that trained it (other jobs may have shared its GPU).", "",
+            "not trained), lolcats_sliding (LoLCATs' model, not retrained, scored with the 64-key sliding window it "
+            "decodes with instead of the terraced one it was trained with). `train tokens` counts every training "
+            "stage of a row (LoLCATs: attention transfer, then LoRA, as the paper's Table 2 counts 0.02B + 0.02B = "
+            "0.04B); `train stages` splits it, with each stage's wall time in the run that trained it (other jobs "
+            "may have shared its GPU).", "",
             main_sentences(ours), ""]
     text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))

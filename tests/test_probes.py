@@ -337,9 +337,20 @@ def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
     assert "the recurrence adds +0.5 points on average and +3.0 on MMLU" in report
     assert "## Window coverage" in report and "## Passkey retrieval" in report and "## Loss by position" in report
     assert "The base model retrieves the key in 100% of prompts" in report
+    assert "Each row's lowest bucket: base 64-127 (2.50), liger_gla 64-127 (2.60)," in report
     passkey = pd.read_csv(tmp_path / "m" / "passkey.csv").set_index("method")
     assert passkey.loc["liger_gla", "1024"] == 50.0 and passkey.loc["base", "1024"] == 100.0
     losses = pd.read_csv(tmp_path / "m" / "position_loss.csv").set_index("method")
     assert losses.loc["base_window", "64-127"] == pytest.approx(2.9)
     assert (tmp_path / "plots" / "m_position_loss.png").stat().st_size > 1000
     assert "m_position_loss.png" in report
+
+
+def test_passkey_sentences_name_the_rows_that_never_retrieve():
+    from liger.passkey import sentences
+
+    table = pd.DataFrame({256: [100.0, 0.0, 0.0], 1024: [100.0, 50.0, 0.0]}, index=["base", "a", "b"])
+    assert "Of the other rows a does best (25% on average" in sentences(table)
+    assert "b never returns the key at any length" in sentences(table)
+    both = pd.DataFrame({256: [100.0, 0.0, 0.0], 1024: [100.0, 0.0, 0.0]}, index=["base", "a", "b"])
+    assert "a, b never return the key" in sentences(both)
