@@ -32,7 +32,7 @@ METHODS = list(config["methods"])
 PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")  # pipeline keys; the others: Liger options
 # Rows that score another row's model with other runtime layer settings (`liger evaluate --layer-options`), e.g.
 # LoLCATs' terraced window evaluated as the sliding window it decodes with: {method: the row whose weights}.
-REVIEWED = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
+WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
 
 
 def liger_options(method: str) -> dict:
@@ -44,9 +44,9 @@ def is_finetuned(method: str) -> bool:
     return bool(liger_options(method)) and config["methods"][method].get("finetune", True)
 
 
-for _m, _of in REVIEWED.items():
+for _m, _of in WEIGHTS_OF.items():
     _entry = config["methods"][_m]
-    if _of not in METHODS or _of in REVIEWED or not config["methods"][_of]:
+    if _of not in METHODS or _of in WEIGHTS_OF or not config["methods"][_of]:
         raise WorkflowError(f"methods.{_m}.weights_of: {_of!r} is not a converted method of `methods`")
     if set(_entry) - {"weights_of", "layer_options", "control"}:
         raise WorkflowError(f"methods.{_m}: a `weights_of` row takes only layer_options and control (it has "
@@ -165,7 +165,7 @@ def finetune_input(wc):
 
 def weights(wc):
     """The wildcards of the row whose model a row is measured on (a `weights_of` row: that row's)."""
-    return SimpleNamespace(model=wc.model, method=REVIEWED.get(wc.method, wc.method))
+    return SimpleNamespace(model=wc.model, method=WEIGHTS_OF.get(wc.method, wc.method))
 
 
 def evaluated_model(wc):
