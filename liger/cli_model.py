@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from liger.convert import ADDED_WEIGHTS
 from liger.errors import LigerError
 from liger.models import EMBEDDED, fetch_embedded, load_hub, save_atomic
 
@@ -97,6 +98,8 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
 
 
 RUN_FILES = ("summary.json", "train_log.csv")
+# The weight file of each kind of published run (git keeps a run's configs, summaries and logs, not its weights)
+RUN_WEIGHTS = {"adapter": "adapter_model.safetensors", "added": ADDED_WEIGHTS}
 
 
 def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
@@ -116,6 +119,10 @@ def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
     except json.JSONDecodeError as e:
         raise LigerError(f"{run_dir / 'summary.json'}: not JSON ({e.msg}); copy the run again") from e
     part = parts[0]
+    weights = run_dir / part / RUN_WEIGHTS[part]
+    if not weights.is_file():
+        raise LigerError(f"{weights}: missing. The repository keeps a published run's configs, summaries and logs "
+                         "but not its weights: copy the run's weight file there (results/gpu-runs/README.md)")
     merge(model_dir, out / "model", **{part: run_dir / part})
     if (out / part).exists():
         shutil.rmtree(out / part)

@@ -248,15 +248,47 @@ def test_one_gpu_profile_budgets_gpu_memory_per_job(tmp_path):
     assert "--batch-size 64 --mmlu-batch-size 16" in proc.stdout
 
 
-PUBLISHED = ROOT / "results" / "gpu-runs" / "h100-2026-11-23c"  # adapters of the H100 run, in the repo
+RUNS = ROOT / "results" / "gpu-runs"
+
+
+def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
+    """A copy of a published run as git keeps it (configs, summaries, logs) with weight files made here, of the
+    shapes the real ones have: LoRA with nonzero B (so that merging changes the model), the conversion's added
+    parameters as initialised."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import liger
+    from liger.convert import save_added
+
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("*.log", "*.tsv", "*.png"))
+    torch.manual_seed(0)
+    for adapter in out.glob("finetuned/*/*/adapter"):
+        model = liger.load(base_dir)
+        liger.linearize(model, **json.loads((adapter / "liger_options.json").read_text()))
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        lora = get_peft_model(model, LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
+                                                target_modules=config["target_modules"]))  # fmt: skip
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(std=0.01)
+        lora.save_pretrained(out / "made")
+        shutil.move(out / "made" / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
+        shutil.rmtree(out / "made")
+    for added in out.glob("transferred/*/*/added"):
+        model = liger.load(base_dir)
+        liger.linearize(model, **json.loads((added / "liger_options.json").read_text()))
+        save_added(model, added)
+    return out
 
 
 def test_reuse_restores_published_runs_instead_of_training(tmp_path, smollm2_dir):
-    """`reuse: RUN`: the methods with a published run are restored (`liger restore`), the others trained; the
-    committed Liger-GLA adapter rebuilds a model that differs from the base only where LoRA was applied."""
+    """`reuse: RUN`: the methods with a published run are restored (`liger restore`), the others trained; a
+    Liger-GLA adapter rebuilds a model that differs from the base only where LoRA was applied."""
+    published = with_weights(RUNS / "h100-2026-11-23c", tmp_path / "runs" / "h100-2026-11-23c", smollm2_dir)
     (tmp_path / "resources" / "models").mkdir(parents=True)
     os.symlink(smollm2_dir, tmp_path / "resources" / "models" / "smollm2-135m")
-    config = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={PUBLISHED}"]
+    config = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={published}"]
     targets = [f"results/smollm2-135m/{m}/metrics.json" for m in ("liger_gla", "lolcats", "liger_gla_no_window")]
     proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", *targets, *config)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -266,13 +298,13 @@ def test_reuse_restores_published_runs_instead_of_training(tmp_path, smollm2_dir
     assert restored == {"resources/finetuned/smollm2-135m/liger_gla", "resources/transferred/smollm2-135m/lolcats"}
     assert trained == {f"resources/finetuned/smollm2-135m/{m}" for m in ("lolcats", "liger_gla_no_window")}
     # several runs, comma-separated: the first that has a method wins (the later run published the no-window row)
-    later = PUBLISHED.parent / "h100-2026-11-23d"
-    both = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={PUBLISHED},{later}"]
+    later = RUNS / "h100-2026-11-23d"  # scheduled only (dry run): its configs and summary suffice
+    both = ["--configfile", str(ROOT / "config" / "config.yaml"), "--config", f"reuse={published},{later}"]
     proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", *targets, *both)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     runs = {line.split("--run ")[1].split()[0] for line in (proc.stdout + proc.stderr).splitlines()
             if "liger restore" in line}  # fmt: skip
-    assert runs == {f"{PUBLISHED}/finetuned/smollm2-135m/liger_gla", f"{PUBLISHED}/transferred/smollm2-135m/lolcats",
+    assert runs == {f"{published}/finetuned/smollm2-135m/liger_gla", f"{published}/transferred/smollm2-135m/lolcats",
                     f"{later}/finetuned/smollm2-135m/liger_gla_no_window"}  # fmt: skip
 
     proc = run_snakemake(tmp_path, "--cores", "1", "results/smollm2-135m/liger_gla/train_summary.json",
