@@ -9,6 +9,7 @@ its feature maps and window factors, which the saved weights then hold).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -220,6 +221,24 @@ def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
 # Layer settings that a saved converted model may be loaded with instead of its own: they change how attention is
 # computed, not which parameters exist (e.g. LoLCATs' terraced window evaluated as the sliding window it decodes with).
 RUNTIME_OPTIONS = ("window", "window_shape", "chunk_size")
+
+
+def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
+    """`--layer-options JSON`: score a converted model's weights with other runtime layer settings."""
+    parser.add_argument("--layer-options", type=_json_object, metavar="JSON",
+                        help=f"other runtime layer settings ({', '.join(RUNTIME_OPTIONS)}) for a converted model, e.g. "
+                             "'{\"window_shape\": \"sliding\"}' (LoLCATs: the window it decodes with); the weights are "
+                             "unchanged")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"window_shape\": \"sliding\"}}': {text}")
+    return value
 
 
 def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, added: str | Path | None = None,

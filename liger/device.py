@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 
 from liger.errors import LigerError
@@ -40,19 +37,3 @@ def load_for_inference(model_dir, device: str | None = "auto", dtype: str | torc
     model = load(model_dir, dtype=resolve_dtype(dtype, dev), layer_options=layer_options).to(dev).eval()
     return model, dev
 
-
-def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
-    """`--layer-options JSON`: score a converted model's weights with other runtime layer settings."""
-    parser.add_argument("--layer-options", type=_json_object, metavar="JSON",
-                        help='other runtime layer settings for a converted model, e.g. \'{"window_shape": "sliding"}\' '
-                             "(LoLCATs: the window it decodes with); the weights are unchanged")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"window_shape\": \"sliding\"}}': {text}")
-    return value

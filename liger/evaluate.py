@@ -28,8 +28,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
-from liger.convert import layer_config, load
-from liger.device import add_layer_options_arg, resolve_device, resolve_dtype
+from liger.convert import add_layer_options_arg, layer_config, load
+from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
 from liger.provenance import versions

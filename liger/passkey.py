@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from liger.device import add_layer_options_arg
+from liger.convert import add_layer_options_arg
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_text_atomic
 

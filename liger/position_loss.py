@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from liger.device import add_layer_options_arg
+from liger.convert import add_layer_options_arg
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_json_atomic, write_text_atomic
 

@@ -45,12 +45,12 @@ def is_finetuned(method: str) -> bool:
 
 
 for _m, _of in WEIGHTS_OF.items():
-    _entry = config["methods"][_m]
+    _other = sorted(set(config["methods"][_m]) - {"weights_of", "layer_options", "control"})
     if _of not in METHODS or _of in WEIGHTS_OF or not config["methods"][_of]:
         raise WorkflowError(f"methods.{_m}.weights_of: {_of!r} is not a converted method of `methods`")
-    if set(_entry) - {"weights_of", "layer_options", "control"}:
+    if _other:
         raise WorkflowError(f"methods.{_m}: a `weights_of` row takes only layer_options and control (it has "
-                            f"{sorted(set(_entry) - {'weights_of', 'layer_options', 'control'})})")
+                            f"{_other})")
 
 TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
 UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
