@@ -12,7 +12,8 @@ the validation loss is the mean over all target tokens of the validation chunks.
 
 Outputs in `out_dir`: ``adapter/`` (peft), ``model/`` (LoRA merged into the converted model, with the
 tokenizer; `liger.load` opens it), ``train_log.csv``, ``checkpoints/`` (the last checkpoint; a rerun resumes
-from it and ends exactly as an uninterrupted run would) and ``summary.json``, written last.
+from it and ends exactly as an uninterrupted run would) and ``summary.json``, written last. `out_dir` must be new,
+empty or this command's own earlier output (`liger.fileio`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ import platform
 import random
 import shutil
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ import torch
 from liger.convert import ADAPTER_OPTIONS
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
-from liger.fileio import ordinary_mode, write_json_atomic
+from liger.fileio import atomic_dir, claim_dir, remove_stale_temps, write_json_atomic
+from liger.models import save_model_dir
 from liger.provenance import versions
 
 log = logging.getLogger("liger.train")
@@ -57,6 +58,8 @@ RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", 
 # TrainConfig fields that must match a checkpoint for a run to resume from it.
 RESUME_STRICT = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "micro_batch", "grad_accum", "seed",
                  "weight_decay", "lr_factor", "lr_patience", "min_lr")
+# The commands besides this stage's own whose output folder a training stage may write over
+STAGE_ACCEPTS = ("restore",)
 
 
 class TrainError(LigerError):
@@ -480,11 +483,8 @@ def save_checkpoint(root: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     """Write checkpoint `step-N` atomically (temp folder, then rename); then drop the older ones."""
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{state.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
-        ordinary_mode(tmp, directory=True)
+    with atomic_dir(final) as tmp:
         save_file({n: p.detach().contiguous().cpu() for n, p in trainable(model)}, str(tmp / "lora.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
@@ -496,12 +496,6 @@ def save_checkpoint(root: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             shutil.copyfile(log_csv, tmp / "train_log.csv")
         doc = {"state": asdict(state), "rng": _rng_state(), **run_info}
         (tmp / "state.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in _checkpoints(root):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -574,27 +568,6 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `final` (the old one is removed after)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        ordinary_mode(tmp, directory=True)
-        yield tmp
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            old.rmdir()
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 class CsvLog:
     """train_log.csv, one row per optimizer step (step 0: the initial validation loss)."""
 
@@ -636,17 +609,7 @@ def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None, 
 
 def save_model_folder(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
     """``model/``: a Hugging Face folder that `liger.load` opens, with the tokenizer of `model_dir`."""
-    save_model_dir(model, out / "model", tokenizer, model_dir)
-
-
-def save_model_dir(model: torch.nn.Module, folder: Path, tokenizer: Any | None, model_dir: Path) -> None:
-    """`folder`, written atomically: the model and the tokenizer of `model_dir` (None: the weights alone)."""
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        else:
-            log.warning("%s has no tokenizer; %s holds the weights only", model_dir, folder)
+    save_model_dir(model, out / "model", tokenizer)
 
 
 @dataclass
@@ -706,7 +669,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
     cfg = train or default_train_config(options, stage.recipe)
     name = stage.name
     model_dir, data_dir, out = Path(model_dir).expanduser(), Path(data_dir).expanduser(), Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, name, accept=STAGE_ACCEPTS, inputs={"--model": model_dir, "--data": data_dir})
     t_start = time.perf_counter()
     if is_base(options):
         summary = {
@@ -747,8 +710,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
 
     run_info = {"train_config": asdict(cfg), "options": full_options, "data": data.fingerprint()}
     ckpt_root = out / "checkpoints"
-    for stale in ckpt_root.glob(".tmp-*") if ckpt_root.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(ckpt_root)
     csv_log = CsvLog(out / "train_log.csv")
     existing = _checkpoints(ckpt_root)
     if existing:

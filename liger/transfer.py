@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liger.fileio import atomic_dir
 from liger.lolcats import MSE_FACTOR, LolcatsAttention, added_parameters
 from liger.train import (
     PackedData,
@@ -30,7 +31,6 @@ from liger.train import (
     TrainError,
     _fmt,
     add_stage_cli,
-    atomic_dir,
     config_from_args,
     load_converted,
     n_targets,

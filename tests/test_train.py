@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import liger
 from liger import LigerError
 from liger import train as T
+from liger.fileio import OUTPUT_MARKER
 from liger.train import NonFiniteLossError, TrainConfig, finetune
 from tests.conftest import tiny_model
 
@@ -151,6 +152,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model_dir, data_dir, 
     assert not (out / "summary.json").exists() and not (out / "model").exists()
 
 
+def test_training_writes_only_into_its_own_output_folder(model_dir, tmp_path):
+    data = write_packed(tmp_path / "inputs" / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(LigerError, match=r"not an output of `liger finetune`.*thesis\.txt"):
+        finetune(model_dir, data, mine, options=OPTIONS, train=cfg(max_steps=1))
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    for out, how, flag in ((data, "is", "--data"), (data.parent, "holds", "--data"), (model_dir, "is", "--model")):
+        with pytest.raises(LigerError, match=rf"--out {out} {how} the input {flag}"):
+            finetune(model_dir, data, out, options=OPTIONS, train=cfg(max_steps=1))
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / OUTPUT_MARKER).write_text('{"command": "convert"}')
+    with pytest.raises(LigerError, match=r"written by `liger convert`, not `liger finetune`"):
+        finetune(model_dir, data, converted, options=None, train=cfg())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "inputs", "mine"]
+
+
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_outputs_parameter_count_and_merged_model(model_dir, data_dir, tmp_path):
     from peft import PeftModel
@@ -205,7 +225,7 @@ def test_method_base_trains_nothing(model_dir, tmp_path):
         summary = finetune(model_dir, tmp_path / "no-data", out, options=options, train=cfg())
         assert summary["status"] == "skipped" and summary["optimizer_steps"] == 0
         assert json.loads((out / "summary.json").read_text())["method"] == "base"
-        assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+        assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "summary.json"]
 
 
 def test_clear_errors(model_dir, data_dir, tmp_path):
