@@ -13,7 +13,8 @@ import torch
 
 from liger.convert import ADDED_WEIGHTS
 from liger.errors import LigerError
-from liger.models import EMBEDDED, fetch_embedded, load_hub, save_atomic
+from liger.fileio import atomic_dir, atomic_target, check_output, claim_dir, write_json_atomic
+from liger.models import EMBEDDED, fetch_embedded, load_hub, save_model_dir
 
 
 def fetch_model(args: argparse.Namespace) -> None:
@@ -26,11 +27,11 @@ def fetch_model(args: argparse.Namespace) -> None:
 
         from liger.convert import check_supported
 
+        check_output(out, "fetch-model")
         model = load_hub(args.hf_id, dtype="auto")
         check_supported(model.config)
         tokenizer = AutoTokenizer.from_pretrained(args.hf_id)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(model, tokenizer, out)
+        save_model_dir(model, out, tokenizer, "fetch-model")
     elif args.name in EMBEDDED:
         fetch_embedded(args.name, out)
     else:
@@ -51,12 +52,13 @@ def convert(model_dir: Path, options: dict, out: Path) -> Path:
     method = options.pop("method", None)
     if not method:
         raise LigerError(f"--options {options}: needs a Liger method (e.g. liger_gla)")
+    inputs = {"--model": model_dir}
+    check_output(out, "convert", inputs=inputs)
     model = liger.load(model_dir, dtype="auto")
     if liger.options_of(model) is not None:
         raise LigerError(f"{model_dir}: already converted; give the base model folder")
     liger.linearize(model, method, **options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(model, AutoTokenizer.from_pretrained(model_dir), out)
+    save_model_dir(model, out, AutoTokenizer.from_pretrained(model_dir), "convert", inputs=inputs)
     return out
 
 
@@ -74,9 +76,10 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path | None = None,
-          dtype: str = "auto") -> Path:
+          dtype: str = "auto", command: str | None = "merge") -> Path:
     """The base model in `model_dir`, converted and given the `added` parameters and/or the LoRA `adapter`
-    (merged), saved as a model folder at `out` (what `finetune` / `transfer` write as OUT/model)."""
+    (merged), saved as a model folder at `out` (what `finetune` / `transfer` write as OUT/model). `command`: whose
+    output `out` is (`liger.fileio.atomic_dir`; None: a part of an output folder the caller claimed)."""
     from transformers import AutoTokenizer
 
     import liger
@@ -86,18 +89,21 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
     for folder in (adapter, added):
         if folder is not None and not folder.is_dir():
             raise LigerError(f"{folder}: no such folder")
-    from liger.train import save_model_dir
-
+    inputs = {"--model": model_dir, "--adapter": adapter, "--added": added} if command else None
+    if command:
+        check_output(out, command, inputs=inputs)
     model = liger.load(model_dir, adapter=adapter, added=added, dtype=DTYPES[dtype])
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError):
         tokenizer = None
-    save_model_dir(model, out, tokenizer, model_dir)
+    save_model_dir(model, out, tokenizer, command, inputs=inputs)
     return out
 
 
 RUN_FILES = ("summary.json", "train_log.csv")
+# The commands whose output folder `restore` may write over (the pipeline writes a run or restores it, by config)
+RUN_COMMANDS = ("finetune", "transfer")
 # The weight file of each kind of published run (git keeps a run's configs, summaries and logs, not its weights)
 RUN_WEIGHTS = {"adapter": "adapter_model.safetensors", "added": ADDED_WEIGHTS}
 
@@ -107,8 +113,7 @@ def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
     ``summary.json``, ``train_log.csv``) restored as a full OUT: model/ rebuilt on `model_dir` by `merge`."""
     import shutil
 
-    from liger.fileio import write_json_atomic
-
+    check_output(out, "restore", accept=RUN_COMMANDS, inputs={"--model": model_dir, "--run": run_dir})
     parts = [name for name in ("adapter", "added") if (run_dir / name).is_dir()]
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if len(parts) != 1 or missing:
@@ -123,11 +128,12 @@ def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
     if not weights.is_file():
         raise LigerError(f"{weights}: missing. The repository keeps a published run's configs, summaries and logs "
                          "but not its weights: copy the run's weight file there (results/gpu-runs/README.md)")
-    merge(model_dir, out / "model", **{part: run_dir / part})
-    if (out / part).exists():
-        shutil.rmtree(out / part)
-    shutil.copytree(run_dir / part, out / part)
-    shutil.copyfile(run_dir / "train_log.csv", out / "train_log.csv")
+    claim_dir(out, "restore", accept=RUN_COMMANDS)
+    merge(model_dir, out / "model", command=None, **{part: run_dir / part})
+    with atomic_dir(out / part) as tmp:
+        shutil.copytree(run_dir / part, tmp, dirs_exist_ok=True)
+    with atomic_target(out / "train_log.csv") as tmp:
+        shutil.copyfile(run_dir / "train_log.csv", tmp)
     write_json_atomic(out / "summary.json", {**summary, "restored_from": str(run_dir)})
     return out
 

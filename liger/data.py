@@ -7,7 +7,8 @@ response and its EOS are training targets. Records are concatenated and cut into
 split, the rest the training split, whose chunks are shuffled with a seeded numpy Generator.
 
 Output folder: ``{train,val}_{ids,mask}.npy`` (ids uint16/uint32, mask bool, shape (n_chunks, seq_len))
-and ``meta.json``. It is written to a temporary sibling folder and renamed into place at the end.
+and ``meta.json``. It is written to a temporary sibling folder and renamed into place at the end; an existing
+folder that is not an earlier prepare-data output is refused (`liger.fileio`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from liger.errors import LigerError
-from liger.fileio import sha256_file
+from liger.fileio import atomic_dir, check_output, sha256_file
 
 DEFAULT_SOURCE = "yahma/alpaca-cleaned"
 CLEANED_HUB_ID = "yahma/alpaca-cleaned"
@@ -46,6 +45,7 @@ PROMPT_NO_INPUT = (
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PREFIX = "hf:"
+COMMAND = "prepare-data"  # the output folder's owner (liger.fileio)
 
 
 class DataError(LigerError, ValueError):
@@ -331,14 +331,8 @@ def _bos_added(tokenizer: Any) -> bool:
 
 
 def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write arrays and meta.json into a temp sibling folder, then swap it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give the final folder ordinary permissions
-    old: Path | None = None
-    try:
+    """Write arrays and meta.json into a temp sibling folder, then swap it into place (`fileio.atomic_dir`)."""
+    with atomic_dir(out_dir, COMMAND) as tmp:
         hashes: dict[str, str] = {}
         for name, arr in arrays.items():
             file = tmp / f"{name}.npy"
@@ -346,25 +340,6 @@ def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[s
             hashes[file.name] = sha256_file(file)
         meta["sha256"] = hashes
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_dir.exists() or out_dir.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            old.rmdir()
-            os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out_dir)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def prepare_data(
@@ -389,6 +364,8 @@ def prepare_data(
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1 (or omitted), got {limit}")
     out = Path(out_dir).expanduser()
+    tok_path = tokenizer_path_or_obj if isinstance(tokenizer_path_or_obj, str | os.PathLike) else None
+    check_output(out, COMMAND, inputs={"--source": source, "--tokenizer": tok_path})
     records = load_records(source)
     n_total_source = len(records)
     if limit is not None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from liger.errors import LigerError
-from liger.fileio import sha256_file
+from liger.fileio import atomic_dir, check_output, sha256_file
+
+log = logging.getLogger("liger.models")
 
 
 @dataclass(frozen=True)
@@ -149,14 +153,17 @@ def fetch_gguf(name: str, cache_dir: Path) -> Path:
     return path
 
 
-def save_atomic(model, tokenizer, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+def save_model_dir(model: Any, folder: Path, tokenizer: Any | None, command: str | None = None, *,
+                   inputs: Mapping[str, Any] | None = None) -> None:
+    """`folder`, written atomically (`liger.fileio.atomic_dir`): the model and `tokenizer` (None: the weights
+    alone). `command` and `inputs` as for `atomic_dir`: the command whose output `folder` is, or None for a part of
+    an output folder the caller claimed."""
+    with atomic_dir(folder, command, inputs=inputs) as tmp:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        else:
+            log.warning("%s: no tokenizer to save; it holds the weights only", folder)
 
 
 def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
@@ -168,6 +175,7 @@ def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
         raise LigerError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)} or give a hub id (hf_id:)")
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
+    check_output(out, "fetch-model")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,8 +186,7 @@ def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
         model.hf_quantizer.remove_quantization_config(model)
     set_special_tokens(tokenizer, model, gguf_special_tokens(gguf))
     model = model.to(torch.bfloat16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(model, tokenizer, out)
+    save_model_dir(model, out, tokenizer, "fetch-model")
     return out
 
 

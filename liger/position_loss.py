@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from liger.convert import add_layer_options_arg
 from liger.errors import LigerError
-from liger.fileio import atomic_target, write_json_atomic, write_text_atomic
+from liger.fileio import atomic_target, check_not_input, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def plot(results: dict[str, dict], out_png: Path, title: str) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
+    check_not_input(args.out, {"--source": args.source, "--model": args.model})
     result = position_loss(args.model, args.source, n_val=args.n_val, seq_len=args.seq_len,
                            sequences=args.sequences, first_bucket=args.first_bucket, device=args.device,
                            dtype=args.dtype, layer_options=args.layer_options)  # fmt: skip

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
+from liger.fileio import atomic_target, write_text_atomic
 
 COLUMNS = ["variant", "decoder", "length", "batch", "prefill_s", "prefill_tok_s", "decode_ms_median",
            "decode_ms_p90", "decode_tok_s", "peak_gib", "decode_peak_gib", "status"]
@@ -213,10 +214,7 @@ def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None =
     df["device"] = torch.cuda.get_device_name() if cuda else "cpu (small lengths; not the paper's setting)"
     df["dtype"] = str(dtype).removeprefix("torch.")
     df["weights"] = str(model_dir) if model_dir else f"random ({shape} shape)"
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    write_text_atomic(out_csv, df.to_csv(index=False))
     return df
 
 
@@ -249,8 +247,8 @@ def plot(csv: Path, out_prefix: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_prefix.with_name(f"{out_prefix.name}_{suffix}.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         written.append(path)
     return written

@@ -12,7 +12,19 @@ the validation loss is the mean over all target tokens of the validation chunks.
 
 Outputs in `out_dir`: ``adapter/`` (peft), ``model/`` (LoRA merged into the converted model, with the
 tokenizer; `liger.load` opens it), ``train_log.csv``, ``checkpoints/`` (the last checkpoint; a rerun resumes
-from it and ends exactly as an uninterrupted run would) and ``summary.json``, written last.
+from it and ends exactly as an uninterrupted run would) and ``summary.json``, written last. `out_dir` must be new,
+empty or this command's own earlier output (`liger.fileio`); ``restart=True`` (``--restart``) deletes its
+checkpoints and starts over.
+
+Resuming: every setting that changes what the weights become must be the checkpoint's, else the run refuses
+(a new `out_dir`, or ``--restart``): the base model's files, the packed data, the Liger options, the dtype (as
+resolved) and every other `TrainConfig` field (lr and its schedule, batch, accumulation, clipping, LoRA, seed,
+epochs / max_steps / max_tokens; ``eval_every`` and ``val_limit`` too, as the validation loss steers the learning
+rate). Free to change (`RESUME_FREE`): ``ckpt_every``, ``device`` (the same computation elsewhere) and
+``progress``. The exception: a run stopped on a non-finite update keeps its last checkpoint that passed
+`check_update`, and that checkpoint resumes with other `RECOVERY` settings (``lr``, ``max_grad_norm``: the advice
+of that stop); the summary's ``train_config`` is then the settings of the last part and ``resume_changes`` lists
+each change with the step it took effect after.
 """
 
 from __future__ import annotations
@@ -29,10 +41,9 @@ import platform
 import random
 import shutil
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +54,8 @@ import torch
 from liger.convert import ADAPTER_OPTIONS
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
-from liger.fileio import ordinary_mode, write_json_atomic
+from liger.fileio import atomic_dir, claim_dir, remove_stale_temps, sha256_file, write_json_atomic
+from liger.models import save_model_dir
 from liger.provenance import versions
 
 log = logging.getLogger("liger.train")
@@ -54,9 +66,13 @@ CKPT_PREFIX = "step-"
 # TrainConfig fields that a LoLCATs recipe sets (liger.lolcats.RECIPES); the other fields are shared by all methods.
 RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "eval_every")
-# TrainConfig fields that must match a checkpoint for a run to resume from it.
-RESUME_STRICT = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "micro_batch", "grad_accum", "seed",
-                 "weight_decay", "lr_factor", "lr_patience", "min_lr")
+# TrainConfig fields that may differ from a checkpoint's when a run resumes (the rest must match; dtype is compared
+# as resolved, in run_info). RECOVERY: may differ when resuming after a non-finite stop (the module docstring).
+RESUME_FREE = ("ckpt_every", "device", "progress", "dtype")
+RECOVERY = ("lr", "max_grad_norm")
+DIVERGED = "diverged.json"  # in the checkpoint kept by a non-finite stop: what stopped the run
+# The commands besides this stage's own whose output folder a training stage may write over
+STAGE_ACCEPTS = ("restore",)
 
 
 class TrainError(LigerError):
@@ -319,22 +335,29 @@ class _NonFinite(Exception):
         self.what, self.value = what, value
 
 
-def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
-               batches: list[tuple[torch.Tensor, torch.Tensor]], max_grad_norm: float) -> float:
-    """One optimizer step over accumulated micro-batches (input_ids, labels); returns the step's loss.
+def _loss_and_grads(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Backward through accumulated micro-batches (input_ids, labels); the loss, the mean over all their targets.
 
-    The loss is the mean over all target tokens of the step. Stops before any update when the loss or the
-    gradient norm is not finite. The device is synchronised only once the micro-batches are queued (a sync per
-    micro-batch would stall the GPU behind Python) and at the end, so the caller can time the step.
-    """
+    The device is synchronised only once the micro-batches are queued (a sync per micro-batch would stall the GPU
+    behind Python)."""
     n_items = max(sum(n_targets(labels) for _, labels in batches), 1)
-    opt.zero_grad(set_to_none=True)
     total = None
     for x, labels in batches:
         loss = micro_loss(model, x, labels, n_items)
         loss.backward()
         total = loss.detach().float() if total is None else total + loss.detach().float()
-    value = float(total) if total is not None else 0.0
+    return float(total) if total is not None else 0.0
+
+
+def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+               batches: list[tuple[torch.Tensor, torch.Tensor]], max_grad_norm: float) -> float:
+    """One optimizer step over accumulated micro-batches (input_ids, labels); returns the step's loss.
+
+    Stops before any update when the loss or the gradient norm is not finite. Synchronises the device at the end,
+    so the caller can time the step.
+    """
+    opt.zero_grad(set_to_none=True)
+    value = _loss_and_grads(model, batches)
     if not math.isfinite(value):
         raise _NonFinite("loss", value)
     if max_grad_norm > 0:
@@ -345,6 +368,32 @@ def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: to
     if params and params[0].is_cuda:
         torch.cuda.synchronize(params[0].device)
     return value
+
+
+def check_update(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                 batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Raise `_NonFinite` when the weights an update left are unusable: a trainable weight is not finite, or the
+    step's own batches through them give a loss or gradient norm that is not (what the next step would meet).
+
+    Run before a checkpoint keeps the weights. In eval mode (no dropout: the RNG streams stay as they were); the
+    gradients are dropped after.
+    """
+    largest = float(torch.stack([p.detach().abs().max().float() for p in params]).max()) if params else 0.0
+    if not math.isfinite(largest):
+        raise _NonFinite("largest trainable weight after the update", largest)
+    was_training = model.training
+    model.eval()
+    try:
+        loss = _loss_and_grads(model, batches)
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    finally:
+        model.train(was_training)
+        for p in params:
+            p.grad = None
+    if not math.isfinite(loss):
+        raise _NonFinite("loss after the update", loss)
+    if not math.isfinite(norm):
+        raise _NonFinite("gradient norm after the update", norm)
 
 
 def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -452,6 +501,7 @@ class TrainState:
     last_val_loss: float | None = None
     last_val_step: int | None = None
     resumed_at: list[int] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)  # RECOVERY settings changed on resume
 
 
 def _checkpoints(root: Path) -> list[Path]:
@@ -480,11 +530,8 @@ def save_checkpoint(root: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     """Write checkpoint `step-N` atomically (temp folder, then rename); then drop the older ones."""
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{state.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
-        ordinary_mode(tmp, directory=True)
+    with atomic_dir(final) as tmp:
         save_file({n: p.detach().contiguous().cpu() for n, p in trainable(model)}, str(tmp / "lora.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
@@ -496,22 +543,21 @@ def save_checkpoint(root: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             shutil.copyfile(log_csv, tmp / "train_log.csv")
         doc = {"state": asdict(state), "rng": _rng_state(), **run_info}
         (tmp / "state.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in _checkpoints(root):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    _drop_checkpoints(root, keep=final)
     return final
+
+
+def _drop_checkpoints(root: Path, keep: Path | None = None) -> None:
+    """Delete the checkpoints (``step-N`` folders) in `root` but `keep`."""
+    for old in _checkpoints(root):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _corrupt(path: Path, root: Path, e: BaseException) -> TrainError:
     detail = (str(e).strip().splitlines() or [""])[0][:200]
-    return TrainError(f"{path}: checkpoint file missing or corrupt ({type(e).__name__}: {detail}); delete {root} to "
-                      "start the run over")
+    return TrainError(f"{path}: checkpoint file missing or corrupt ({type(e).__name__}: {detail}); rerun with "
+                      f"--restart to delete {root} and start the run over")
 
 
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
@@ -524,16 +570,18 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     try:
         doc = json.loads(f.read_text(encoding="utf-8"))
         state = TrainState(**doc["state"])
-        saved_cfg, saved_opts, saved_data = doc["train_config"], doc["options"], doc["data"]
+        saved_cfg = doc["train_config"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _corrupt(f, root, e) from e
     cfg = run_info["train_config"]
-    diff = [k for k in RESUME_STRICT if saved_cfg.get(k) != cfg.get(k)]
-    if saved_opts != run_info["options"] or saved_data != run_info["data"] or diff:
-        what = ", ".join(diff + (["the Liger options"] if saved_opts != run_info["options"] else [])
-                         + (["the data"] if saved_data != run_info["data"] else []))
-        raise TrainError(f"{ckpt}: the checkpoint was written with other settings ({what}); rerun with the same "
-                         f"settings to resume, or delete {root} to start over")
+    changed = [k for k in cfg if k not in RESUME_FREE and saved_cfg.get(k) != cfg[k]]
+    recovering = (ckpt / DIVERGED).is_file()
+    refused = [f"{k} {saved_cfg.get(k)!r}, now {cfg[k]!r}" for k in changed if not (recovering and k in RECOVERY)]
+    refused += [f"the {k}" for k in run_info if k != "train_config" and doc.get(k) != run_info[k]]
+    if refused:
+        raise TrainError(f"{ckpt}: the checkpoint was written with other settings ({'; '.join(refused)}), which change "
+                         "what the run trains; rerun with the checkpoint's settings to resume it, give a new --out, or "
+                         "add --restart to delete the checkpoints and start over")
     f = ckpt / "lora.safetensors"
     try:
         weights = load_file(str(f))
@@ -558,10 +606,13 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         raise
     except Exception as e:
         raise _corrupt(f, root, e) from e
-    if saved_cfg.get("lr") != cfg.get("lr"):
-        log.warning("resuming with lr %s instead of the checkpoint's %s", cfg["lr"], saved_cfg.get("lr"))
-        for group in opt.param_groups:
-            group["lr"] = cfg["lr"]
+    if changed:  # RECOVERY settings after a non-finite stop; max_grad_norm is read from cfg at every step
+        state.changes.append({"after_step": state.step, **{k: [saved_cfg.get(k), cfg[k]] for k in changed}})
+        log.warning("resuming after the non-finite stop with %s", ", ".join(
+            f"{k} {saved_cfg.get(k)} -> {cfg[k]}" for k in changed))
+        if "lr" in changed:
+            for group in opt.param_groups:
+                group["lr"] = cfg["lr"]
     return state
 
 
@@ -572,27 +623,6 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `final` (the old one is removed after)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        ordinary_mode(tmp, directory=True)
-        yield tmp
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            old.rmdir()
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class CsvLog:
@@ -636,17 +666,7 @@ def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None, 
 
 def save_model_folder(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
     """``model/``: a Hugging Face folder that `liger.load` opens, with the tokenizer of `model_dir`."""
-    save_model_dir(model, out / "model", tokenizer, model_dir)
-
-
-def save_model_dir(model: torch.nn.Module, folder: Path, tokenizer: Any | None, model_dir: Path) -> None:
-    """`folder`, written atomically: the model and the tokenizer of `model_dir` (None: the weights alone)."""
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        else:
-            log.warning("%s has no tokenizer; %s holds the weights only", model_dir, folder)
+    save_model_dir(model, out / "model", tokenizer)
 
 
 @dataclass
@@ -687,26 +707,35 @@ def finetune(
     options: dict | None,
     train: TrainConfig | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Linearize the model in `model_dir` with `options`, fine-tune LoRA on `data_dir`, write `out_dir`.
 
     `options` (e.g. ``{"method": "liger_gla", "hybrid": "liger_attention"}``) go to `liger.linearize`;
     ``None`` or ``{"method": "base"}`` trains nothing and writes only a summary saying so. Resumes from the
-    last checkpoint in ``out_dir/checkpoints`` when there is one. `callback` is called after every optimizer
-    step (and its checkpoint) with the step's numbers. `train` None: `default_train_config(options)`.
-    Returns the summary (also in summary.json).
+    last checkpoint in ``out_dir/checkpoints`` when there is one (the module docstring says with which settings);
+    `restart` deletes the checkpoints first. `callback` is called after every optimizer step (and its checkpoint)
+    with the step's numbers. `train` None: `default_train_config(options)`. Returns the summary (also in
+    summary.json).
     """
-    return run_stage(LORA, model_dir, data_dir, out_dir, options=options, train=train, callback=callback)
+    return run_stage(LORA, model_dir, data_dir, out_dir, options=options, train=train, callback=callback,
+                     restart=restart)
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """What identifies a model folder for resuming: the sha256 of its config.json and of each weight file."""
+    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors")), *sorted(model_dir.glob("*.bin"))]
+    return json.dumps({f.name: sha256_file(f) for f in files if f.is_file()}, sort_keys=True)
 
 
 def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
               out_dir: str | os.PathLike[str], *, options: dict | None, train: TrainConfig | None = None,
-              callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              callback: Callable[[dict[str, Any]], None] | None = None, restart: bool = False) -> dict[str, Any]:
     """One training stage (`finetune`'s contract, with `stage` saying what is trained and how)."""
     cfg = train or default_train_config(options, stage.recipe)
     name = stage.name
     model_dir, data_dir, out = Path(model_dir).expanduser(), Path(data_dir).expanduser(), Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, name, accept=STAGE_ACCEPTS, inputs={"--model": model_dir, "--data": data_dir})
     t_start = time.perf_counter()
     if is_base(options):
         summary = {
@@ -745,10 +774,14 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
     n_total = sum(p.numel() for p in model.parameters())
     opt, sched = make_optimizer(model, cfg)
 
-    run_info = {"train_config": asdict(cfg), "options": full_options, "data": data.fingerprint()}
+    run_info = {"train_config": asdict(cfg), "options": full_options, "data": data.fingerprint(),
+                "model": model_fingerprint(model_dir), "dtype": str(dtype).removeprefix("torch.")}
     ckpt_root = out / "checkpoints"
-    for stale in ckpt_root.glob(".tmp-*") if ckpt_root.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(ckpt_root)
+    if restart:
+        _drop_checkpoints(ckpt_root)
+        (out / "summary.json").unlink(missing_ok=True)  # it describes the run being discarded
+        log.info("%s: --restart: the checkpoints in %s are deleted; training starts over", name, ckpt_root)
     csv_log = CsvLog(out / "train_log.csv")
     existing = _checkpoints(ckpt_root)
     if existing:
@@ -790,7 +823,13 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
     base_wall = state.wall_time
     proc_start = time.perf_counter()
 
-    def ckpt() -> Path:
+    def ckpt(batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Path:
+        """A checkpoint of the weights that `batches` (the last step's, None: no step in this process) trained."""
+        if batches is not None:
+            try:
+                check_update(objective, params, batches)
+            except _NonFinite as e:
+                raise _nonfinite(state.step, e, last_ckpt) from None
         state.wall_time = base_wall + time.perf_counter() - proc_start
         return save_checkpoint(ckpt_root, model, opt, sched, state, run_info, csv_log.path)
 
@@ -815,7 +854,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
                     try:
                         loss_sum = train_step(objective, params, opt, batches, cfg.max_grad_norm)
                     except _NonFinite as e:
-                        raise _nonfinite(state.step + 1, e.what, e.value, last_ckpt, ckpt_root) from None
+                        raise _nonfinite(state.step + 1, e, last_ckpt) from None
                     dt = time.perf_counter() - t0
                     tokens = sum(x.numel() for x, _ in batches)
                     state.train_time += dt
@@ -844,7 +883,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
                     csv_log.write(step=state.step, epoch=round(epoch_pos, 4), loss=loss_sum, lr=lr,
                                   tokens_seen=state.tokens_seen, tokens_per_s=round(rate, 1), val_loss=val)
                     if (cfg.ckpt_every > 0 and state.step % cfg.ckpt_every == 0) or state.step == total:
-                        last_ckpt = ckpt()
+                        last_ckpt = ckpt(batches)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tok_rate:.0f}", lr=f"{lr:.1e}")
                     if callback is not None:
@@ -900,6 +939,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
         "total_parameters": n_total,
         **stage.extra(model),
         "resumed_at_steps": state.resumed_at,
+        "resume_changes": state.changes,
         "checkpoint": str(last_ckpt),
         "versions": versions("torch", "transformers", "peft", "liger", "numpy"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -912,11 +952,16 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
     return summary
 
 
-def _nonfinite(step: int, what: str, value: float, last_ckpt: Path | None, root: Path) -> NonFiniteLossError:
-    kept = (f"the last good checkpoint is kept at {last_ckpt} (a rerun resumes from it; delete {root} to start "
-            "over)") if last_ckpt else "no checkpoint had been written yet"
-    return NonFiniteLossError(f"step {step}: the {what} is {value}; training stopped, {kept}; lower the learning "
-                              "rate (--lr) or keep gradient clipping on (--max-grad-norm 1.0)")
+def _nonfinite(step: int, e: _NonFinite, last_ckpt: Path | None) -> NonFiniteLossError:
+    """The error that stops a run at a non-finite `step`; the kept checkpoint records it (`DIVERGED`)."""
+    advice = "a lower learning rate (--lr) or gradient clipping on (--max-grad-norm 1.0)"
+    if last_ckpt is None:
+        kept = f"no checkpoint had been written yet: rerun with {advice}"
+    else:
+        write_json_atomic(last_ckpt / DIVERGED, {"step": step, "what": e.what, "value": str(e.value)})
+        kept = (f"the last good checkpoint is kept at {last_ckpt}: rerun with {advice} to resume from it, or add "
+                "--restart to start over")
+    return NonFiniteLossError(f"step {step}: the {e.what} is {e.value}; training stopped, {kept}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -970,7 +1015,7 @@ def config_from_args(args: argparse.Namespace, options: dict | None, stage: str 
 
 def _cli_finetune(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, args.options)
-    summary = finetune(args.model, args.data, args.out, options=args.options, train=cfg)
+    summary = finetune(args.model, args.data, args.out, options=args.options, train=cfg, restart=args.restart)
     if summary["status"] == "skipped":
         print(f"{args.out}: method base, nothing trained")
     else:
@@ -988,6 +1033,8 @@ def add_stage_cli(sub: Any, name: str, func: Callable[[argparse.Namespace], int]
     p.add_argument("--data", required=True, type=Path, help="prepare-data output folder")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--options", required=True, type=_options_arg, help=options_help)
+    p.add_argument("--restart", action="store_true",
+                   help="delete OUT/checkpoints and train from the start (a resume needs the checkpoint's settings)")
     _add_config_flags(p, recipe_note)
     p.set_defaults(func=func)
     return p

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liger.fileio import atomic_dir
 from liger.lolcats import MSE_FACTOR, LolcatsAttention, added_parameters
 from liger.train import (
     PackedData,
@@ -30,7 +31,6 @@ from liger.train import (
     TrainError,
     _fmt,
     add_stage_cli,
-    atomic_dir,
     config_from_args,
     load_converted,
     n_targets,
@@ -110,15 +110,17 @@ TRANSFER = Stage("transfer", build_transfer_model, objective=TransferObjective, 
 
 
 def transfer(model_dir, data_dir, out_dir, *, options: dict, train: TrainConfig | None = None,
-             callback=None) -> dict[str, Any]:
+             callback=None, restart: bool = False) -> dict[str, Any]:
     """Stage 1 on `data_dir`: convert the model in `model_dir` with lolcats `options`, train the feature maps,
-    write `out_dir`. `train` None: the variant's stage-1 recipe (liger.lolcats.RECIPES). Returns the summary."""
-    return run_stage(TRANSFER, model_dir, data_dir, out_dir, options=options, train=train, callback=callback)
+    write `out_dir`. `train` None: the variant's stage-1 recipe (liger.lolcats.RECIPES); resuming and `restart` as
+    in `liger.train.finetune`. Returns the summary."""
+    return run_stage(TRANSFER, model_dir, data_dir, out_dir, options=options, train=train, callback=callback,
+                     restart=restart)
 
 
 def _cli(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, args.options, "transfer")
-    summary = transfer(args.model, args.data, args.out, options=args.options, train=cfg)
+    summary = transfer(args.model, args.data, args.out, options=args.options, train=cfg, restart=args.restart)
     print(f"{args.out}: {summary['optimizer_steps']} steps, {summary['tokens_trained']} tokens, "
           f"val loss {_fmt(summary['initial_val_loss'])} -> {_fmt(summary['final_val_loss'])}")
     return 0

@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from liger import LigerError
 from liger import data as D
+from liger.cli import main
 from liger.data import DataError, format_prompt, load_records, pack, prepare_data, tokenize_record
+from liger.fileio import OUTPUT_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = REPO / "resources" / "models" / "smollm2-135m"
@@ -230,7 +233,7 @@ def test_prepare_data_chunks_split_and_meta(tmp_path: Path, tok_dirs: dict[str, 
     meta = prepare_data(src, tok_dirs["bos"], out, seq_len=seq_len, n_val=n_val, seed=seed, epochs=2, progress=False)
     arrs = _load_out(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["meta.json", "train_ids.npy", "train_mask.npy", "val_ids.npy", "val_mask.npy"]
+        [OUTPUT_MARKER, "meta.json", "train_ids.npy", "train_mask.npy", "val_ids.npy", "val_mask.npy"]
     )
     assert json.loads((out / "meta.json").read_text()) == meta
     (tmp_path / "plain").mkdir()
@@ -298,14 +301,34 @@ def test_prepare_data_limit_and_tokenizer_object(tmp_path: Path, tok_nobos) -> N
     assert meta["limit"] == 20
 
 
-def test_prepare_replaces_existing_output(tmp_path: Path, tok_dirs: dict[str, Path]) -> None:
+def test_prepare_replaces_only_its_own_output(tmp_path: Path, tok_dirs: dict[str, Path], capsys) -> None:
     src = _write_jsonl(tmp_path / "a.jsonl", _records(30))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    out.mkdir()  # an empty folder is taken
     prepare_data(src, tok_dirs["bos"], out, seq_len=16, n_val=3, progress=False)
-    assert not (out / "stale.txt").exists() and (out / "meta.json").is_file()
+    (out / "stale.txt").write_text("old")
+    prepare_data(src, tok_dirs["bos"], out, seq_len=8, n_val=3, progress=False)  # its own earlier output: replaced
+    assert not (out / "stale.txt").exists() and json.loads((out / "meta.json").read_text())["seq_len"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "out"]
+
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(LigerError, match=r"not an output of `liger prepare-data`.*notes/, thesis\.txt.*nothing was"):
+        prepare_data(src, tok_dirs["bos"], mine, seq_len=16, n_val=3, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes", "thesis.txt"]
+
+    # the source (a folder, or a file inside --out) is never the output
+    folder = tmp_path / "alpaca"
+    folder.mkdir()
+    _write_jsonl(folder / "a.jsonl", _records(30))
+    argv = ["prepare-data", "--tokenizer", str(tok_dirs["bos"]), "--seq-len", "16", "--n-val", "3"]
+    for source in (folder, folder / "a.jsonl"):
+        assert main([*argv, "--source", str(source), "--out", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("liger prepare-data: error: --out") and "input --source" in err, err
+        assert err.count("\n") == 1
+    assert [p.name for p in folder.iterdir()] == ["a.jsonl"]
 
 
 # -------------------------------------------------------------------------------------------- sources

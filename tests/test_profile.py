@@ -21,6 +21,7 @@ def test_profile_rows_oom_and_plots(tmp_path, monkeypatch):
 
     monkeypatch.setattr(prof, "measure", measure)
     csv = tmp_path / "p.csv"
+    (tmp_path / "p.tmp").write_text("someone's file")  # beside the CSV: not a temporary file of the profile
     df = prof.profile(csv, model_dir=folder, variants=["base_eager", "liger_gla"], lengths=[16, 32, 64],
                       new_tokens=3)
     assert list(zip(df["variant"], df["length"], df["status"], strict=True)) == [
@@ -31,5 +32,6 @@ def test_profile_rows_oom_and_plots(tmp_path, monkeypatch):
     assert list(df["decoder"].unique()) == ["hf eager loop", "static loop, prefill chunk 4096"]
     assert df["device"].str.startswith("cpu").all()
     assert pd.read_csv(csv).shape == df.shape
+    assert (tmp_path / "p.tmp").read_text() == "someone's file"
     plots = prof.plot(csv, tmp_path / "plots" / "tiny")
     assert {p.name for p in plots} == {"tiny_latency.png", "tiny_prefill.png"}  # no memory on CPU

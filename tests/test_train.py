@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 import liger
 from liger import LigerError
 from liger import train as T
+from liger.cli import main
+from liger.fileio import OUTPUT_MARKER
 from liger.train import NonFiniteLossError, TrainConfig, finetune
 from tests.conftest import tiny_model
 
@@ -145,10 +147,115 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model_dir, data_dir, 
     assert isinstance(info.value, LigerError)
     msg = str(info.value)
     kept = out / "checkpoints" / "step-00000004"
-    assert "step 5" in msg and "nan" in msg and str(kept) in msg and "learning rate" in msg
+    assert "step 5" in msg and "nan" in msg and str(kept) in msg and "learning rate" in msg and "--restart" in msg
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004"]
     assert json.loads((kept / "state.json").read_text())["state"]["step"] == 4
     assert not (out / "summary.json").exists() and not (out / "model").exists()
+
+
+def max_weight(path: Path) -> float:
+    return max(float(t.abs().max()) for t in load_file(str(path)).values())
+
+
+def test_a_diverged_update_is_never_kept_and_a_lower_lr_then_trains(model_dir, data_dir, tmp_path):
+    """lr 1e6: step 1's update leaves LoRA weights of 1e6 whose gradients overflow; no checkpoint may keep them."""
+    out = tmp_path / "o"
+    with pytest.raises(NonFiniteLossError, match=r"step 1: the gradient norm after the update is inf") as info:
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=4, ckpt_every=1,
+                                                                      lr=1e6))
+    assert "no checkpoint had been written yet" in str(info.value)
+    assert T._checkpoints(out / "checkpoints") == []
+    summary = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=4, ckpt_every=1))
+    assert summary["optimizer_steps"] == 4 and summary["resumed_at_steps"] == [] and summary["resume_changes"] == []
+    assert np.isfinite(summary["final_train_loss"]) and max_weight(out / "adapter" / "adapter_model.safetensors") < 1
+
+
+def test_a_diverged_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(model_dir, data_dir, tmp_path,
+                                                                              monkeypatch):
+    real, calls = T.train_step, {"n": 0}
+
+    def lr_blows_up_at_step_3(model, params, opt, batches, max_grad_norm):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            for group in opt.param_groups:
+                group["lr"] = 1e6
+        return real(model, params, opt, batches, max_grad_norm)
+
+    out = tmp_path / "o"
+    settings = dict(grad_accum=1, max_steps=6, ckpt_every=1)
+    monkeypatch.setattr(T, "train_step", lr_blows_up_at_step_3)
+    with pytest.raises(NonFiniteLossError) as info:
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings))
+    kept = out / "checkpoints" / "step-00000002"
+    assert "step 3:" in str(info.value) and f"kept at {kept}: rerun with a lower learning rate" in str(info.value)
+    assert T._checkpoints(out / "checkpoints") == [kept] and max_weight(kept / "lora.safetensors") < 1
+    monkeypatch.undo()
+
+    summary = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings, lr=5e-3))
+    assert summary["resumed_at_steps"] == [2] and summary["optimizer_steps"] == 6
+    assert summary["train_config"]["lr"] == 5e-3 and summary["resume_changes"] == [{"after_step": 2,
+                                                                                    "lr": [1e-2, 5e-3]}]
+    assert np.isfinite(summary["final_train_loss"]) and np.isfinite(summary["final_val_loss"])
+    assert [float(r["lr"]) for r in read_log(out / "train_log.csv") if r["loss"]] == [1e-2] * 2 + [5e-3] * 4
+    # once resumed, the new lr is the run's: a later resume needs it
+    with pytest.raises(LigerError, match=r"lr 0\.005, now 0\.01"):
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings))
+
+
+def test_a_resume_with_other_result_changing_settings_is_refused(model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    settings = {"max_steps": 2, "ckpt_every": 1}
+    first = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings))
+    for changed in ({"lr": 5e-4}, {"eval_every": 1}, {"max_steps": 3}, {"seed": 1}, {"max_grad_norm": 0.5}):
+        with pytest.raises(LigerError, match=rf"\({next(iter(changed))} .*, now .*new --out.*--restart"):
+            finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**{**settings, **changed}))
+    other_model = tmp_path / "other_model"
+    tiny_model("llama", seed=1).save_pretrained(other_model)
+    with pytest.raises(LigerError, match=r"other settings \(the model\)"):
+        finetune(other_model, data_dir, out, options=OPTIONS, train=cfg(**settings))
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(first))  # untouched
+    # how often to checkpoint and where to run do not change the result
+    again = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=2, ckpt_every=5))
+    assert again["resumed_at_steps"] == [2] and again["final_train_loss"] == first["final_train_loss"]
+
+    argv = ["finetune", "--model", str(model_dir), "--data", str(data_dir), "--out", str(out), "--options",
+            json.dumps(OPTIONS), "--max-steps", "2", "--grad-accum", "2", "--lr", "5e-4", "--eval-every", "0",
+            "--no-progress", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # the weights' loading bar, then the error line
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("liger finetune: error: ")
+    assert "lr 0.01, now 0.0005" in err.splitlines()[-1]
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T.LORA, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        main([*argv, "--restart"])
+    monkeypatch.undo()
+    assert not (out / "summary.json").exists()  # the discarded run's summary does not outlive it
+    assert main([*argv, "--restart"]) == 0
+    restarted = json.loads((out / "summary.json").read_text())
+    assert restarted["train_config"]["lr"] == 5e-4 and restarted["resumed_at_steps"] == []
+    assert restarted["optimizer_steps"] == 2 and restarted["final_train_loss"] != first["final_train_loss"]
+
+
+def test_training_writes_only_into_its_own_output_folder(model_dir, tmp_path):
+    data = write_packed(tmp_path / "inputs" / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(LigerError, match=r"not an output of `liger finetune`.*thesis\.txt"):
+        finetune(model_dir, data, mine, options=OPTIONS, train=cfg(max_steps=1))
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    for out, how, flag in ((data, "is", "--data"), (data.parent, "holds", "--data"), (model_dir, "is", "--model")):
+        with pytest.raises(LigerError, match=rf"--out {out} {how} the input {flag}"):
+            finetune(model_dir, data, out, options=OPTIONS, train=cfg(max_steps=1))
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / OUTPUT_MARKER).write_text('{"command": "convert"}')
+    with pytest.raises(LigerError, match=r"written by `liger convert`, not `liger finetune`"):
+        finetune(model_dir, data, converted, options=None, train=cfg())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "inputs", "mine"]
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -205,7 +312,7 @@ def test_method_base_trains_nothing(model_dir, tmp_path):
         summary = finetune(model_dir, tmp_path / "no-data", out, options=options, train=cfg())
         assert summary["status"] == "skipped" and summary["optimizer_steps"] == 0
         assert json.loads((out / "summary.json").read_text())["method"] == "base"
-        assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+        assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "summary.json"]
 
 
 def test_clear_errors(model_dir, data_dir, tmp_path):
@@ -226,11 +333,11 @@ def test_clear_errors(model_dir, data_dir, tmp_path):
 
     out = tmp_path / "o4"
     finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=2, ckpt_every=1))
-    with pytest.raises(LigerError, match=r"other settings \(lora_r\)"):
+    with pytest.raises(LigerError, match=r"other settings \(lora_r 8, now 4; max_steps 2, now 3\)"):
         finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=3, lora_r=4))
     (out / "checkpoints" / "step-00000002" / "optimizer.pt").write_bytes(b"garbage")
-    with pytest.raises(LigerError, match=r"optimizer\.pt.*corrupt.*delete .*checkpoints"):
-        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=3))
+    with pytest.raises(LigerError, match=r"optimizer\.pt.*corrupt.*--restart"):
+        finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(max_steps=2))
 
     with pytest.raises(LigerError, match="invalid training settings"):
         TrainConfig(grad_accum=0)
