@@ -13,22 +13,19 @@ import torch
 
 from liger.convert import ADDED_WEIGHTS
 from liger.errors import LigerError
-from liger.models import EMBEDDED, fetch_embedded, load_hub, save_atomic
+from liger.models import EMBEDDED, fetch_embedded, is_fetched, load_hub, save_atomic
 
 
 def fetch_model(args: argparse.Namespace) -> None:
     out = args.out or Path("resources/models") / args.name
     if args.hf_id:
-        if (out / "config.json").exists():
+        if is_fetched(out):
             print(f"{out}: already there")
             return
-        from transformers import AutoTokenizer
-
         from liger.convert import check_supported
 
-        model = load_hub(args.hf_id, dtype="auto")
+        model, tokenizer = load_hub(args.hf_id, dtype="auto")
         check_supported(model.config)
-        tokenizer = AutoTokenizer.from_pretrained(args.hf_id)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(model, tokenizer, out)
     elif args.name in EMBEDDED:

@@ -117,6 +117,8 @@ def _register() -> None:
         config_sub = type(f"Liger{config_cls.__name__}", (config_cls,), {"model_type": liger_type})
 
         def __init__(self, config, *args, base=model_cls, **kwargs):
+            if not getattr(config, "liger", None):
+                raise LigerError(_unrecorded(config.name_or_path or "the config", config.model_type))
             base.__init__(self, config, *args, **kwargs)
             _convert_layers(self, options_from_dict(config.liger))
 
@@ -124,6 +126,34 @@ def _register() -> None:
         AutoConfig.register(liger_type, config_sub, exist_ok=True)
         AutoModelForCausalLM.register(config_sub, model_sub, exist_ok=True)
         LIGER_CONFIGS[model_type] = config_sub
+
+
+def _unrecorded(where: str | Path, model_type: str) -> str:
+    return (f"{where}: model_type {model_type!r} marks a converted model, but the config has no 'liger' entry (the "
+            "method and options of the conversion); restore the config.json it was saved with, or convert the "
+            "base model again")
+
+
+def saved_conversion(path: Path) -> dict | None:
+    """The conversion a saved model folder's config.json records (its `liger` entry; None: not converted).
+
+    A converted config records it twice, as a `liger_<type>` model type and the `liger` entry: a LigerError when
+    config.json is missing, not JSON, or the two disagree (a hand-edited or damaged config).
+    """
+    file = path / "config.json"
+    if not file.is_file():
+        raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+        model_type, saved = str(config.get("model_type", "")), config.get("liger")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise LigerError(f"{file}: not a JSON object ({e}); the folder may be corrupt: produce it again") from e
+    if model_type.startswith("liger_") and not saved:
+        raise LigerError(_unrecorded(file, model_type))
+    if saved and not model_type.startswith("liger_"):
+        raise LigerError(f"{file}: has a 'liger' entry (a converted model) but model_type {model_type!r}, which "
+                         f"loads unconverted; set it to 'liger_{model_type}' or convert the base model again")
+    return saved
 
 
 _register()
@@ -179,10 +209,10 @@ def layer_config(path: Path, layer_options: dict):
     if bad:
         raise LigerError(f"layer options {bad}: only {', '.join(RUNTIME_OPTIONS)} can be changed on a trained model "
                          "(the others change its parameters)")
-    config = AutoConfig.from_pretrained(path)
-    saved = getattr(config, "liger", None)
+    saved = saved_conversion(path)
     if not saved:
         raise LigerError(f"{path}: not a converted model; layer options apply to Liger and LoLCATs models only")
+    config = AutoConfig.from_pretrained(path)
     config.liger = options_from_dict({**saved, **layer_options}).to_dict()
     return config
 
@@ -250,16 +280,20 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
     `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
     `layer_options` replaces some of a converted folder's `RUNTIME_OPTIONS` (the same weights, computed otherwise).
     """
+    from safetensors import SafetensorError
+
+    from liger.models import weights_problem
+
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
+    saved_conversion(path)
     kwargs.setdefault("dtype", torch.float32)
     if layer_options:
         kwargs["config"] = layer_config(path, layer_options)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise LigerError(f"{path}: could not load the model ({e}); the folder may be corrupt: produce it again") from e
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise LigerError(f"{path}: could not load the model ({weights_problem(path) or e}); the folder may be "
+                         "corrupt: produce it again") from e
     if added is not None:
         _load_added(model, path, Path(added))
     if adapter is not None:

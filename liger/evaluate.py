@@ -28,7 +28,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
-from liger.convert import add_layer_options_arg, layer_config, load
+from liger.convert import add_layer_options_arg, layer_config, load, saved_conversion
 from liger.data import read_jsonl
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
@@ -367,8 +367,7 @@ def _liger_options(model_path: Path, layer_options: dict | None = None) -> dict 
     """The conversion the model is evaluated with ("base": none), `layer_options` applied (checked early)."""
     if layer_options:
         return layer_config(model_path, layer_options).liger
-    cfg = json.loads((model_path / "config.json").read_text())
-    return cfg.get("liger") or "base"
+    return saved_conversion(model_path) or "base"
 
 
 # ----------------------------------------------------------------------------------------- evaluate
