@@ -10,6 +10,7 @@ its feature maps and window factors, which the saved weights then hold).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -61,20 +62,28 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def is_linearized(model: PreTrainedModel) -> bool:
+    """Whether any attention layer of `model` is a Liger or LoLCATs layer (its config may say otherwise)."""
+    return any(isinstance(layer.self_attn, LigerAttention) for layer in model.get_decoder().layers)
+
+
 def _convert_layers(model: PreTrainedModel, options) -> None:
     backbone = model.get_decoder()
     n_layers = len(backbone.layers)
     bad = [i for i in options.softmax_layers if not 0 <= i < n_layers]
     if bad:
         raise LigerError(f"softmax_layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    if len(options.softmax_layers) == n_layers:
+        raise LigerError(f"softmax_layers {options.softmax_layers} keep every layer as softmax attention: nothing "
+                         "to convert (method base keeps the model as it is)")
+    if is_linearized(model):
+        raise LigerError("the model is already linearized")
     layer_cls = LigerAttention
     if options.method == "lolcats":
         from liger.lolcats import LolcatsAttention as layer_cls
     padding = PaddingContext()
     backbone.register_forward_pre_hook(padding.hook, with_kwargs=True)
     for i, layer in enumerate(backbone.layers):
-        if isinstance(layer.self_attn, LigerAttention):
-            raise LigerError("the model is already linearized")
         if i not in options.softmax_layers:
             layer.self_attn = layer_cls(layer.self_attn, options, padding)
 
@@ -85,10 +94,9 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
     `method` is one of liger_gla, liger_hgrn2, liger_gsa (`options`: the fields of `LigerOptions`; the parameter
     count does not change, asserted) or lolcats (`options`: the fields of `liger.lolcats.LolcatsOptions`; it adds
     the feature maps and window factors, and the count grows by exactly `liger.lolcats.added_parameters`).
+    The converted model gets its own copy of the config, which records the conversion; the caller's is unchanged.
     """
     model_type = check_supported(model.config)
-    if model.config.model_type.startswith("liger_"):
-        raise LigerError("the model is already linearized")
     opts = build_options(method, **options)
     expected = 0
     if opts.method == "lolcats":
@@ -99,8 +107,12 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
     _convert_layers(model, opts)
     after = count_parameters(model)
     assert after - before == expected, f"conversion added {after - before} parameters, expected {expected}"
-    model.config.__class__ = LIGER_CONFIGS[model_type]
-    model.config.liger = opts.to_dict()
+    shared, config = model.config, copy.deepcopy(model.config)
+    config.__class__ = LIGER_CONFIGS[model_type]
+    config.liger = opts.to_dict()
+    for module in model.modules():  # the model, its backbone and its layers hold the same config object
+        if getattr(module, "config", None) is shared:
+            module.config = config
     return model
 
 

@@ -184,6 +184,34 @@ def test_smollm2_gla_save_reload_same_logits(smollm2_dir, tmp_path):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("method,opts", [("liger_gla", {}), ("liger_gla", {"softmax_layers": [1]}),
+                                         ("lolcats", {}), ("lolcats", {"softmax_layers": [0]})])
+def test_linearize_leaves_the_callers_config_alone(method, opts):
+    """Two models from one config: converting the first changes neither the config nor the second."""
+    from transformers import LlamaConfig
+
+    from tests.conftest import TINY
+
+    cfg = LlamaConfig(**TINY)
+    first, second = (AutoModelForCausalLM.from_config(cfg) for _ in range(2))
+    linearize(first, method, **opts)
+    assert type(cfg) is LlamaConfig and not hasattr(cfg, "liger") and cfg.model_type == "llama"
+    assert liger.options_of(second) is None
+    assert all(m.config is first.config for m in first.modules() if hasattr(m, "config"))
+    assert first.config.liger["method"] == method and first.config.model_type == "liger_llama"
+    linearize(second, method, **opts)
+    assert liger.options_of(second).to_dict() == liger.options_of(first).to_dict()
+    for model in (first, second):
+        with pytest.raises(LigerError, match="already linearized"):
+            linearize(model, "liger_gla", softmax_layers=[0])
+
+
+def test_softmax_layers_keeping_every_layer_are_refused():
+    """Nothing would be converted, and a second conversion could not tell the model had been."""
+    with pytest.raises(LigerError, match="keep every layer as softmax attention"):
+        linearize(tiny_model("llama"), "liger_gla", softmax_layers=[0, 1])
+
+
 @pytest.fixture
 def saved_converted(tmp_path):
     path = tmp_path / "converted"
