@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except LigerError as e:
-        print(f"liger {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever a wrapped library message holds
+        print(f"liger {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"liger {args.command}: interrupted", file=sys.stderr)

@@ -14,23 +14,20 @@ import torch
 from liger.convert import ADDED_WEIGHTS
 from liger.errors import LigerError
 from liger.fileio import atomic_dir, atomic_target, check_output, claim_dir, write_json_atomic
-from liger.models import EMBEDDED, fetch_embedded, load_hub, save_model_dir
+from liger.models import EMBEDDED, fetch_embedded, is_fetched, load_hub, save_model_dir
 
 
 def fetch_model(args: argparse.Namespace) -> None:
     out = args.out or Path("resources/models") / args.name
     if args.hf_id:
-        if (out / "config.json").exists():
+        if is_fetched(out):
             print(f"{out}: already there")
             return
-        from transformers import AutoTokenizer
-
         from liger.convert import check_supported
 
         check_output(out, "fetch-model")
-        model = load_hub(args.hf_id, dtype="auto")
+        model, tokenizer = load_hub(args.hf_id, dtype="auto")
         check_supported(model.config)
-        tokenizer = AutoTokenizer.from_pretrained(args.hf_id)
         save_model_dir(model, out, tokenizer, "fetch-model")
     elif args.name in EMBEDDED:
         fetch_embedded(args.name, out)

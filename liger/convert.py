@@ -10,6 +10,7 @@ its feature maps and window factors, which the saved weights then hold).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -61,20 +62,28 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def is_linearized(model: PreTrainedModel) -> bool:
+    """Whether any attention layer of `model` is a Liger or LoLCATs layer (its config may say otherwise)."""
+    return any(isinstance(layer.self_attn, LigerAttention) for layer in model.get_decoder().layers)
+
+
 def _convert_layers(model: PreTrainedModel, options) -> None:
     backbone = model.get_decoder()
     n_layers = len(backbone.layers)
     bad = [i for i in options.softmax_layers if not 0 <= i < n_layers]
     if bad:
         raise LigerError(f"softmax_layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    if len(options.softmax_layers) == n_layers:
+        raise LigerError(f"softmax_layers {options.softmax_layers} keep every layer as softmax attention: nothing "
+                         "to convert (method base keeps the model as it is)")
+    if is_linearized(model):
+        raise LigerError("the model is already linearized")
     layer_cls = LigerAttention
     if options.method == "lolcats":
         from liger.lolcats import LolcatsAttention as layer_cls
     padding = PaddingContext()
     backbone.register_forward_pre_hook(padding.hook, with_kwargs=True)
     for i, layer in enumerate(backbone.layers):
-        if isinstance(layer.self_attn, LigerAttention):
-            raise LigerError("the model is already linearized")
         if i not in options.softmax_layers:
             layer.self_attn = layer_cls(layer.self_attn, options, padding)
 
@@ -85,10 +94,9 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
     `method` is one of liger_gla, liger_hgrn2, liger_gsa (`options`: the fields of `LigerOptions`; the parameter
     count does not change, asserted) or lolcats (`options`: the fields of `liger.lolcats.LolcatsOptions`; it adds
     the feature maps and window factors, and the count grows by exactly `liger.lolcats.added_parameters`).
+    The converted model gets its own copy of the config, which records the conversion; the caller's is unchanged.
     """
     model_type = check_supported(model.config)
-    if model.config.model_type.startswith("liger_"):
-        raise LigerError("the model is already linearized")
     opts = build_options(method, **options)
     expected = 0
     if opts.method == "lolcats":
@@ -99,8 +107,12 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
     _convert_layers(model, opts)
     after = count_parameters(model)
     assert after - before == expected, f"conversion added {after - before} parameters, expected {expected}"
-    model.config.__class__ = LIGER_CONFIGS[model_type]
-    model.config.liger = opts.to_dict()
+    shared, config = model.config, copy.deepcopy(model.config)
+    config.__class__ = LIGER_CONFIGS[model_type]
+    config.liger = opts.to_dict()
+    for module in model.modules():  # the model, its backbone and its layers hold the same config object
+        if getattr(module, "config", None) is shared:
+            module.config = config
     return model
 
 
@@ -117,6 +129,8 @@ def _register() -> None:
         config_sub = type(f"Liger{config_cls.__name__}", (config_cls,), {"model_type": liger_type})
 
         def __init__(self, config, *args, base=model_cls, **kwargs):
+            if not getattr(config, "liger", None):
+                raise LigerError(_unrecorded(config.name_or_path or "the config", config.model_type))
             base.__init__(self, config, *args, **kwargs)
             _convert_layers(self, options_from_dict(config.liger))
 
@@ -124,6 +138,34 @@ def _register() -> None:
         AutoConfig.register(liger_type, config_sub, exist_ok=True)
         AutoModelForCausalLM.register(config_sub, model_sub, exist_ok=True)
         LIGER_CONFIGS[model_type] = config_sub
+
+
+def _unrecorded(where: str | Path, model_type: str) -> str:
+    return (f"{where}: model_type {model_type!r} marks a converted model, but the config has no 'liger' entry (the "
+            "method and options of the conversion); restore the config.json it was saved with, or convert the "
+            "base model again")
+
+
+def saved_conversion(path: Path) -> dict | None:
+    """The conversion a saved model folder's config.json records (its `liger` entry; None: not converted).
+
+    A converted config records it twice, as a `liger_<type>` model type and the `liger` entry: a LigerError when
+    config.json is missing, not JSON, or the two disagree (a hand-edited or damaged config).
+    """
+    file = path / "config.json"
+    if not file.is_file():
+        raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+        model_type, saved = str(config.get("model_type", "")), config.get("liger")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise LigerError(f"{file}: not a JSON object ({e}); the folder may be corrupt: produce it again") from e
+    if model_type.startswith("liger_") and not saved:
+        raise LigerError(_unrecorded(file, model_type))
+    if saved and not model_type.startswith("liger_"):
+        raise LigerError(f"{file}: has a 'liger' entry (a converted model) but model_type {model_type!r}, which "
+                         f"loads unconverted; set it to 'liger_{model_type}' or convert the base model again")
+    return saved
 
 
 _register()
@@ -179,10 +221,10 @@ def layer_config(path: Path, layer_options: dict):
     if bad:
         raise LigerError(f"layer options {bad}: only {', '.join(RUNTIME_OPTIONS)} can be changed on a trained model "
                          "(the others change its parameters)")
-    config = AutoConfig.from_pretrained(path)
-    saved = getattr(config, "liger", None)
+    saved = saved_conversion(path)
     if not saved:
         raise LigerError(f"{path}: not a converted model; layer options apply to Liger and LoLCATs models only")
+    config = AutoConfig.from_pretrained(path)
     config.liger = options_from_dict({**saved, **layer_options}).to_dict()
     return config
 
@@ -250,16 +292,20 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
     `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
     `layer_options` replaces some of a converted folder's `RUNTIME_OPTIONS` (the same weights, computed otherwise).
     """
+    from safetensors import SafetensorError
+
+    from liger.models import weights_problem
+
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise LigerError(f"{path}: no config.json; not a saved model folder (run the convert/finetune step first)")
+    saved_conversion(path)
     kwargs.setdefault("dtype", torch.float32)
     if layer_options:
         kwargs["config"] = layer_config(path, layer_options)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise LigerError(f"{path}: could not load the model ({e}); the folder may be corrupt: produce it again") from e
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise LigerError(f"{path}: could not load the model ({weights_problem(path) or e}); the folder may be "
+                         "corrupt: produce it again") from e
     if added is not None:
         _load_added(model, path, Path(added))
     if adapter is not None:

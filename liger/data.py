@@ -18,7 +18,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,31 +72,48 @@ def _check_record(obj: Any, where: str) -> dict[str, str]:
     return {"instruction": obj["instruction"], "input": inp, "output": obj["output"]}
 
 
+def _not_utf8(path: Path, e: UnicodeDecodeError, line: int, offset: int) -> DataError:
+    """The error for the byte at `offset` in `path` (0-based, in the file), on 1-based `line`."""
+    return DataError(f"{path}: not valid UTF-8 at line {line}, byte offset {offset} of the file ({e.reason}); "
+                     "re-save it as UTF-8")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, JSON value) of each non-blank line of a JSON Lines file; a DataError naming the file
+    and the line (and byte) of the first line that is not UTF-8 or not JSON."""
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, e, lineno, offset + e.start) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}: invalid JSON at line {lineno} ({e.msg}, column {e.colno}); "
+                    "a .jsonl file needs one JSON object per line: fix or remove that line"
+                ) from None
+            yield lineno, value
+
+
 def _load_jsonl(path: Path) -> list[dict[str, str]]:
     records: list[dict[str, str]] = []
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{path}: invalid JSON at line {lineno} ({e.msg}, column {e.colno}); "
-                        "a .jsonl file needs one JSON object per line: fix or remove that line"
-                    ) from None
-                records.append(_check_record(obj, f"{path}: record {len(records)} (line {lineno})"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    for lineno, obj in read_jsonl(path):
+        records.append(_check_record(obj, f"{path}: record {len(records)} (line {lineno})"))
     return records
 
 
 def _load_json(path: Path) -> list[dict[str, str]]:
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+        raise _not_utf8(path, e, data.count(b"\n", 0, e.start) + 1, e.start) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -28,7 +28,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
-from liger.convert import add_layer_options_arg, layer_config, load
+from liger.convert import add_layer_options_arg, layer_config, load, saved_conversion
+from liger.data import read_jsonl
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
@@ -203,7 +204,8 @@ def data_files(task: str) -> dict[str, str]:
 
 
 def check_data(data_dir: str | Path, tasks: Sequence[str]) -> None:
-    """LigerError unless `data_dir` holds every file the tasks read (and, for MMLU, every subject)."""
+    """LigerError unless `data_dir` holds every file the tasks read, each one JSON object per line (named by file
+    and line before lm-eval reads them), and, for MMLU, records of every subject."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise LigerError(f"--data-dir {data_dir}: not a folder (it should hold the offline mirrors, piqa/ ... mmlu/)")
@@ -211,16 +213,27 @@ def check_data(data_dir: str | Path, tasks: Sequence[str]) -> None:
         for rel in data_files(task).values():
             if not (data_dir / rel).is_file():
                 raise LigerError(f"task {task}: missing data file {data_dir / rel} (the offline mirror of {task})")
-    if "mmlu" in tasks:
-        for split, rel in data_files("mmlu").items():
-            with (data_dir / rel).open() as f:
-                found = {json.loads(line).get("subject") for line in f if line.strip()}
-            missing = sorted(set(MMLU_SUBJECTS) - found)
+    for task in tasks:
+        for split, rel in data_files(task).items():
+            found = {record.get("subject") for record in _mirror_records(task, data_dir / rel)}
+            missing = sorted(set(MMLU_SUBJECTS) - found) if task == "mmlu" else []
             if missing:
                 raise LigerError(
                     f"task mmlu: {data_dir / rel} ({split}) has no records of {len(missing)} subject(s): "
                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
                 )
+
+
+def _mirror_records(task: str, path: Path) -> Iterator[dict]:
+    """The records of a mirror file; a LigerError naming the file and 1-based line of one that is not a JSON object."""
+    try:
+        for lineno, record in read_jsonl(path):
+            if not isinstance(record, dict):
+                raise LigerError(f"{path}: line {lineno} is a JSON {type(record).__name__}, not a record (an object): "
+                                 "fix or remove that line")
+            yield record
+    except LigerError as e:
+        raise LigerError(f"task {task}: {e} (or copy the mirror again)") from None
 
 
 # ----------------------------------------------------------------------------------------- local tasks
@@ -368,8 +381,7 @@ def _liger_options(model_path: Path, layer_options: dict | None = None) -> dict 
     """The conversion the model is evaluated with ("base": none), `layer_options` applied (checked early)."""
     if layer_options:
         return layer_config(model_path, layer_options).liger
-    cfg = json.loads((model_path / "config.json").read_text())
-    return cfg.get("liger") or "base"
+    return saved_conversion(model_path) or "base"
 
 
 # ----------------------------------------------------------------------------------------- evaluate

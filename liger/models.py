@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -169,11 +170,11 @@ def save_model_dir(model: Any, folder: Path, tokenizer: Any | None, command: str
 def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:
     """Materialise an embedded model as a Hugging Face folder (bf16 safetensors, tokenizer, config) at `out`.
 
-    Cached: returns at once when `out` already holds a saved model.
+    Cached: returns at once when `out` already holds the saved model (`is_fetched`).
     """
     if name not in EMBEDDED:
         raise LigerError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)} or give a hub id (hf_id:)")
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    if is_fetched(out):
         return out
     check_output(out, "fetch-model")
     import torch
@@ -224,13 +225,54 @@ def set_special_tokens(tokenizer, model, ids: dict[str, int]) -> None:
                 setattr(model.generation_config, cfg_attr, token_id)
 
 
+def weights_problem(folder: Path) -> str | None:
+    """What is wrong with the safetensors files of a saved model folder, from their headers and sizes (None: each
+    file is as long as its header says and every shard its index names is there)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is not a safetensors index"
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            return f"{index.name} names missing shard(s) {', '.join(missing)}"
+    for file in sorted(folder.glob("*.safetensors")):
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            try:
+                if size < 8 or 8 + n > size:
+                    raise ValueError
+                tensors = [t for key, t in json.loads(f.read(n)).items() if key != "__metadata__"]
+                expected = 8 + n + max((int(t["data_offsets"][1]) for t in tensors), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # JSON and Unicode errors too
+                return f"{file.name}: no readable safetensors header in its {size} bytes (truncated or not safetensors)"
+        if size != expected:
+            return f"{file.name} has {size} bytes, its header describes {expected} (truncated or damaged)"
+    return None
+
+
+def is_fetched(out: Path) -> bool:
+    """Whether `out` holds a fetched model (config.json and complete safetensors weights); a LigerError when it
+    holds a damaged one (e.g. an interrupted copy), which fetching must not take as done."""
+    if not (out / "config.json").is_file():
+        return False
+    problem = weights_problem(out) or (None if any(out.glob("*.safetensors")) else "no *.safetensors weights")
+    if problem is not None:
+        raise LigerError(f"{out}: holds an incomplete or damaged model ({problem}); delete the folder (or give "
+                         "another --out) and fetch the model again")
+    return True
+
+
 def load_hub(hf_id: str, **kwargs):
-    """`from_pretrained` for a hub model, with a clear message for gated or missing repositories."""
+    """A hub model and its tokenizer (`from_pretrained`), with a clear message for gated, missing or invalid
+    repositories and for network failures."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        return AutoModelForCausalLM.from_pretrained(hf_id, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(hf_id, **kwargs), AutoTokenizer.from_pretrained(hf_id)
     except GatedRepoError as e:
         raise LigerError(
             f"{hf_id} is a gated model: accept its licence on its hub page, then log in with "
@@ -238,3 +280,6 @@ def load_hub(hf_id: str, **kwargs):
         ) from e
     except RepositoryNotFoundError as e:
         raise LigerError(f"{hf_id}: no such model on the hub (or it is private: log in with `hf auth login`)") from e
+    except (OSError, ValueError) as e:  # an invalid id, no network, a repository without a model
+        raise LigerError(f"{hf_id}: could not load it from the hub ({e}); check the id (ORG/NAME, as on its hub "
+                         "page) and the network") from e

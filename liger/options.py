@@ -76,8 +76,10 @@ class LigerOptions:
         return self.beta != 0 or self.hybrid == "none"
 
 
-def build_options(method: str, **options):
+def build_options(method: str | None = None, **options):
     """The options of one conversion: `LigerOptions`, or `liger.lolcats.LolcatsOptions` for method lolcats."""
+    if method is None:
+        raise LigerError(f"options {options} name no method: add \"method\" (one of {', '.join(ALL_METHODS)})")
     if method == "lolcats":
         from liger.lolcats import LolcatsOptions
 
@@ -88,4 +90,4 @@ def build_options(method: str, **options):
 def options_from_dict(d: dict):
     """`build_options` from a dict holding "method" (a converted model's config entry)."""
     d = dict(d)
-    return build_options(d.pop("method"), **d)
+    return build_options(d.pop("method", None), **d)

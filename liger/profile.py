@@ -147,15 +147,12 @@ def weight_bytes(model) -> int:
 def build_variant(variant: str, model_dir: Path | None, shape: str | None, device: str, dtype: torch.dtype,
                   liger_options: dict | None = None):
     """`base_eager`, `base_sdpa`, or a Liger method name (converted from the base with sdpa attention)."""
-    from transformers import AutoModelForCausalLM
-
     import liger
     from liger.shapes import random_model
 
     attn = "eager" if variant == "base_eager" else "sdpa"
     if model_dir is not None:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
-        model = model.to(device).eval()
+        model = liger.load(model_dir, dtype=dtype, attn_implementation=attn).to(device).eval()
     else:
         model = random_model(shape, dtype=dtype, device=device, attn_implementation=attn)
     if variant not in ("base_eager", "base_sdpa"):

@@ -182,3 +182,102 @@ def test_smollm2_gla_save_reload_same_logits(smollm2_dir, tmp_path):
         want = model.eval()(tokens).logits
         got = liger.load(tmp_path).eval()(tokens).logits
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method,opts", [("liger_gla", {}), ("liger_gla", {"softmax_layers": [1]}),
+                                         ("lolcats", {}), ("lolcats", {"softmax_layers": [0]})])
+def test_linearize_leaves_the_callers_config_alone(method, opts):
+    """Two models from one config: converting the first changes neither the config nor the second."""
+    from transformers import LlamaConfig
+
+    from tests.conftest import TINY
+
+    cfg = LlamaConfig(**TINY)
+    first, second = (AutoModelForCausalLM.from_config(cfg) for _ in range(2))
+    linearize(first, method, **opts)
+    assert type(cfg) is LlamaConfig and not hasattr(cfg, "liger") and cfg.model_type == "llama"
+    assert liger.options_of(second) is None
+    assert all(m.config is first.config for m in first.modules() if hasattr(m, "config"))
+    assert first.config.liger["method"] == method and first.config.model_type == "liger_llama"
+    linearize(second, method, **opts)
+    assert liger.options_of(second).to_dict() == liger.options_of(first).to_dict()
+    for model in (first, second):
+        with pytest.raises(LigerError, match="already linearized"):
+            linearize(model, "liger_gla", softmax_layers=[0])
+
+
+def test_softmax_layers_keeping_every_layer_are_refused():
+    """Nothing would be converted, and a second conversion could not tell the model had been."""
+    with pytest.raises(LigerError, match="keep every layer as softmax attention"):
+        linearize(tiny_model("llama"), "liger_gla", softmax_layers=[0, 1])
+
+
+@pytest.fixture
+def saved_converted(tmp_path):
+    path = tmp_path / "converted"
+    converted("llama", "liger_gla").save_pretrained(path)
+    return path
+
+
+def _edit_config(path, edit) -> None:
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_config_that_lost_its_conversion(saved_converted, capsys):
+    """A converted config records its conversion twice (a liger_<type> model type and the liger entry): without
+    the entry it cannot be rebuilt; with the entry but a plain model type it would load unconverted."""
+    from liger.cli import main
+    from liger.evaluate import evaluate
+
+    path = saved_converted
+    _edit_config(path, lambda c: c.pop("liger"))
+    loaders = (liger.load, AutoModelForCausalLM.from_pretrained, lambda p: evaluate(p, p.parent / "e.json"))
+    for load in loaders:
+        with pytest.raises(LigerError, match=r"model_type 'liger_llama' marks a converted model, but the config has "
+                                             r"no 'liger' entry"):
+            load(path)
+    assert main(["convert", "--model", str(path), "--out", str(path.parent / "o"), "--options",
+                 '{"method": "liger_gla"}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"liger convert: error: {path / 'config.json'}: model_type")
+    _edit_config(path, lambda c: c.update(liger={"method": "liger_gla"}, model_type="llama"))
+    with pytest.raises(LigerError, match="has a 'liger' entry .* but model_type 'llama', which loads unconverted"):
+        liger.load(path)
+    (path / "config.json").write_text('{"model_type": ')
+    with pytest.raises(LigerError, match=r"config\.json: not a JSON object"):
+        liger.load(path)
+
+
+def test_truncated_weights_are_named(model_dir, tmp_path, capsys):
+    import shutil
+
+    from liger.cli import main
+    from liger.profile import build_variant
+
+    path = tmp_path / "model"
+    shutil.copytree(model_dir, path)
+    weights = (path / "model.safetensors").read_bytes()
+    for cut, problem in ((len(weights) // 2, f"has {len(weights) // 2} bytes, its header describes {len(weights)}"),
+                         (4, "no readable safetensors header in its 4 bytes")):
+        (path / "model.safetensors").write_bytes(weights[:cut])
+        with pytest.raises(LigerError, match=rf"{path}: could not load the model \(model\.safetensors:? {problem}"):
+            liger.load(path)
+        with pytest.raises(LigerError, match=problem):
+            build_variant("base_sdpa", path, None, "cpu", torch.float32)
+        assert main(["convert", "--model", str(path), "--out", str(tmp_path / "o"), "--options",
+                     '{"method": "liger_gla"}']) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and problem in err[0]
+
+
+def test_options_without_a_method():
+    from liger.options import build_options, options_from_dict
+
+    for make in (lambda: build_options(window=32), lambda: options_from_dict({"window": 32})):
+        with pytest.raises(LigerError, match=r"options \{'window': 32\} name no method: add \"method\" \(one of "
+                                             r"liger_gla, .*lolcats\)"):
+            make()

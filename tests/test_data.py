@@ -435,6 +435,27 @@ def test_bad_record(tmp_path: Path, bad: dict, pattern: str, suffix: str) -> Non
         assert "line 3" in str(e.value)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_non_utf8_byte_named_at_its_line_and_offset(tmp_path: Path, suffix: str, capsys) -> None:
+    """The real line and byte offset, far past the 8 KiB that a streamed read decodes at a time."""
+    from liger.cli import main
+
+    recs = _records(400)
+    recs[300]["instruction"] = "MARK"
+    text = "".join(json.dumps(r) + "\n" for r in recs) if suffix == ".jsonl" else json.dumps(recs, indent=1)
+    data = text.encode()
+    offset = data.index(b"MARK")
+    line = data.count(b"\n", 0, offset) + 1
+    assert offset % 8192 != offset and line > 1
+    p = tmp_path / f"alpaca{suffix}"
+    p.write_bytes(data[:offset] + b"\xff" + data[offset + 1 :])
+    with pytest.raises(DataError, match=rf"not valid UTF-8 at line {line}, byte offset {offset} of the file"):
+        load_records(p)
+    assert main(["prepare-data", "--source", str(p), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"liger prepare-data: error: {p}: not valid UTF-8 at line {line},")
+
+
 @pytest.mark.parametrize(("name", "text"), [("e.jsonl", ""), ("e2.jsonl", "\n\n"), ("e.json", "[]")])
 def test_empty_dataset(tmp_path: Path, name: str, text: str) -> None:
     p = tmp_path / name

@@ -644,6 +644,34 @@ def test_missing_mirror_file(no_model_load, tmp_path):
         evaluate(model, tmp_path / "out.json", tasks="piqa", data_dir=tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("task,rel", [("piqa", "piqa/validation.jsonl"), ("mmlu", "mmlu/test.jsonl")])
+@pytest.mark.parametrize("bad,problem", [
+    (b'{"goal": oops}', "invalid JSON at line 3 (Expecting value, column 10)"),
+    (b"[1, 2]", "line 3 is a JSON list, not a record"),
+    (b'{"goal": "\xff"}', "not valid UTF-8 at line 3, byte offset"),
+])  # fmt: skip
+def test_malformed_mirror_line_is_named(no_model_load, tmp_path, capsys, task, rel, bad, problem):
+    """A bad line of a mirror file: one line naming the file and its 1-based line, before lm-eval reads it."""
+    from liger.cli import main
+
+    data = tmp_path / "data"
+    if task == "mmlu":
+        _write_jsonl(data / "mmlu/test.jsonl", _mmlu_records("test", 1, real=False))
+        _write_jsonl(data / "mmlu/dev.jsonl", _mmlu_records("dev", 5, real=False))
+    else:
+        _write_jsonl(data / rel, _handwritten(rel, 4))
+    lines = (data / rel).read_bytes().splitlines(keepends=True)
+    (data / rel).write_bytes(b"".join([*lines[:2], bad + b"\n", *lines[3:]]))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    args = ["evaluate", "--model", str(model), "--tasks", task, "--data-dir", str(data), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"liger evaluate: error: task {task}: {data / rel}: " in err[0] and problem in err[0]
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------------------------------- SmolLM2
 
 

@@ -180,3 +180,70 @@ def test_gguf_special_tokens_override_the_loaders(smollm2_dir):
     assert (tok.eos_token, tok.eos_token_id, tok.bos_token_id, tok.pad_token, tok.unk_token) == (
         "<|im_end|>", 2, 1, "<|im_end|>", "<|endoftext|>")
     assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("hub", [False, True], ids=["embedded", "hub"])
+def test_fetch_refuses_a_damaged_folder(model_dir, tmp_path, capsys, hub):
+    """A folder whose weights are cut short (an interrupted copy) is not taken as fetched, nor touched."""
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(model_dir, out)
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[:-100])
+    args = ["fetch-model", "smollm2-135m", "--out", str(out), *(["--hf-id", "org/name"] if hub else [])]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1
+    assert err[0] == (f"liger fetch-model: error: {out}: holds an incomplete or damaged model (model.safetensors has "
+                      f"{len(weights) - 100} bytes, its header describes {len(weights)} (truncated or damaged)); "
+                      "delete the folder (or give another --out) and fetch the model again")
+    assert (out / "model.safetensors").read_bytes() == weights[:-100]
+
+
+def test_weights_problem(model_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    from liger.models import weights_problem
+
+    assert weights_problem(model_dir) is None
+    assert main(["fetch-model", "x", "--hf-id", "org/name", "--out", str(model_dir)]) == 0
+    assert capsys.readouterr().out == f"{model_dir}: already there\n"
+    out = tmp_path / "sharded"
+    shutil.copytree(model_dir, out)
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert weights_problem(out) == ("model.safetensors.index.json names missing shard(s) "
+                                    "model-00001-of-00002.safetensors, model-00002-of-00002.safetensors")
+    (out / "model.safetensors.index.json").unlink()
+    (out / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b'{"a": 1}'.ljust(16) + bytes(8))
+    assert weights_problem(out) == "model.safetensors: no readable safetensors header in its 32 bytes (truncated or " \
+                                   "not safetensors)"
+
+
+def test_hub_load_failures_are_one_line(tmp_path, capsys, monkeypatch):
+    """An invalid id (refused before any request), and the multi-line OSError transformers raises offline."""
+    import transformers
+
+    from tests.conftest import tiny_model
+
+    out = tmp_path / "m"
+    assert main(["fetch-model", "x", "--hf-id", "bad id!!", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("liger fetch-model: error: bad id!!: could not load it from the hub "
+                                               "(Repo id must use alphanumeric chars")
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny_model("llama"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    assert main(["fetch-model", "x", "--hf-id", "org/name", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["liger fetch-model: error: org/name: could not load it from the hub (We couldn't connect to "
+                   "'https://huggingface.co' to load the files. Check your connection.); check the id (ORG/NAME, as "
+                   "on its hub page) and the network"]
+    assert not out.exists()

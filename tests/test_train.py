@@ -359,6 +359,15 @@ def test_cli_finetune(model_dir, data_dir, tmp_path, capsys):
     assert "prepare-data" in capsys.readouterr().err
 
 
+def test_cli_finetune_options_without_a_method(model_dir, data_dir, tmp_path, capsys):
+    from liger.cli import main
+
+    assert main(["finetune", "--model", str(model_dir), "--data", str(data_dir), "--out", str(tmp_path / "o"),
+                 "--options", '{"window": 32}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("liger finetune: error: options {'window': 32} name no method")
+
+
 @pytest.mark.slow
 def test_smollm2_cpu_smoke(smollm2_dir, tmp_path):
     from liger.data import prepare_data
