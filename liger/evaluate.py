@@ -34,6 +34,7 @@ from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import write_json_atomic
 from liger.loglik import continuation_logprobs
+from liger.paired import record as record_items
 from liger.provenance import versions
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
@@ -290,7 +291,9 @@ def _metrics(entry: dict) -> dict[str, float | None]:
     return out
 
 
-def _task_report(task: str, raw: dict, local: bool, mmlu_limit: int | None) -> dict:
+def _task_report(task: str, raw: dict, samples: dict, local: bool, mmlu_limit: int | None) -> dict:
+    """A paper task's entry of the metrics report from lm-eval's results and logged samples (`samples`: leaf
+    task -> samples; only each item's paper metric is kept, as `items`, see `liger.paired`)."""
     name = lm_eval_name(task, local)
     results, n_samples = raw["results"], raw["n-samples"]
     entry: dict[str, Any] = {"lm_eval_task": name}
@@ -310,6 +313,7 @@ def _task_report(task: str, raw: dict, local: bool, mmlu_limit: int | None) -> d
     entry["metrics"] = metrics
     entry["paper_metric"] = PAPER_METRIC[task]
     entry["value"] = metrics.get(PAPER_METRIC[task])
+    entry["items"] = record_items(task, PAPER_METRIC[task], [samples[leaf] for leaf in leaf_task_names(task, local)])
     if task == "mmlu":
         entry["categories"] = {
             cat: _metrics(results[f"{name}_{cat}"]) | {"n": sum(n_samples[leaves[s]]["effective"] for s in subs)}
@@ -469,12 +473,13 @@ def evaluate(
             run_start = time.perf_counter()
             raw = simple_evaluate(
                 model=lm, tasks=[top[t] for t in run_tasks], num_fewshot=shots, limit=run_limit,
-                task_manager=manager, log_samples=False, **seeds,
+                task_manager=manager, log_samples=True, **seeds,
             )  # fmt: skip
+            samples = raw.pop("samples")  # per-item outcomes are kept; the rest (contexts, responses) dropped here
             run_s = round(time.perf_counter() - run_start, 2)
             for t in run_tasks:
                 chance = chance_level([leaves[n] for n in leaf_task_names(t, local)], run_limit)
-                reports[t] = _task_report(t, raw, local, mmlu_limit) | {
+                reports[t] = _task_report(t, raw, samples, local, mmlu_limit) | {
                     "batch_size": bs, "batch_tokens": lm.batch_tokens, "chance": chance, "run_wall_time_s": run_s}
             write_json_atomic(partial, {"settings": settings, "tasks": reports})
 
@@ -515,7 +520,8 @@ def _sha256(path: Path) -> str:
 
 
 def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:
-    """The task reports an interrupted run of the same settings saved in `partial` (none if it differs)."""
+    """The task reports an interrupted run of the same settings saved in `partial` (none if it differs; a task
+    saved without per-item outcomes, by an older version, is scored again)."""
     if not partial.is_file():
         return {}
     try:
@@ -523,7 +529,7 @@ def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[st
         if saved["settings"] != settings:
             log.warning("%s: saved by a run with other settings; starting over", partial)
             return {}
-        done = {t: r for t, r in saved["tasks"].items() if t in task_list}
+        done = {t: r for t, r in saved["tasks"].items() if t in task_list and "items" in r}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         log.warning("%s: unreadable; starting over", partial)
         return {}

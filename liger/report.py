@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from liger import paired
 from liger.errors import LigerError
 
 TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
@@ -206,8 +207,9 @@ def probe_sections(model: str, methods: list[str], results: Path, window: int = 
 
 def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
                        paper_csv: Path, config_note: str = "", controls: list[str] | None = None,
-                       window: int = 64) -> Path:
-    """results/{model}/main.csv, main.md and report.md (with the probes' sections when their files exist)."""
+                       window: int = 64, resamples: int = paired.RESAMPLES) -> Path:
+    """results/{model}/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from base and
+    window_only with bootstrap intervals) and report.md (with the probes' sections when their files exist)."""
     ours, chance = our_rows(model, methods, results, controls)
     paper = paper_rows(paper_name, paper_csv, chance)
     out_dir = results / model
@@ -229,6 +231,10 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "0.04B); `train stages` splits it, with each stage's wall time in the run that trained it (other jobs "
             "may have shared its GPU).", "",
             main_sentences(ours), ""]
+    metrics = {m: _read_json(out_dir / m / "metrics.json") for m in methods}
+    roles = {m: role_of(m, controls or []) for m in methods}
+    text += ["## Paired differences (bootstrap over the same items)", "",
+             paired.write_tables(out_dir, model, metrics, roles, TASKS, paper_csv, paper_name, resamples)]
     text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))
     if plots:
@@ -253,7 +259,8 @@ def _cli(args: argparse.Namespace) -> int:
         return 0
     controls = [m for m in (args.controls or "").split(",") if m]
     report = write_model_report(args.model, args.methods.split(","), args.results, args.paper_name,
-                                args.paper_csv, args.note, controls=controls, window=args.window)
+                                args.paper_csv, args.note, controls=controls, window=args.window,
+                                resamples=args.resamples)
     print(report)
     return 0
 
@@ -268,6 +275,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--note", default="", help="a line under the title (config, data source)")
     p.add_argument("--controls", default="", help="comma-separated methods that are control rows")
     p.add_argument("--window", type=int, default=64, help="the methods' window (for the probes' sentences)")
+    p.add_argument("--resamples", type=int, default=paired.RESAMPLES,
+                   help=f"paired bootstrap resamples (default {paired.RESAMPLES:,})")
     p.add_argument("--tables", nargs="+", type=Path, help="stack these main.csv files into --out")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
     p.set_defaults(func=_cli)

@@ -418,8 +418,26 @@ def _check_report(report: dict, tasks: list[str], n: int | None) -> None:
         assert entry["num_fewshot"] == (report["num_fewshot_mmlu"] if task == "mmlu" else 0)
         if task != "mmlu" and n is not None:
             assert entry["n"] == n
+        _check_items(task, entry)
     assert report["dtype"] == ("bfloat16" if report["device"].startswith("cuda") else "float32")
     assert set(report["versions"]) >= {"lm_eval", "torch", "transformers"} and report["wall_time_s"] > 0
+
+
+def _check_items(task: str, entry: dict) -> None:
+    """The per-item outcomes are lm-eval's: their mean is the reported metric, exactly (MMLU: each subject's,
+    in the recorded order; the pooled value is lm-eval's size-weighted mean of those, to rounding)."""
+    items = entry["items"]
+    outcomes = items["outcomes"]
+    assert len(outcomes) == entry["n"] and set(outcomes) <= {"0", "1"} and len(items["docs_sha256"]) == 64
+    assert outcomes.count("1") / len(outcomes) == entry["value"] if task != "mmlu" else entry["value"] == \
+        pytest.approx(outcomes.count("1") / len(outcomes), rel=1e-12, abs=0)
+    if task == "mmlu":
+        start = 0
+        for subject in MMLU_SUBJECTS:  # alphabetical, the recorded order
+            size, acc = entry["subjects"][subject]["n"], entry["subjects"][subject]["acc"]
+            assert outcomes[start:start + size].count("1") / size == acc, subject
+            start += size
+        assert start == len(outcomes)
 
 
 def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
@@ -478,7 +496,17 @@ def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror
     report = evaluate(model, out, **kwargs)
     assert calls == [5] and report["resumed"] == ["piqa"] and not partial.exists()
     assert report["paper_metrics"] == fresh["paper_metrics"] and fresh["resumed"] == []
+    assert report["tasks"]["piqa"]["items"] == fresh["tasks"]["piqa"]["items"]  # kept through the partial file
     # a partial file of a model rebuilt since, of other settings (another limit) or a corrupt one: start over
+    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, out, **kwargs)
+    older = json.loads(partial.read_text())  # as saved before per-item outcomes were recorded: piqa scored again
+    del older["tasks"]["piqa"]["items"]
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: calls.append(kw["num_fewshot"]) or real(**kw))
+    partial.write_text(json.dumps(older))
+    calls.clear()
+    assert evaluate(model, out, **kwargs)["resumed"] == [] and calls == [0, 5] and not partial.exists()
     monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, out, **kwargs)
@@ -542,7 +570,7 @@ def test_hub_mode_matches_local_mode(base_dir, short_mirror, tmp_path, monkeypat
     for task, entry in hub_report["tasks"].items():
         local = local_report["tasks"][task]
         assert entry["lm_eval_task"] == task and local["lm_eval_task"] == f"liger_{task}"
-        for key in ("n", "n_total", "num_fewshot", "metrics", "value", "subjects", "categories"):
+        for key in ("n", "n_total", "num_fewshot", "metrics", "value", "subjects", "categories", "items"):
             assert entry.get(key) == local.get(key), (task, key)
 
 

@@ -1,5 +1,6 @@
 rule report:
-    """One model's main table (CSV + Markdown, the paper's rows beside ours) and report.md."""
+    """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from base and
+    window_only with bootstrap intervals (paired.csv, paired.md) and report.md."""
     input:
         metrics=expand("results/{{model}}/{method}/metrics.json", method=METHODS),
         train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
@@ -13,6 +14,8 @@ rule report:
         table=report("results/{model}/main.csv", category="tables"),
         markdown="results/{model}/main.md",
         report="results/{model}/report.md",
+        paired=report("results/{model}/paired.csv", category="tables"),
+        paired_markdown="results/{model}/paired.md",
         passkey="results/{model}/passkey.csv",
         position_loss="results/{model}/position_loss.csv",
         position_plot=report("results/plots/{model}_position_loss.png", category="probes"),
