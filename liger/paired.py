@@ -179,7 +179,7 @@ def markdown(table: pd.DataFrame) -> str:
     """One line per row: each (reference, measure) as `difference [low, high]`, and the row's notes (those of the
     average, whose tasks include MMLU)."""
     if table.empty:
-        return "No row to compare: the base and window_only rows are both missing.\n"
+        return "No row to compare with base or window_only.\n"
     present = set(zip(table["reference"], table["measure"], strict=True))
     keys = [(r, m) for r in REFERENCES for m in dict.fromkeys(table["measure"]) if (r, m) in present]
     header = ["row", "role", *(f"{m} - {r}" for r, m in keys), "note"]
@@ -210,15 +210,15 @@ def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None
         if pd.isna(line["difference"]):
             text.append(f"{method} - window_only on MMLU: not computed ({line['note']}).")
             continue
-        where = (f"above 0: {model} shows a gain" if line["low"] > 0 else
-                 f"below 0: the window alone scores higher at {model}" if line["high"] < 0 else
+        where = (f"lies above 0: {model} shows a gain" if line["low"] > 0 else
+                 f"lies below 0: the window alone scores higher at {model}" if line["high"] < 0 else
                  f"includes 0: {model} shows no measurable gain")
         if gain is not None:
             where += "; the paper's {:+.1f} lies {}".format(
                 gain, "inside it" if line["low"] <= gain <= line["high"] else "above it" if gain > line["high"]
                 else "below it")
         text.append(f"{method} - window_only on MMLU: {_interval(line)} points ({100 * level:g}% interval), which "
-                    f"lies {where}.")
+                    f"{where}.")
     return " ".join(text)
 
 

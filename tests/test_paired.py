@@ -239,3 +239,20 @@ def test_paper_claim_comes_from_the_paper_csv(tmp_path):
     pd.read_csv(PAPER_CSV).drop(columns="config_method").to_csv(bad, index=False)
     with pytest.raises(LigerError, match="paper.csv: no config_method column"):
         paper_recurrence_gain(bad)
+
+
+def test_sentence_says_where_the_interval_lies():
+    from liger.paired import sentences
+
+    claim = {"model": "Llama-3-8B", "liger_gla": 43.4, "window_only": 37.0}
+    table = pd.DataFrame([
+        {"method": m, "reference": "window_only", "measure": "MMLU", "difference": d, "low": lo, "high": hi,
+         "note": ""} for m, d, lo, hi in [("a", 0.5, -1.0, 2.0), ("b", -3.0, -5.0, -1.0), ("c", 7.0, 5.0, 9.0)]
+    ])  # fmt: skip
+    text = sentences(table, ["a", "b", "c"], claim, "1.5b")
+    assert "a - window_only on MMLU: +0.5 [-1.0, +2.0] points (95% interval), which includes 0: 1.5b shows no " \
+           "measurable gain; the paper's +6.4 lies above it." in text
+    assert "which lies below 0: the window alone scores higher at 1.5b; the paper's +6.4 lies above it." in text
+    assert "c - window_only on MMLU: +7.0 [+5.0, +9.0] points (95% interval), which lies above 0: 1.5b shows a " \
+           "gain; the paper's +6.4 lies inside it." in text
+    assert sentences(table, [], None, "1.5b") == "No Liger row beside window_only here, so 1.5b cannot test it."
