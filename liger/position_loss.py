@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -174,8 +175,19 @@ def _records(table: pd.DataFrame) -> list[dict]:
 def describe(result: dict) -> str:
     """One line saying what the numbers were measured on."""
     overlap = " (the sequences overlap: the stream is read circularly)" if result["overlapping"] else ""
-    return (f"{result['sequences']} sequences x {result['seq_len']} tokens from {result['records']} held-out "
+    where = f" ({result['device']}, {result['dtype']})" if "device" in result and "dtype" in result else ""
+    return (f"{result['sequences']} sequences x {result['seq_len']} tokens{where} from {result['records']} held-out "
             f"records ({result['stream_tokens']} distinct tokens){overlap}.")
+
+
+def describe_all(results: dict[str, dict]) -> str:
+    """`describe` of the rows: one line when they share it, else one per group of rows that do."""
+    groups: dict[str, list[str]] = {}
+    for method, r in results.items():
+        groups.setdefault(describe(r), []).append(method)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return " ".join(f"{', '.join(methods)}: {text}" for text, methods in groups.items())
 
 
 def load_results(paths: dict[str, Path]) -> dict[str, dict]:
@@ -302,7 +314,7 @@ def plot(results: dict[str, dict], out_png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True, sharey=True)
     for ax, key, name in zip(axes, ("mean_loss", "prompt_loss", "response_loss"),
                              ("all tokens", "prompt tokens", "response tokens"), strict=True):  # fmt: skip
         missing = []
@@ -317,7 +329,8 @@ def plot(results: dict[str, dict], out_png: Path, title: str) -> None:
             ax.plot(*zip(*points, strict=True), marker="o", label=method, color=f"C{i}",
                     linestyle="--" if method == "base" else "-")  # fmt: skip
         if missing:
-            ax.text(0.02, 0.02, f"{NOT_SPLIT}: {', '.join(missing)}", transform=ax.transAxes, fontsize=7)
+            ax.text(0.02, 0.98, textwrap.fill(f"{NOT_SPLIT}: {', '.join(missing)}", 70), transform=ax.transAxes,
+                    fontsize=7, va="top")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xlabel("position (bucket middle)")
         ax.set_title(name, fontsize=9)

@@ -197,7 +197,7 @@ def probe_sections(model: str, methods: list[str], results: Path, window: int = 
         table = position_loss.summary_table(found)
         table.to_csv(out_dir / "position_loss.csv")
         position_loss.role_table(found).to_csv(out_dir / "position_loss_roles.csv", index=False)
-        md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe(next(iter(found.values())))
+        md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe_all(found)
               + " " + position_loss.sentences(table) + "\n\n" + position_loss.role_markdown(found))
         (out_dir / "position_loss.md").write_text(md)
         position_loss.plot(found, results / "plots" / f"{model}_position_loss.png",

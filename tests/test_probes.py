@@ -391,8 +391,10 @@ def _fake_results(root: Path) -> list[str]:
             for b, (pt, pl) in zip(buckets, [(40, 3.3), (30, 1.0 + 2.5 * i), (70, 1.4 + 2.5 * i)], strict=True):
                 b |= {"prompt_tokens": pt, "prompt_loss": pl, "response_tokens": b["tokens"] - pt,
                       "response_loss": 1.9 if b["bucket"] == "all" else None}  # fmt: skip
-        (d / "position_loss.json").write_text(json.dumps({"buckets": buckets, "sequences": 2, "seq_len": 128,
-                                                           "records": 5, "stream_tokens": 300, "overlapping": False}))
+        run = {"sequences": 2, "seq_len": 128, "records": 5, "stream_tokens": 300, "overlapping": False}
+        if method in ("base", "liger_gla"):
+            run |= {"sequences": 1, "device": "cpu", "dtype": "float32"}
+        (d / "position_loss.json").write_text(json.dumps({"buckets": buckets, **run}))
     pd.DataFrame([{"task": "mmlu", "shots": 5, "items": 3, "requests": 12, "tokens_median": 500.0,
                    "tokens_p90": 900.0, "tokens_max": 1000, "tokens_mean": 600.0,
                    "items beyond window 64 %": 100.0}]).to_csv(root / "m" / "coverage.csv", index=False)  # fmt: skip
@@ -429,6 +431,8 @@ def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
             "from the base) vs 1.90 (+0.00 from the base). window_only, liger_gla_no_window, base_window: not split: "
             "rerun the probe.") in report  # fmt: skip
     assert "| tokens | 40 | 30 | 70 |" in report  # the prompt tokens per bucket, the same in both split rows
+    assert ("base, liger_gla: 1 sequences x 128 tokens (cpu, float32) from 5 held-out records (300 distinct tokens). "
+            "window_only, liger_gla_no_window, base_window: 2 sequences x 128 tokens from") in report  # fmt: skip
     roles = pd.read_csv(tmp_path / "m" / "position_loss_roles.csv")
     assert set(roles["method"]) == {"base", "liger_gla"} and len(roles) == 2 * 2 * 3
     gla = roles[(roles["method"] == "liger_gla") & (roles["role"] == "prompt")].set_index("bucket")
