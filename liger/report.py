@@ -173,8 +173,9 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
 def probe_sections(model: str, methods: list[str], results: Path, window: int = 64) -> list[str]:
     """Report sections for the probes whose files exist: coverage, passkey and loss by position.
 
-    Also writes results/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets) and
-    the loss-by-position plot results/plots/{model}_position_loss.png.
+    Also writes results/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets),
+    position_loss_roles.csv (the prompt/response split, `position_loss.role_table`) and the loss-by-position plot
+    results/plots/{model}_position_loss.png.
     """
     from liger import coverage, passkey, position_loss
 
@@ -196,8 +197,9 @@ def probe_sections(model: str, methods: list[str], results: Path, window: int = 
         found = position_loss.load_results(files)
         table = position_loss.summary_table(found)
         table.to_csv(out_dir / "position_loss.csv")
-        md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe(next(iter(found.values())))
-              + " " + position_loss.sentences(table) + "\n")
+        position_loss.role_table(found).to_csv(out_dir / "position_loss_roles.csv", index=False)
+        md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe_all(found)
+              + " " + position_loss.sentences(table) + "\n\n" + position_loss.role_markdown(found))
         (out_dir / "position_loss.md").write_text(md)
         position_loss.plot(found, results / "plots" / f"{model}_position_loss.png",
                            f"{model}: next-token loss by position (held-out instruction records)")

@@ -253,6 +253,69 @@ def test_bucket_edges_and_sums():
     assert weighted == pytest.approx(overall["mean_loss"]) and overall["mean_loss"] == pytest.approx(losses.mean())
 
 
+def test_bucket_table_splits_roles_exactly_on_a_hand_made_stream():
+    from liger.position_loss import bucket_table
+
+    # two sequences, 6 predicted positions each; True: the predicted token is a response token (or EOS)
+    response = np.array([[False, False, True, True, False, True], [True, False, False, False, True, True]])
+    losses = np.array([[1.0, 3.0, 5.0, 7.0, 2.0, 4.0], [6.0, 8.0, 1.0, 3.0, 9.0, 5.0]])
+    table = bucket_table(losses, [0, 2, 6], response).set_index("bucket")
+    assert list(table.index) == ["0-2", "2-6", "all"]
+    # bucket: (prompt tokens, prompt mean, response tokens, response mean), counted by hand
+    expected = {"0-2": (3, (1 + 3 + 8) / 3, 1, 6.0), "2-6": (3, (2 + 1 + 3) / 3, 5, (5 + 7 + 4 + 9 + 5) / 5),
+                "all": (6, (1 + 3 + 8 + 2 + 1 + 3) / 6, 6, (6 + 5 + 7 + 4 + 9 + 5) / 6)}
+    for bucket, (pt, pl, rt, rl) in expected.items():
+        row = table.loc[bucket]
+        assert (row["prompt_tokens"], row["response_tokens"]) == (pt, rt)
+        assert row["prompt_loss"] == pytest.approx(pl) and row["response_loss"] == pytest.approx(rl)
+        assert row["prompt_tokens"] + row["response_tokens"] == row["tokens"]
+    # a bucket without one role has no mean for it
+    only_prompt = bucket_table(losses, [0, 1, 6], np.zeros_like(response)).set_index("bucket")
+    assert only_prompt.loc["0-1", "response_tokens"] == 0 and pd.isna(only_prompt.loc["0-1", "response_loss"])
+    assert "prompt_tokens" not in bucket_table(losses, [0, 2, 6]).columns  # no roles given: the old columns
+
+
+class _CharTokenizer:
+    """Hand-made tokenizer: a digit is token 2 (the test's responses are digits), any other character token 1
+    (the Alpaca template and the instructions have no digits); EOS is 2."""
+
+    eos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [2 if c.isdigit() else 1 for c in text]}
+
+
+def test_roles_are_those_of_the_predicted_tokens(tmp_path, monkeypatch):
+    import transformers
+
+    import liger.device
+    import liger.position_loss as pl
+    from liger.data import format_prompt
+
+    records = [{"instruction": "say a number" + "!" * i, "input": "", "output": "7" * (3 + 5 * i)} for i in range(6)]
+    _write_jsonl(tmp_path / "alpaca.jsonl", records)
+    # the stream, written out: each record's prompt (token 1), then its response and EOS (token 2)
+    stream = np.concatenate([[1] * len(format_prompt(r)) + [2] * (len(r["output"]) + 1) for r in records])
+    ids, mask, starts = pl.heldout_stream(_CharTokenizer(), records)
+    assert (ids == stream).all() and (mask == (stream == 2)).all() and starts[1] == len(format_prompt(records[0])) + 4
+
+    class FakeModel(torch.nn.Linear):
+        config = type("Config", (), {"max_position_embeddings": 10_000})()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _CharTokenizer())
+    monkeypatch.setattr(liger.device, "load_for_inference", lambda *a, **k: (FakeModel(1, 1), "cpu"))
+    monkeypatch.setattr(pl, "token_losses", lambda model, ids: ids[:, 1:].float())  # the loss is the predicted id
+    result = pl.position_loss("m", str(tmp_path / "alpaca.jsonl"), n_val=6, seq_len=300, sequences=4,
+                              first_bucket=16, device="cpu", progress=False)  # fmt: skip
+    assert result["overlapping"]  # the windows wrap around the stream
+    for b in result["buckets"]:  # exact: a prompt position predicts a 1, a response position a 2
+        assert b["prompt_loss"] == 1.0 and b["response_loss"] in (2.0, None)
+        assert b["prompt_tokens"] + 2 * b["response_tokens"] == pytest.approx(b["mean_loss"] * b["tokens"])
+    seqs = pl.make_sequences(stream, starts, 300, 4)
+    assert result["buckets"][-1]["response_tokens"] == int((seqs[:, 1:] == 2).sum())
+    json.dumps(result, allow_nan=False)
+
+
 def test_sequences_start_at_records_and_wrap():
     from liger.position_loss import make_sequences
 
@@ -291,6 +354,17 @@ def test_position_loss_end_to_end(tmp_path, tokenizer):
     assert list(parts["bucket"]) == ["0-64", "64-128", "128-256", "256-511"]
     assert parts["tokens"].sum() == overall["tokens"] == 3 * 511
     assert (parts["tokens"] * parts["mean_loss"]).sum() / overall["tokens"] == pytest.approx(overall["mean_loss"])
+    # the role split: counts add up per bucket, and the token-weighted means recombine within and across buckets
+    assert (buckets["prompt_tokens"] + buckets["response_tokens"] == buckets["tokens"]).all()
+    assert (buckets["prompt_tokens"] > 0).all() and overall["response_tokens"] > 0
+    recombined = (buckets["prompt_tokens"] * buckets["prompt_loss"].fillna(0)
+                  + buckets["response_tokens"] * buckets["response_loss"].fillna(0)) / buckets["tokens"]  # fmt: skip
+    assert recombined.to_numpy() == pytest.approx(buckets["mean_loss"].to_numpy())
+    for role in ("prompt", "response"):
+        weighted = (parts[f"{role}_tokens"] * parts[f"{role}_loss"].fillna(0)).sum() / parts[f"{role}_tokens"].sum()
+        assert parts[f"{role}_tokens"].sum() == overall[f"{role}_tokens"]
+        assert weighted == pytest.approx(overall[f"{role}_loss"])
+    json.dumps(result, allow_nan=False)  # a role absent from a bucket is null, not NaN
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -313,8 +387,14 @@ def _fake_results(root: Path) -> list[str]:
         buckets = [{"bucket": "0-64", "start": 0, "end": 64, "tokens": 64, "mean_loss": 3.0},
                    {"bucket": "64-127", "start": 64, "end": 127, "tokens": 63, "mean_loss": 2.5 + 0.1 * i},
                    {"bucket": "all", "start": 0, "end": 127, "tokens": 127, "mean_loss": 2.8}]  # fmt: skip
-        (d / "position_loss.json").write_text(json.dumps({"buckets": buckets, "sequences": 2, "seq_len": 128,
-                                                           "records": 5, "stream_tokens": 300, "overlapping": False}))
+        if method in ("base", "liger_gla"):  # rerun since the split; the other rows predate it
+            for b, (pt, pl) in zip(buckets, [(40, 3.3), (30, 1.0 + 2.5 * i), (70, 1.4 + 2.5 * i)], strict=True):
+                b |= {"prompt_tokens": pt, "prompt_loss": pl, "response_tokens": b["tokens"] - pt,
+                      "response_loss": 1.9 if b["bucket"] == "all" else None}  # fmt: skip
+        run = {"sequences": 2, "seq_len": 128, "records": 5, "stream_tokens": 300, "overlapping": False}
+        if method in ("base", "liger_gla"):
+            run |= {"sequences": 1, "device": "cpu", "dtype": "float32"}
+        (d / "position_loss.json").write_text(json.dumps({"buckets": buckets, **run}))
     pd.DataFrame([{"task": "mmlu", "shots": 5, "items": 3, "requests": 12, "tokens_median": 500.0,
                    "tokens_p90": 900.0, "tokens_max": 1000, "tokens_mean": 600.0,
                    "items beyond window 64 %": 100.0}]).to_csv(root / "m" / "coverage.csv", index=False)  # fmt: skip
@@ -344,6 +424,19 @@ def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
     assert losses.loc["base_window", "64-127"] == pytest.approx(2.9)
     assert (tmp_path / "plots" / "m_position_loss.png").stat().st_size > 1000
     assert "m_position_loss.png" in report
+    # prompt and response: the split rows' losses, the older rows named to rerun
+    assert "| liger_gla | 2.800 | 3.900 | 1.900 | 70 | 57 |" in report
+    assert "| window_only | 2.800 | not split: rerun the probe | not split: rerun the probe | - | - |" in report
+    assert ("Mean loss on prompt vs response tokens over all positions: base 1.40 vs 1.90; liger_gla 3.90 (+2.50 "
+            "from the base) vs 1.90 (+0.00 from the base). window_only, liger_gla_no_window, base_window: not split: "
+            "rerun the probe.") in report  # fmt: skip
+    assert "| tokens | 40 | 30 | 70 |" in report  # the prompt tokens per bucket, the same in both split rows
+    assert ("base, liger_gla: 1 sequences x 128 tokens (cpu, float32) from 5 held-out records (300 distinct tokens). "
+            "window_only, liger_gla_no_window, base_window: 2 sequences x 128 tokens from") in report  # fmt: skip
+    roles = pd.read_csv(tmp_path / "m" / "position_loss_roles.csv")
+    assert set(roles["method"]) == {"base", "liger_gla"} and len(roles) == 2 * 2 * 3
+    gla = roles[(roles["method"] == "liger_gla") & (roles["role"] == "prompt")].set_index("bucket")
+    assert gla.loc["64-127", "mean_loss"] == pytest.approx(3.5) and gla.loc["all", "tokens"] == 70
 
 
 def test_passkey_sentences_name_the_rows_that_never_retrieve():

@@ -18,6 +18,7 @@ rule report:
         paired_markdown="results/{model}/paired.md",
         passkey="results/{model}/passkey.csv",
         position_loss="results/{model}/position_loss.csv",
+        position_roles="results/{model}/position_loss_roles.csv",
         position_plot=report("results/plots/{model}_position_loss.png", category="probes"),
     params:
         methods=",".join(METHODS),
