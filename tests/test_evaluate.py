@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -184,8 +185,11 @@ def liger_dir(tmp_path_factory, tokenizer_dir) -> Path:
 # ----------------------------------------------------------------------------------------- templates
 
 
-def _official_tasks(root: Path, mirror: Path) -> dict[str, object]:
-    """lm-eval's official tasks (their own YAMLs) with the dataset replaced by the same local records.
+def _official_tasks(
+    root: Path, mirror: Path, subjects: Sequence[str] = tuple(MMLU_SUBJECTS)
+) -> tuple[object, dict[str, object]]:
+    """lm-eval's official tasks (their own YAMLs) with the dataset replaced by the same local records, and their
+    TaskManager.
 
     MMLU: the official per-subject tasks on per-subject files split here in plain Python.
     """
@@ -201,19 +205,22 @@ def _official_tasks(root: Path, mirror: Path) -> dict[str, object]:
                **splits}  # fmt: skip
         (root / f"official_{task}.yaml").write_text(yaml.safe_dump(cfg))
         names[task] = f"official_{task}"
-    for subject in MMLU_SUBJECTS:
-        files = {}
-        for split in ("test", "dev"):
-            with (mirror / "mmlu" / f"{split}.jsonl").open() as f:
-                records = [r for r in map(json.loads, f) if r["subject"] == subject]
-            _write_jsonl(root / "mmlu" / f"{subject}_{split}.jsonl", records)
-            files[split] = str(root / "mmlu" / f"{subject}_{split}.jsonl")
+    records = {}
+    for split in ("test", "dev"):
+        with (mirror / "mmlu" / f"{split}.jsonl").open() as f:
+            records[split] = list(map(json.loads, f))
+    for subject in subjects:
+        files = {split: root / "mmlu" / f"{subject}_{split}.jsonl" for split in ("test", "dev")}
+        for split, path in files.items():
+            _write_jsonl(path, [r for r in records[split] if r["subject"] == subject])
+        files = {split: str(path) for split, path in files.items()}
         cfg = {"include": str(LM_EVAL_TASKS / "mmlu/default" / f"mmlu_{subject}.yaml"), "task": f"official_{subject}",
                "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}  # fmt: skip
         (root / f"official_mmlu_{subject}.yaml").write_text(yaml.safe_dump(cfg))
         names[subject] = f"official_{subject}"
-    loaded = TaskManager(include_path=root, include_defaults=False).load(list(names.values()))["tasks"]
-    return {key: loaded[name] for key, name in names.items()}
+    manager = TaskManager(include_path=root, include_defaults=False)
+    loaded = manager.load(list(names.values()))["tasks"]
+    return manager, {key: loaded[name] for key, name in names.items()}
 
 
 def _local_tasks(root: Path, mirror: Path) -> dict[str, object]:
@@ -238,7 +245,7 @@ def _render(task, doc: dict, shots: int) -> dict:
 
 def test_local_tasks_render_like_the_official_templates(mirror, tmp_path):
     """First 3 items of each task (MMLU: of every subject): prompt, choices, target, full context, requests."""
-    official = _official_tasks(tmp_path / "official", mirror)
+    _, official = _official_tasks(tmp_path / "official", mirror)
     local = _local_tasks(tmp_path / "local", mirror)
     fields = ["output_type", "target_delimiter", "fewshot_delimiter", "description", "should_decontaminate",
               "doc_to_decontamination_query", "metric_list"]  # fmt: skip
@@ -447,6 +454,53 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
             "arc_challenge": sum(1 / len(d["choices"]["text"]) for d in arc) / len(arc)}
     assert report["chance"] == pytest.approx(report["chance"] | want)
     assert all(report["tasks"][t]["chance"] == report["chance"][t] for t in PAPER_TASKS)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file(), reason="needs ../shared/data")
+def test_fast_path_equals_lm_evals_own_path_on_real_mirrors(base_dir, tmp_path, monkeypatch):
+    """On the real mirrors, first 10 items of the five 0-shot tasks and of three MMLU subjects (5-shot): `evaluate`'s
+    path (the local tasks of `loaded_tasks`, templates compiled once, MMLU cut by subject once, `LigerLM`'s
+    batched tokenization) and lm-eval's own (its official YAMLs on the same records, templates compiled per
+    render, `HFLM`'s request-by-request tokenization) send the same requests (context, continuation, token ids) in
+    the same order and get the same metrics."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from liger.evaluate import loaded_tasks
+
+    subjects = ["abstract_algebra", "high_school_european_history", "world_religions"]  # short to long prompts
+    lm = LigerLM(base_dir, device="cpu")
+    score, sent = LigerLM._loglikelihood_tokens, []
+
+    def recorded(self, requests, disable_tqdm=False, override_bs=None):
+        sent.extend((args, list(context), list(continuation)) for args, context, continuation in requests)
+        return score(self, requests, disable_tqdm=True)
+
+    monkeypatch.setattr(LigerLM, "_loglikelihood_tokens", recorded)
+
+    def run(manager, tasks: dict) -> tuple[list, dict]:
+        sent.clear()
+        metrics = {}
+        for keys, shots in ((list(OFFICIAL), 0), (subjects, 5)):
+            raw = simple_evaluate(model=lm, tasks=[tasks[k] for k in keys], num_fewshot=shots, limit=10,
+                                  task_manager=manager, log_samples=False, random_seed=0, numpy_random_seed=0,
+                                  torch_random_seed=0, fewshot_random_seed=0)  # fmt: skip
+            for key in keys:
+                entry = raw["results"][tasks[key].config.task]
+                metrics[key] = {m: v for m, v in entry.items() if "," in m}
+        return list(sent), metrics
+
+    with loaded_tasks([*OFFICIAL, "mmlu"], SHARED_DATA) as (manager, _, leaves):
+        local = {t: leaves[f"liger_{t}"] for t in OFFICIAL} | {s: leaves[f"liger_mmlu_{s}"] for s in subjects}
+        fast = run(manager, local)
+    with monkeypatch.context() as m:  # lm-eval's own encoding, request by request
+        m.setattr(LigerLM, "loglikelihood", HFLM.loglikelihood)
+        m.setattr(LigerLM, "tok_encode", HFLM.tok_encode)
+        reference = run(*_official_tasks(tmp_path / "official", SHARED_DATA, subjects))
+    assert len(fast[0]) == len(reference[0]) > 200
+    assert sum(len(args[0]) > 5000 for args, _, _ in fast[0]) >= 40  # long 5-shot prompts among them
+    assert fast[0] == reference[0]
+    assert fast[1] == reference[1] and all(m["acc,none"] > 0 for m in fast[1].values())
 
 
 def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror, tmp_path, monkeypatch):
