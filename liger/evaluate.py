@@ -5,6 +5,8 @@ MMLU (5-shot) with `lm_eval.simple_evaluate` and the lm-eval model `liger` defin
 `HFLM` around a model loaded by `liger.load`). Prompts and metrics are lm-eval 0.4.13's. Two data sources:
 lm-eval's own tasks (the Hugging Face hub) or, with `data_dir`, the local tasks of `liger/tasks/` reading
 the offline JSONL mirrors (same prompts; checked by tests/test_evaluate.py against the official YAMLs).
+lm-eval's own work around the model is cut without changing a request: each prompt template compiled once, the
+MMLU mirror cut by subject once, the text requests share tokenized once (tested against lm-eval's unmodified path).
 """
 
 from __future__ import annotations
@@ -80,6 +82,94 @@ def _load_tokenizer(model_path: Path, adapter: Path | None):
     raise LigerError(f"{model_path}: no tokenizer (tokenizer.json / tokenizer_config.json) beside the model")
 
 
+# Splicing a string's tokens from the string before it (`encode_sharing_prefixes`): at least this many leading
+# characters shared, and the cut at least this many characters before the two strings differ (and at least half
+# the first from the start).
+_MIN_SHARED, _CUT_MARGIN = 128, 32
+_CHECK_FIRST, _CHECK_EVERY = 16, 256  # spliced strings also encoded whole and compared: the first ones, then 1 in N
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings (binary search on C-speed slice comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _cut(text: str, end: int) -> int:
+    """The last word or line start of `text` at or before `end` (0: none): a single space between two non-space
+    characters, or a non-space character after a newline."""
+    while end > 0:
+        r = max(text.rfind(" ", 0, end + 1), text.rfind("\n", 0, end) + 1)
+        if r <= 0:
+            return 0
+        if text[r] == " " and r + 1 < len(text) and not text[r - 1].isspace() and not text[r + 1].isspace():
+            return r
+        if text[r - 1] == "\n" and not text[r].isspace():
+            return r
+        end = r - 1
+    return 0
+
+
+def encode_sharing_prefixes(tokenizer: Any, strings: Sequence[str], **kwargs: Any) -> dict[str, list[int]]:
+    """`tokenizer(strings, **kwargs)["input_ids"]` by string, without tokenizing again the text strings share.
+
+    Multiple-choice requests are mostly shared text (MMLU: each 5-shot context once alone and once per choice,
+    the few-shot examples in every item of a subject), and tokenizing it all took minutes. In sorted order, a string
+    sharing at least `_MIN_SHARED` leading characters with the one before it is cut at a word or line start at
+    least `_CUT_MARGIN` characters before they differ: its tokens are the previous string's up to the cut, then
+    those of its own text from the cut. The splice is kept only where the tokenizer shows the cut is a clean
+    token boundary: the previous string's text from the cut, encoded alone, gives exactly the tail of its tokens,
+    and both texts from the cut start with the same token. Otherwise (or sharing less) a string is encoded whole.
+    A sample of spliced strings is also encoded whole: any difference drops the splicing altogether.
+    """
+    order = sorted(set(strings))
+    cuts = [0] * len(order)
+    for i in range(1, len(order)):
+        shared = _shared_prefix(order[i - 1], order[i])
+        if shared >= _MIN_SHARED and (r := _cut(order[i], shared - _CUT_MARGIN)) >= _MIN_SHARED // 2:
+            cuts[i] = r
+
+    def encode(texts: list[str], **kw: Any) -> dict[str, list[int]]:
+        texts = list(dict.fromkeys(texts))
+        if not texts:
+            return {}
+        ids = tokenizer(texts, return_attention_mask=False, **kw)["input_ids"]
+        return dict(zip(texts, ids, strict=True))
+
+    whole = encode([s for s, r in zip(order, cuts, strict=True) if not r], **kwargs)
+    tails = encode([t for i, r in enumerate(cuts) if r for t in (order[i - 1][r:], order[i][r:])],
+                   **{**kwargs, "add_special_tokens": False})  # fmt: skip
+    out: dict[str, list[int] | None] = {}
+    spliced, refused = [], []
+    for i, (text, r) in enumerate(zip(order, cuts, strict=True)):
+        if not r:
+            out[text] = whole[text]
+            continue
+        before, own, previous = tails[order[i - 1][r:]], tails[text[r:]], out[order[i - 1]]
+        keep = len(previous) - len(before) if previous is not None else -1
+        if keep >= 0 and before and own and before[0] == own[0] and previous[keep:] == before:
+            out[text] = previous[:keep] + own
+            spliced.append(text)
+        else:  # encoded whole below (and so is the next string, if it was to be spliced from this one)
+            out[text] = None
+            refused.append(text)
+    out |= encode(refused, **kwargs)
+    checked = spliced[:_CHECK_FIRST] + spliced[_CHECK_FIRST::_CHECK_EVERY]
+    if checked and encode(checked, **kwargs) != {t: out[t] for t in checked}:
+        log.warning(
+            "tokenizer %s: spliced prefixes differ from whole encodings; encoding every string whole",
+            type(tokenizer).__name__,
+        )
+        return encode(order, **kwargs)
+    return out
+
+
 @register_model("liger")
 class LigerLM(HFLM):
     """lm-eval model `liger`: a base or Liger checkpoint loaded with `liger.load` (a LoRA adapter merged).
@@ -140,8 +230,7 @@ class LigerLM(HFLM):
                 strings += [context.rstrip(), context + continuation]
         bos = self.tokenizer.decode(self.prefix_token_id)
         plain = [s for s in dict.fromkeys(strings) if not has_bos_prefix(s, bos)]  # BOS-prefixed: the usual path
-        kwargs = _add_special_kwargs(None, self.add_bos_token)
-        self._encoded = dict(zip(plain, self.tokenizer(plain, **kwargs)["input_ids"], strict=True)) if plain else {}
+        self._encoded = encode_sharing_prefixes(self.tokenizer, plain, **_add_special_kwargs(None, self.add_bos_token))
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
@@ -348,6 +437,37 @@ def _no_download_counts(active: bool) -> Iterator[None]:
         datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
+@contextlib.contextmanager
+def _templates_compiled_once() -> Iterator[None]:
+    """Compile each Jinja prompt template once while the context lasts, not once per document rendered.
+
+    lm-eval renders `doc_to_text`, `doc_to_choice` and `doc_to_target` templates with `lm_eval.utils.apply_template`,
+    which compiles the template source again at every call (`env.from_string`, uncached): most of the time of building
+    MMLU's 5-shot contexts (six renders an item). The same environment compiles the same source once: same text.
+    """
+    from lm_eval import utils as lm_utils
+
+    env = lm_utils.env
+    if "from_string" in vars(env):  # already inside this context
+        yield
+        return
+    compile_template = env.from_string
+    compiled: dict[str, Any] = {}
+
+    def from_string(source: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not isinstance(source, str):
+            return compile_template(source, *args, **kwargs)
+        if source not in compiled:
+            compiled[source] = compile_template(source)
+        return compiled[source]
+
+    env.from_string = from_string  # this instance only; the class's method is untouched
+    try:
+        yield
+    finally:
+        del env.from_string
+
+
 def leaf_task_names(task: str, local: bool) -> list[str]:
     """The lm-eval leaf tasks that score a paper task: MMLU's 57 subjects, else the task itself."""
     if task == "mmlu":
@@ -360,12 +480,17 @@ def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None) -> Itera
     """lm-eval's TaskManager, the top task or group of each paper task, and the leaf tasks by name.
 
     `data_dir`: the offline mirrors (the local tasks, written to a temporary include folder that lives as
-    long as the context); None: lm-eval's own tasks on the Hugging Face hub.
+    long as the context); None: lm-eval's own tasks on the Hugging Face hub. Within the context lm-eval compiles
+    each prompt template once (`_templates_compiled_once`).
     """
     from lm_eval.tasks import TaskManager
 
     local = data_dir is not None
-    with tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp, _no_download_counts(local):
+    with (
+        tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp,
+        _no_download_counts(local),
+        _templates_compiled_once(),
+    ):
         if local:
             manager = TaskManager(include_path=write_local_tasks(data_dir, tmp), include_defaults=False)
         else:

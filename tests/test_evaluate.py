@@ -9,8 +9,10 @@ neither the network nor the embedded SmolLM2; the slow test runs SmolLM2 on the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from liger.evaluate import (
     write_local_tasks,
 )
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
-from tests.conftest import SHARED_DATA, SMOLLM2, tiny_model
+from tests.conftest import ROOT, SHARED_DATA, SMOLLM2, tiny_model
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 # paper task -> (official YAML, {split: mirror file}); the official task's other splits are set to null.
@@ -41,6 +43,7 @@ OFFICIAL = {
     "hellaswag": ("hellaswag/hellaswag.yaml", {"validation": "hellaswag/validation.jsonl"}),
     "winogrande": ("winogrande/default.yaml", {"validation": "winogrande/validation.jsonl"}),
 }
+ROOT_MODELS = ROOT / "resources" / "models"
 N_RECORDS = 4  # per simple task in the tiny mirror
 N_MMLU_TEST = 2  # per subject
 
@@ -184,8 +187,11 @@ def liger_dir(tmp_path_factory, tokenizer_dir) -> Path:
 # ----------------------------------------------------------------------------------------- templates
 
 
-def _official_tasks(root: Path, mirror: Path) -> dict[str, object]:
-    """lm-eval's official tasks (their own YAMLs) with the dataset replaced by the same local records.
+def _official_tasks(
+    root: Path, mirror: Path, subjects: Sequence[str] = tuple(MMLU_SUBJECTS)
+) -> tuple[object, dict[str, object]]:
+    """lm-eval's official tasks (their own YAMLs) with the dataset replaced by the same local records, and their
+    TaskManager.
 
     MMLU: the official per-subject tasks on per-subject files split here in plain Python.
     """
@@ -201,19 +207,22 @@ def _official_tasks(root: Path, mirror: Path) -> dict[str, object]:
                **splits}  # fmt: skip
         (root / f"official_{task}.yaml").write_text(yaml.safe_dump(cfg))
         names[task] = f"official_{task}"
-    for subject in MMLU_SUBJECTS:
-        files = {}
-        for split in ("test", "dev"):
-            with (mirror / "mmlu" / f"{split}.jsonl").open() as f:
-                records = [r for r in map(json.loads, f) if r["subject"] == subject]
-            _write_jsonl(root / "mmlu" / f"{subject}_{split}.jsonl", records)
-            files[split] = str(root / "mmlu" / f"{subject}_{split}.jsonl")
+    records = {}
+    for split in ("test", "dev"):
+        with (mirror / "mmlu" / f"{split}.jsonl").open() as f:
+            records[split] = list(map(json.loads, f))
+    for subject in subjects:
+        files = {split: root / "mmlu" / f"{subject}_{split}.jsonl" for split in ("test", "dev")}
+        for split, path in files.items():
+            _write_jsonl(path, [r for r in records[split] if r["subject"] == subject])
+        files = {split: str(path) for split, path in files.items()}
         cfg = {"include": str(LM_EVAL_TASKS / "mmlu/default" / f"mmlu_{subject}.yaml"), "task": f"official_{subject}",
                "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}  # fmt: skip
         (root / f"official_mmlu_{subject}.yaml").write_text(yaml.safe_dump(cfg))
         names[subject] = f"official_{subject}"
-    loaded = TaskManager(include_path=root, include_defaults=False).load(list(names.values()))["tasks"]
-    return {key: loaded[name] for key, name in names.items()}
+    manager = TaskManager(include_path=root, include_defaults=False)
+    loaded = manager.load(list(names.values()))["tasks"]
+    return manager, {key: loaded[name] for key, name in names.items()}
 
 
 def _local_tasks(root: Path, mirror: Path) -> dict[str, object]:
@@ -238,7 +247,7 @@ def _render(task, doc: dict, shots: int) -> dict:
 
 def test_local_tasks_render_like_the_official_templates(mirror, tmp_path):
     """First 3 items of each task (MMLU: of every subject): prompt, choices, target, full context, requests."""
-    official = _official_tasks(tmp_path / "official", mirror)
+    _, official = _official_tasks(tmp_path / "official", mirror)
     local = _local_tasks(tmp_path / "local", mirror)
     fields = ["output_type", "target_delimiter", "fewshot_delimiter", "description", "should_decontaminate",
               "doc_to_decontamination_query", "metric_list"]  # fmt: skip
@@ -402,6 +411,91 @@ def test_batched_encoding_equals_lm_evals_per_request_encoding(base_dir, mirror,
     assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == len(pairs)
 
 
+@pytest.fixture(scope="module")
+def request_strings(mirror, tmp_path_factory) -> list[str]:
+    """The strings `LigerLM.loglikelihood` encodes for the tiny mirror's requests (MMLU 5-shot, every subject; the
+    0-shot tasks), and a few hard cases: trailing spaces, a continuation glued to the last word, no spaces at all."""
+    tasks = _local_tasks(tmp_path_factory.mktemp("tasks"), mirror)
+    pairs = []
+    for key, task in tasks.items():
+        for doc in list(task.eval_docs)[:2]:
+            ctx = task.fewshot_context(doc, 5 if key in MMLU_SUBJECTS else 0)
+            pairs += [inst.args for inst in task.construct_requests(doc, ctx, metadata=("t", 0, 1))]
+    long_ctx = pairs[-1][0]  # an MMLU 5-shot context
+    pairs += [(long_ctx + "   ", "next"), (long_ctx[:-7], "Answers"), (long_ctx[:-7] + "An", "swer: A"),
+              ("x" * 700, "y"), ("x" * 700, "xy"), (long_ctx.replace(" ", "\n\n"), " A")]  # fmt: skip
+    return [s for ctx, cont in pairs for s in (ctx.rstrip(), ctx + cont)]
+
+
+def _tokenizer(kind: str, mirror: Path, tokenizer_dir: Path):
+    """A fast tokenizer: the tests' byte-level BPE, one without pre-tokenizer (merges across words and lines), a
+    SentencePiece-like one (Metaspace), or a real model's from resources/models (skipped when absent)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    if kind in ("smollm2-135m", "qwen2.5-coder-1.5b"):
+        folder = ROOT_MODELS / kind
+        if not (folder / "tokenizer.json").is_file():
+            pytest.skip(f"needs {folder}")
+        return AutoTokenizer.from_pretrained(folder)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "no_pretokenizer":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:  # metaspace
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>"], initial_alphabet=alphabet,
+                                  show_progress=False)  # fmt: skip
+    tok.train_from_iterator([p.read_text() for p in sorted(mirror.rglob("*.jsonl"))], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "no_pretokenizer", "metaspace", "smollm2-135m", "qwen2.5-coder-1.5b"])
+def test_prefix_sharing_encoding_equals_whole_encoding(kind, request_strings, mirror, tokenizer_dir, caplog):
+    """`encode_sharing_prefixes` gives every string the tokenizer's own ids for it (with and without special tokens),
+    on the requests of real 5-shot MMLU prompts and 0-shot tasks, its own checks refusing the splices that would be
+    wrong (the whole-encoding sample never has to step in); splicing does save work for the byte-level BPE."""
+    from liger.evaluate import encode_sharing_prefixes
+
+    tok = _tokenizer(kind, mirror, tokenizer_dir)
+    strings = request_strings
+    asked = []
+    caplog.set_level(logging.WARNING, logger="liger.evaluate")
+
+    def counting(texts, **kwargs):
+        asked.extend(texts)
+        return tok(texts, **kwargs)
+
+    for special in (False, True):
+        whole = dict(zip(strings, tok(strings, add_special_tokens=special)["input_ids"], strict=True))
+        asked.clear()
+        assert encode_sharing_prefixes(counting, strings, add_special_tokens=special) == whole, (kind, special)
+    total = sum(map(len, set(strings)))
+    assert len(whole) > 500 and total > 300_000
+    assert "differ from whole encodings" not in caplog.text
+    if kind == "bpe":
+        assert sum(map(len, asked)) < total / 3
+
+
+def test_prefix_sharing_falls_back_when_a_splice_is_wrong():
+    """A tokenizer whose first token depends on the whole text (no splice can see it): the sampled whole encodings
+    differ from the spliced ones, and every string is encoded whole."""
+    from liger.evaluate import encode_sharing_prefixes
+
+    def tok(texts, add_special_tokens=True, return_attention_mask=False):
+        return {"input_ids": [[len(t) % 7] * add_special_tokens + [ord(c) for c in t] for t in texts]}
+
+    base = "shared words and lines\n" * 40
+    strings = [base + f"item {i} is here" for i in range(200)]
+    assert encode_sharing_prefixes(tok, strings) == dict(zip(strings, tok(strings)["input_ids"], strict=True))
+    plain = encode_sharing_prefixes(tok, strings, add_special_tokens=False)  # without the first token: splices hold
+    assert plain == dict(zip(strings, tok(strings, add_special_tokens=False)["input_ids"], strict=True))
+
+
 # ----------------------------------------------------------------------------------------- end to end
 
 
@@ -465,6 +559,53 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
             "arc_challenge": sum(1 / len(d["choices"]["text"]) for d in arc) / len(arc)}
     assert report["chance"] == pytest.approx(report["chance"] | want)
     assert all(report["tasks"][t]["chance"] == report["chance"][t] for t in PAPER_TASKS)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file(), reason="needs ../shared/data")
+def test_fast_path_equals_lm_evals_own_path_on_real_mirrors(base_dir, tmp_path, monkeypatch):
+    """On the real mirrors, first 10 items of the five 0-shot tasks and of three MMLU subjects (5-shot): `evaluate`'s
+    path (the local tasks of `loaded_tasks`, templates compiled once, MMLU cut by subject once, `LigerLM`'s
+    prefix-sharing tokenization) and lm-eval's own (its official YAMLs on the same records, templates compiled per
+    render, `HFLM`'s request-by-request tokenization) send the same requests (context, continuation, token ids) in
+    the same order and get the same metrics."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from liger.evaluate import loaded_tasks
+
+    subjects = ["abstract_algebra", "high_school_european_history", "world_religions"]  # short to long prompts
+    lm = LigerLM(base_dir, device="cpu")
+    score, sent = LigerLM._loglikelihood_tokens, []
+
+    def recorded(self, requests, disable_tqdm=False, override_bs=None):
+        sent.extend((args, list(context), list(continuation)) for args, context, continuation in requests)
+        return score(self, requests, disable_tqdm=True)
+
+    monkeypatch.setattr(LigerLM, "_loglikelihood_tokens", recorded)
+
+    def run(manager, tasks: dict) -> tuple[list, dict]:
+        sent.clear()
+        metrics = {}
+        for keys, shots in ((list(OFFICIAL), 0), (subjects, 5)):
+            raw = simple_evaluate(model=lm, tasks=[tasks[k] for k in keys], num_fewshot=shots, limit=10,
+                                  task_manager=manager, log_samples=False, random_seed=0, numpy_random_seed=0,
+                                  torch_random_seed=0, fewshot_random_seed=0)  # fmt: skip
+            for key in keys:
+                entry = raw["results"][tasks[key].config.task]
+                metrics[key] = {m: v for m, v in entry.items() if "," in m}
+        return list(sent), metrics
+
+    with loaded_tasks([*OFFICIAL, "mmlu"], SHARED_DATA) as (manager, _, leaves):
+        local = {t: leaves[f"liger_{t}"] for t in OFFICIAL} | {s: leaves[f"liger_mmlu_{s}"] for s in subjects}
+        fast = run(manager, local)
+    with monkeypatch.context() as m:  # lm-eval's own encoding, request by request
+        m.setattr(LigerLM, "loglikelihood", HFLM.loglikelihood)
+        m.setattr(LigerLM, "tok_encode", HFLM.tok_encode)
+        reference = run(*_official_tasks(tmp_path / "official", SHARED_DATA, subjects))
+    assert len(fast[0]) == len(reference[0]) > 200
+    assert sum(len(args[0]) > 5000 for args, _, _ in fast[0]) >= 40  # long 5-shot prompts among them
+    assert fast[0] == reference[0]
+    assert fast[1] == reference[1] and all(m["acc,none"] > 0 for m in fast[1].values())
 
 
 def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror, tmp_path, monkeypatch):

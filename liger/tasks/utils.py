@@ -2,11 +2,12 @@
 
 HellaSwag's and WinoGrande's are lm-eval's own, imported from the installed package so the prompts are the
 official ones by construction. MMLU's mirror holds all subjects in one file per split: each subject task
-filters it on the `subject` field.
+keeps its records (`mmlu_by_subject`: one pass over the `subject` field, shared by the 57 tasks).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
 import datasets
@@ -58,9 +59,35 @@ def mmlu_description(subject: str) -> str:
     return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
 
 
-def _subject_filter(subject: str) -> Callable[[datasets.Dataset], datasets.Dataset]:
+# dataset fingerprint -> subject -> its records, for the last few splits seen (a fingerprint changes with the data)
+_BY_SUBJECT: OrderedDict[str, dict[str, datasets.Dataset]] = OrderedDict()
+_KEPT_SPLITS = 4
+
+
+def mmlu_by_subject(dataset: datasets.Dataset) -> dict[str, datasets.Dataset]:
+    """A split of the MMLU mirror cut into its subjects' records (each in file order), in one pass over `subject`.
+
+    lm-eval asks each of the 57 subject tasks' documents several times (task set-up, requests, results) and each ask
+    ran a filter over the whole mirror; the cut is made once per split and shared (cached by the dataset's
+    fingerprint, which `datasets` derives from the data files).
+    """
+    key = dataset._fingerprint
+    if key in _BY_SUBJECT:
+        _BY_SUBJECT.move_to_end(key)
+        return _BY_SUBJECT[key]
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, subject in enumerate(dataset["subject"]):
+        rows[subject].append(i)
+    _BY_SUBJECT[key] = {subject: dataset.select(indices) for subject, indices in rows.items()}
+    while len(_BY_SUBJECT) > _KEPT_SPLITS:
+        _BY_SUBJECT.popitem(last=False)
+    return _BY_SUBJECT[key]
+
+
+def _subject_docs(subject: str) -> Callable[[datasets.Dataset], datasets.Dataset]:
     def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
-        return dataset.filter(lambda batch: [s == subject for s in batch], batched=True, input_columns="subject")
+        docs = mmlu_by_subject(dataset).get(subject)
+        return docs if docs is not None else dataset.select([])
 
     process_docs.__name__ = process_docs.__qualname__ = f"mmlu_process_docs_{subject}"
     return process_docs
@@ -68,5 +95,5 @@ def _subject_filter(subject: str) -> Callable[[datasets.Dataset], datasets.Datas
 
 # mmlu_process_docs_<subject>: keep the mirror's records of one subject, in file order.
 for _subject in MMLU_SUBJECTS:
-    globals()[f"mmlu_process_docs_{_subject}"] = _subject_filter(_subject)
+    globals()[f"mmlu_process_docs_{_subject}"] = _subject_docs(_subject)
 del _subject
