@@ -476,12 +476,13 @@ def leaf_task_names(task: str, local: bool) -> list[str]:
 
 
 @contextlib.contextmanager
-def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None) -> Iterator[tuple[Any, dict, dict]]:
+def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None,
+                 compile_once: bool = True) -> Iterator[tuple[Any, dict, dict]]:
     """lm-eval's TaskManager, the top task or group of each paper task, and the leaf tasks by name.
 
     `data_dir`: the offline mirrors (the local tasks, written to a temporary include folder that lives as
     long as the context); None: lm-eval's own tasks on the Hugging Face hub. Within the context lm-eval compiles
-    each prompt template once (`_templates_compiled_once`).
+    each prompt template once (`_templates_compiled_once`) unless `compile_once` is false (lm-eval as shipped).
     """
     from lm_eval.tasks import TaskManager
 
@@ -489,7 +490,7 @@ def loaded_tasks(task_list: Sequence[str], data_dir: str | Path | None) -> Itera
     with (
         tempfile.TemporaryDirectory(prefix="liger-tasks-") as tmp,
         _no_download_counts(local),
-        _templates_compiled_once(),
+        _templates_compiled_once() if compile_once else contextlib.nullcontext(),
     ):
         if local:
             manager = TaskManager(include_path=write_local_tasks(data_dir, tmp), include_defaults=False)
