@@ -248,7 +248,7 @@ def test_one_gpu_profile_budgets_gpu_memory_per_job(tmp_path):
     assert "--batch-size 64 --mmlu-batch-size 16" in proc.stdout
 
 
-RUNS = ROOT / "results" / "gpu-runs"
+RUNS = ROOT / "results" / "published" / "gpu-runs"
 
 
 def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
