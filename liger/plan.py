@@ -7,7 +7,8 @@ import json
 import math
 from pathlib import Path
 
-import yaml
+from liger.config import PIPELINE_KEYS, ConfigError, check_config, read_config
+from liger.errors import LigerError
 
 # Benchmark sizes (items in the evaluated split; lm-eval's defaults and the mirrors agree).
 TASK_ITEMS = {"piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "winogrande": 1267,
@@ -31,10 +32,6 @@ def _params(model: dict) -> float:
     return SMOLLM2_PARAMS
 
 
-# Method keys of the pipeline, not Liger options (workflow/rules/common.smk holds the same tuple; tested equal).
-PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")
-
-
 def plan(config: dict, resources: Path = Path("resources")) -> dict:
     """Work per model (training tokens, evaluated items) and a CPU time estimate in hours."""
     data, train, ev = config["data"], config.get("train", {}), config["eval"]
@@ -43,7 +40,7 @@ def plan(config: dict, resources: Path = Path("resources")) -> dict:
     stages = sum(2 if config["methods"][m].get("method") == "lolcats" else 1 for m in trained)  # LoLCATs: two
     out = {}
     for name, model in config["models"].items():
-        meta = resources / "data" / name / "meta.json"
+        meta = resources / config["run"] / "data" / name / "meta.json"  # resources/RUN/data/MODEL
         if meta.exists():
             tokens_epoch = json.loads(meta.read_text())["tokens_per_epoch"]
         else:
@@ -70,9 +67,13 @@ def plan(config: dict, resources: Path = Path("resources")) -> dict:
 
 
 def _cli(args: argparse.Namespace) -> int:
+    try:
+        config = read_config(args.configfile)
+        check_config(config, str(args.configfile))
+    except ConfigError as e:
+        raise LigerError(str(e)) from None
     import torch
 
-    config = yaml.safe_load(args.configfile.read_text())
     work = plan(config)
     total = sum(w["cpu_hours"] for w in work.values())
     for name, w in work.items():

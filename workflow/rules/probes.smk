@@ -9,9 +9,10 @@ rule coverage:
     input:
         "resources/models/{model}/config.json",
     output:
-        csv=report("results/{model}/coverage.csv", category="probes"),
-        markdown="results/{model}/coverage.md",
+        csv=report("results/{run}/{model}/coverage.csv", category="probes"),
+        markdown="results/{run}/{model}/coverage.md",
     params:
+        liger=LIGER,
         opts=flags(
             {
                 "tasks": config["eval"]["tasks"],
@@ -21,16 +22,16 @@ rule coverage:
             }
         ),
     log:
-        "logs/{model}/coverage.log",
+        "logs/{run}/{model}/coverage.log",
     benchmark:
-        "logs/{model}/coverage.benchmark.tsv"
+        "logs/{run}/{model}/coverage.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=8000,
     conda:
         ENV
     shell:
-        "python -m liger coverage --model resources/models/{wildcards.model} {params.opts} --out {output.csv} "
+        "{params.liger} coverage --model resources/models/{wildcards.model} {params.opts} --out {output.csv} "
         "> {log} 2>&1"
 
 
@@ -39,9 +40,10 @@ rule passkey:
     input:
         model_ready,
     output:
-        csv="results/{model}/{method}/passkey.csv",
-        heatmap=report("results/plots/{model}_{method}_passkey.png", category="probes"),
+        csv="results/{run}/{model}/{method}/passkey.csv",
+        heatmap=report("results/{run}/plots/{model}_{method}_passkey.png", category="probes"),
     params:
+        liger=LIGER,
         model=evaluated_model,
         layer=layer_flag,
         opts=flags(
@@ -53,9 +55,9 @@ rule passkey:
             }
         ),
     log:
-        "logs/{model}/{method}/passkey.log",
+        "logs/{run}/{model}/{method}/passkey.log",
     benchmark:
-        "logs/{model}/{method}/passkey.benchmark.tsv"
+        "logs/{run}/{model}/{method}/passkey.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -63,7 +65,7 @@ rule passkey:
     conda:
         ENV
     shell:
-        "python -m liger passkey --model {params.model} {params.opts} {params.layer} --out {output.csv} "
+        "{params.liger} passkey --model {params.model} {params.opts} {params.layer} --out {output.csv} "
         "--plot {output.heatmap} --title '{wildcards.model} {wildcards.method}: passkey accuracy %' > {log} 2>&1"
 
 
@@ -72,9 +74,10 @@ rule position_loss:
     input:
         model_ready,
     output:
-        json="results/{model}/{method}/position_loss.json",
-        csv="results/{model}/{method}/position_loss.csv",
+        json="results/{run}/{model}/{method}/position_loss.json",
+        csv="results/{run}/{model}/{method}/position_loss.csv",
     params:
+        liger=LIGER,
         model=evaluated_model,
         layer=layer_flag,
         source=lambda wc: shlex.quote(data_source()),
@@ -86,9 +89,9 @@ rule position_loss:
             }
         ),
     log:
-        "logs/{model}/{method}/position_loss.log",
+        "logs/{run}/{model}/{method}/position_loss.log",
     benchmark:
-        "logs/{model}/{method}/position_loss.benchmark.tsv"
+        "logs/{run}/{model}/{method}/position_loss.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -96,5 +99,5 @@ rule position_loss:
     conda:
         ENV
     shell:
-        "python -m liger position-loss --model {params.model} --source {params.source} {params.opts} {params.layer} "
+        "{params.liger} position-loss --model {params.model} --source {params.source} {params.opts} {params.layer} "
         "--out {output.json} > {log} 2>&1"
