@@ -172,8 +172,8 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
 def probe_sections(model: str, methods: list[str], results: Path, window: int = 64) -> list[str]:
     """Report sections for the probes whose files exist: coverage, passkey and loss by position.
 
-    Also writes results/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets) and
-    the loss-by-position plot results/plots/{model}_position_loss.png.
+    Also writes `results`/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets) and
+    the loss-by-position plot `results`/plots/{model}_position_loss.png.
     """
     from liger import coverage, passkey, position_loss
 

@@ -143,6 +143,21 @@ def test_smoke_dag_leaves_every_tracked_file_as_it_was(smoke_run):
 
 
 @pytest.mark.slow
+def test_plan_estimates_the_smoke_run(smoke_run):
+    """`liger plan`'s estimate (wall time on an otherwise idle 2-core CPU) against this run's CPU time, which other
+    load on the machine hardly changes: on 2 cores the wall time lies between half the CPU time and all of it. The
+    estimate must too, give or take 1.5x; above only where the rates were measured (a 2-core machine)."""
+    from liger.config import read_config
+    from liger.plan import plan
+
+    estimate = plan(read_config(Path(smoke_run.config)), workdir=smoke_run.work)["hours"] * 3600
+    measured = f"estimate {estimate:.0f} s, CPU {smoke_run.cpu_s:.0f} s, wall {smoke_run.wall_s:.0f} s"
+    assert estimate >= smoke_run.cpu_s / 2 / 1.5, measured
+    if (os.cpu_count() or 1) <= 2:
+        assert estimate <= smoke_run.cpu_s * 1.5, measured
+
+
+@pytest.mark.slow
 def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     work = smoke_run.work
     results = work / "results" / "smoke"  # config/smoke.yaml: `run: smoke`
@@ -276,6 +291,20 @@ def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--use-conda", "--configfile", smoke, env=path)
     assert shell_commands(proc) and all(c.startswith("python -m liger ") for c in shell_commands(proc)), (
         proc.stdout + proc.stderr)[-3000:]
+
+
+def test_plan_counts_the_jobs_snakemake_runs(tmp_path):
+    """`liger plan` counts, per rule, the jobs of the DAG (untrained and weights_of rows included)."""
+    from liger.config import read_config
+    from liger.plan import plan
+
+    for name in ("smoke", "config"):
+        proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / f"{name}.yaml"))
+        out = proc.stdout + proc.stderr
+        table = out[out.index("job "):out.index("total")]
+        counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[2:] if line.strip()}
+        counts.pop("all")
+        assert plan(read_config(ROOT / "config" / f"{name}.yaml"), workdir=tmp_path)["jobs"] == counts, name
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "model without a source", "unknown method option",
