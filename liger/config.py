@@ -19,6 +19,11 @@ DOCS = "config/README.md"
 PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")
 # results/published/ holds the committed reproduction: no run may write there.
 PUBLISHED = "published"
+# What the rules use for the probes' and the profile's keys a config leaves out (config/README.md).
+PASSKEY = {"lengths": [256, 512, 1024, 2048, 4096, 8192], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": 5,
+           "new_tokens": 10}
+POSITION_LOSS = {"seq_len": 8192, "sequences": 8}
+PROFILE = {"lengths": [1024, 2048, 4096, 8192, 16384, 32768], "new_tokens": 128, "batch_size": 1}
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,18 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from liger.config import ConfigError, check_config, is_finetuned, liger_options, read_config, reuse_dirs, run_dirs
+from liger.config import (
+    PASSKEY,
+    POSITION_LOSS,
+    PROFILE,
+    ConfigError,
+    check_config,
+    is_finetuned,
+    liger_options,
+    read_config,
+    reuse_dirs,
+    run_dirs,
+)
 from liger.errors import LigerError
 
 # Benchmark sizes (items in the evaluated split; lm-eval's defaults and the mirrors agree).
@@ -54,11 +65,6 @@ CPU_FORWARD_TOK_S = 1000.0
 CPU_DECODE_STEP_S = 0.05
 SMOLLM2_PARAMS = 135e6
 SHAPE_PARAMS = {"smollm2-135m": 135e6, "llama3-8b": 8.0e9}  # profile.shapes (liger/shapes.py)
-# Defaults of the rules (workflow/rules/probes.smk, profile.smk) for the keys a config leaves out.
-PASSKEY = {"lengths": [256, 512, 1024, 2048, 4096, 8192], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": 5,
-           "new_tokens": 10}
-POSITION_LOSS = {"seq_len": 8192, "sequences": 8}
-PROFILE = {"lengths": [1024, 2048, 4096, 8192, 16384, 32768], "new_tokens": 128}
 KINDS = {"evaluation": "lm-eval scoring", "training": "training", "start": "fixed job costs",
          "probes": "passkey, loss by position", "profile": "efficiency profile"}
 

@@ -60,7 +60,7 @@ LOLCATS = [m for m in TRAINED if liger_options(m).get("method") == "lolcats"]  #
 RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "eval_every")
 GPUS = config.get("resources", {}).get("gpus", 0)
-PROFILE = config.get("profile", {})
+PROFILE = liger_config.PROFILE | config.get("profile", {})
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
 PROFILED = PROFILE.get("methods", [m for m in TRAINED if m not in CONTROLS])
 SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)

@@ -1,7 +1,7 @@
 # What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
-PASSKEY = PROBES.get("passkey", {})
-POSITION_LOSS = PROBES.get("position_loss", {})
+PASSKEY = liger_config.PASSKEY | PROBES.get("passkey", {})
+POSITION_LOSS = liger_config.POSITION_LOSS | PROBES.get("position_loss", {})
 
 
 rule coverage:
@@ -48,10 +48,10 @@ rule passkey:
         layer=layer_flag,
         opts=flags(
             {
-                "lengths": PASSKEY.get("lengths", [256, 512, 1024, 2048, 4096, 8192]),
-                "depths": PASSKEY.get("depths", [0.0, 0.25, 0.5, 0.75, 1.0]),
-                "seeds": PASSKEY.get("seeds", 5),
-                "new_tokens": PASSKEY.get("new_tokens", 10),
+                "lengths": PASSKEY["lengths"],
+                "depths": PASSKEY["depths"],
+                "seeds": PASSKEY["seeds"],
+                "new_tokens": PASSKEY["new_tokens"],
             }
         ),
     log:
@@ -84,8 +84,8 @@ rule position_loss:
         opts=flags(
             {
                 "n_val": config["data"].get("n_val", 200),
-                "seq_len": POSITION_LOSS.get("seq_len", 8192),
-                "sequences": POSITION_LOSS.get("sequences", 8),
+                "seq_len": POSITION_LOSS["seq_len"],
+                "sequences": POSITION_LOSS["sequences"],
             }
         ),
     log:

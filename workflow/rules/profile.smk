@@ -14,9 +14,9 @@ rule profile:
         methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
-                "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
-                "new_tokens": PROFILE.get("new_tokens", 128),
-                "batch_size": PROFILE.get("batch_size", 1),
+                "lengths": PROFILE["lengths"],
+                "new_tokens": PROFILE["new_tokens"],
+                "batch_size": PROFILE["batch_size"],
             }
         ),
     log:
@@ -47,9 +47,9 @@ rule profile_shape:
         methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
-                "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
-                "new_tokens": PROFILE.get("new_tokens", 128),
-                "batch_size": PROFILE.get("batch_size", 1),
+                "lengths": PROFILE["lengths"],
+                "new_tokens": PROFILE["new_tokens"],
+                "batch_size": PROFILE["batch_size"],
             }
         ),
     log:
