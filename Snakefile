@@ -23,8 +23,8 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        expand("results/{model}/{method}/{probe}", model=MODELS, method=METHODS, probe=PROBE_FILES),
-        expand("results/{model}/coverage.csv", model=MODELS),
-        expand("results/{model}/report.md", model=MODELS),
-        "results/tables/main.md",
-        expand("results/shapes/{shape}/profile.csv", shape=SHAPES),
+        expand("results/{run}/{model}/{method}/{probe}", run=RUN, model=MODELS, method=METHODS, probe=PROBE_FILES),
+        expand("results/{run}/{model}/coverage.csv", run=RUN, model=MODELS),
+        expand("results/{run}/{model}/report.md", run=RUN, model=MODELS),
+        f"results/{RUN}/tables/main.md",
+        expand("results/{run}/shapes/{shape}/profile.csv", run=RUN, shape=SHAPES),

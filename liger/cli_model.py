@@ -124,7 +124,7 @@ def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
     weights = run_dir / part / RUN_WEIGHTS[part]
     if not weights.is_file():
         raise LigerError(f"{weights}: missing. The repository keeps a published run's configs, summaries and logs "
-                         "but not its weights: copy the run's weight file there (results/gpu-runs/README.md)")
+                         "but not its weights: copy the run's weight file there (results/published/gpu-runs/README.md)")
     claim_dir(out, "restore", accept=RUN_COMMANDS)
     merge(model_dir, out / "model", command=None, **{part: run_dir / part})
     with atomic_dir(out / part) as tmp:
@@ -173,7 +173,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=Path,
                    help="the model the run trained on (base model; a LoLCATs stage 2: the stage-1 model)")
     p.add_argument("--run", required=True, type=Path, help="published run folder, e.g. "
-                   "results/gpu-runs/RUN/finetuned/MODEL/METHOD")
+                   "results/published/gpu-runs/RUN/finetuned/MODEL/METHOD")
     p.add_argument("--out", required=True, type=Path, help="output folder (writes model/, adapter/ or added/, "
                    "summary.json, train_log.csv)")
     p.set_defaults(func=_restore_cli)

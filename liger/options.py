@@ -45,8 +45,8 @@ class LigerOptions:
         ]:
             if value not in allowed:
                 raise LigerError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        if self.window < 0 or self.num_slots < 1 or self.chunk_size < 1 or self.gate_normalizer <= 0:
-            raise LigerError("window must be >= 0, num_slots and chunk_size >= 1, gate_normalizer > 0")
+        if self.window < 1 or self.num_slots < 1 or self.chunk_size < 1 or self.gate_normalizer <= 0:
+            raise LigerError("window, num_slots and chunk_size must be >= 1, gate_normalizer > 0")
         if self.hybrid == "none" and self.beta == 0:
             raise LigerError("hybrid=none with beta=0 leaves no branch: the layer would output zeros")
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)

@@ -173,9 +173,9 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
 def probe_sections(model: str, methods: list[str], results: Path, window: int = 64) -> list[str]:
     """Report sections for the probes whose files exist: coverage, passkey and loss by position.
 
-    Also writes results/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets),
+    Also writes `results`/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets),
     position_loss_roles.csv (the prompt/response split, `position_loss.role_table`) and the loss-by-position plot
-    results/plots/{model}_position_loss.png.
+    `results`/plots/{model}_position_loss.png.
     """
     from liger import coverage, passkey, position_loss
 
@@ -191,7 +191,7 @@ def probe_sections(model: str, methods: list[str], results: Path, window: int = 
         md = markdown_table(table.reset_index()) + "\n" + passkey.sentences(table, window) + "\n"
         (out_dir / "passkey.md").write_text(md)
         text += ["## Passkey retrieval (accuracy % per prompt length, over key depths and seeds)", "", md,
-                 f"Heatmaps per length and depth: results/plots/{model}_<method>_passkey.png.", ""]
+                 f"Heatmaps per length and depth: {results / 'plots'}/{model}_<method>_passkey.png.", ""]
     files = {m: out_dir / m / "position_loss.json" for m in methods if (out_dir / m / "position_loss.json").exists()}
     if files:
         found = position_loss.load_results(files)
@@ -247,7 +247,7 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
 
 
 def write_tables(model_tables: list[Path], out_dir: Path) -> None:
-    """results/tables/main.csv and .md: every model's main table stacked."""
+    """`out_dir`/main.csv and .md: every model's main table stacked."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.concat([pd.read_csv(p) for p in model_tables], ignore_index=True)
     table.to_csv(out_dir / "main.csv", index=False)
@@ -271,7 +271,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a model's tables and report.md, or stack the models' tables")
     p.add_argument("--model", help="model name (results/{model}/...)")
     p.add_argument("--methods", help="comma-separated methods, base first")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
     p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")
     p.add_argument("--paper-csv", type=Path, default=Path("config/paper_results.csv"))
     p.add_argument("--note", default="", help="a line under the title (config, data source)")

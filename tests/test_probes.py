@@ -13,8 +13,8 @@ import yaml
 
 import liger
 from liger.attention import LigerAttention
+from liger.config import liger_options
 from liger.errors import LigerError
-from liger.plan import PIPELINE_KEYS
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -22,7 +22,7 @@ CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 def control_options(name: str) -> dict:
     """A control row's Liger options exactly as the default config defines them."""
-    return {k: v for k, v in CONFIG["methods"][name].items() if k not in PIPELINE_KEYS}
+    return liger_options(CONFIG["methods"][name])
 
 
 @pytest.fixture(scope="module")

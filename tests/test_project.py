@@ -27,12 +27,16 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_plan_counts_the_work():
-    from liger.plan import plan
+def test_plan_counts_the_work(tmp_path):
+    from liger.plan import FIXED_S, plan
 
-    smoke = plan(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text()), resources=ROOT / "absent")
-    assert smoke["smollm2-135m"]["train_tokens_per_method"] == 2 * 128 * 2  # max_steps x seq_len x grad_accum
-    assert smoke["smollm2-135m"]["eval_items_per_method"] == 5 * 4 + 57  # 4 per task, 1 per MMLU subject
-    full = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), resources=ROOT / "absent")
-    assert full["smollm2-135m"]["train_tokens_per_method"] == 2 * 51_802 * 112
-    assert full["smollm2-135m"]["cpu_hours"] > 100
+    smoke = plan(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text()), workdir=tmp_path)
+    work = smoke["models"]["smollm2-135m"]
+    assert work["train_tokens_per_method"] == 2 * 128 * 2  # max_steps x seq_len x grad_accum
+    assert work["eval_items_per_method"] == 5 * 4 + 57  # 4 per task, 1 per MMLU subject
+    # every row is evaluated and probed, the untrained base_window and the weights_of row lolcats_sliding too
+    assert smoke["jobs"]["evaluate"] == smoke["jobs"]["passkey"] == smoke["jobs"]["position_loss"] == 6
+    assert smoke["seconds"]["start"] == sum(FIXED_S[rule] * n for rule, n in smoke["jobs"].items())
+    full = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), workdir=tmp_path)
+    assert full["models"]["smollm2-135m"]["train_tokens_per_method"] == 2 * 51_802 * 112
+    assert full["hours"] > 100 and max(full["seconds"], key=full["seconds"].get) == "training"

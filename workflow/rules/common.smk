@@ -1,35 +1,37 @@
 # Shared values and helpers of the rules.
+import importlib.util
 import json
 import re
 import os
 import shlex
+import sys
 from types import SimpleNamespace
 
-import jsonschema
-import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
 
-def check_config(config: dict, schema_path: str) -> None:
-    """Validate the config; one short line per violation, naming the key path."""
-    with open(schema_path) as f:
-        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = []
-        for e in errors:
-            problem = e.message
-            if e.validator == "oneOf":
-                problem = "needs exactly one source: `embedded: NAME` or `hf_id: ORG/NAME`"
-            lines.append(f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {problem}")
-        raise WorkflowError("config validation failed (config/README.md documents every key):\n" + "\n".join(lines))
+# liger/config.py, loaded by path: the config check shared with `liger plan`, without importing the package (torch,
+# transformers) into Snakemake.
+_spec = importlib.util.spec_from_file_location("liger_config", os.path.join(workflow.basedir, "liger", "config.py"))
+liger_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(liger_config)
+try:
+    liger_config.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
+except liger_config.ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
-
-check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+# A run writes only under results/RUN, resources/RUN and logs/RUN (liger/config.py run_dirs): every path of a
+# run's files has the wildcard {run}, which matches this config's `run` alone. Base models are shared by all runs.
+RUN = config["run"]
+# The rules' interpreter: with --use-conda / --sdm conda the `python` of the rule's env, else the one running
+# Snakemake (its venv has the stack; the `python` on PATH may be another one, without torch).
+PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(
+    sys.executable)
+LIGER = f"{PYTHON} -m liger"
 
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
-PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")  # pipeline keys; the others: Liger options
 # Rows that score another row's model with other runtime layer settings (`liger evaluate --layer-options`), e.g.
 # LoLCATs' terraced window evaluated as the sliding window it decodes with: {method: the row whose weights}.
 WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
@@ -37,20 +39,12 @@ WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weigh
 
 def liger_options(method: str) -> dict:
     """The Liger options of a method entry (empty for the untouched base)."""
-    return {k: v for k, v in config["methods"][method].items() if k not in PIPELINE_KEYS}
+    return liger_config.liger_options(config["methods"][method])
 
 
 def is_finetuned(method: str) -> bool:
-    return bool(liger_options(method)) and config["methods"][method].get("finetune", True)
+    return liger_config.is_finetuned(config["methods"][method])
 
-
-for _m, _of in WEIGHTS_OF.items():
-    _other = sorted(set(config["methods"][_m]) - {"weights_of", "layer_options", "control"})
-    if _of not in METHODS or _of in WEIGHTS_OF or not config["methods"][_of]:
-        raise WorkflowError(f"methods.{_m}.weights_of: {_of!r} is not a converted method of `methods`")
-    if _other:
-        raise WorkflowError(f"methods.{_m}: a `weights_of` row takes only layer_options and control (it has "
-                            f"{_other})")
 
 TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
 UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
@@ -66,13 +60,10 @@ LOLCATS = [m for m in TRAINED if liger_options(m).get("method") == "lolcats"]  #
 RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "eval_every")
 GPUS = config.get("resources", {}).get("gpus", 0)
-PROFILE = config.get("profile", {})
+PROFILE = liger_config.PROFILE | config.get("profile", {})
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
 PROFILED = PROFILE.get("methods", [m for m in TRAINED if m not in CONTROLS])
 SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)
-if set(PROFILED) - set(TRAINED):
-    raise WorkflowError(f"profile.methods: {sorted(set(PROFILED) - set(TRAINED))} are not Liger methods of "
-                        f"`methods` (those are: {', '.join(TRAINED)})")
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
@@ -83,6 +74,7 @@ def one_of(names: list) -> str:
 
 
 wildcard_constraints:
+    run=re.escape(RUN),
     model=one_of(MODELS),
     method=one_of(METHODS),
     shape=one_of(SHAPES),
@@ -118,9 +110,8 @@ def train_flags(method, stage="lora"):
     return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
 
 
-# Published runs' folders (finetuned/ and transferred/ laid out as under resources/), a list or comma-separated.
-_reuse = config.get("reuse") or []
-REUSE = [r.strip() for r in (_reuse.split(",") if isinstance(_reuse, str) else _reuse) if r.strip()]
+# Published runs' folders (finetuned/ and transferred/ laid out as under resources/RUN/), a list or comma-separated.
+REUSE = liger_config.reuse_dirs(config)
 
 
 def reused_run(wc, stage_dir):
@@ -135,37 +126,37 @@ def stage_inputs(wc, stage_dir):
     if stage_dir == "transferred" or wc.method not in LOLCATS:
         start = f"resources/models/{wc.model}/config.json"
     else:
-        start = f"resources/transferred/{wc.model}/{wc.method}/summary.json"
+        start = f"resources/{wc.run}/transferred/{wc.model}/{wc.method}/summary.json"
     run = reused_run(wc, stage_dir)
     if run:
         return {"model": start, "run": os.path.join(run, "summary.json")}
-    return {"model": start, "data": f"resources/data/{wc.model}/meta.json"}
+    return {"model": start, "data": f"resources/{wc.run}/data/{wc.model}/meta.json"}
 
 
 def stage_command(wc, stage_dir):
     """`liger finetune` / `liger transfer`, or `liger restore` of the published run under `reuse`."""
-    out = f"resources/{stage_dir}/{wc.model}/{wc.method}"
+    out = f"resources/{wc.run}/{stage_dir}/{wc.model}/{wc.method}"
     model = f"resources/models/{wc.model}" if stage_dir == "transferred" else finetune_input(wc)
     run = reused_run(wc, stage_dir)
     if run:
-        return f"python -m liger restore --model {model} --run {shlex.quote(run)} --out {out}"
+        return f"{LIGER} restore --model {model} --run {shlex.quote(run)} --out {out}"
     command = "transfer" if stage_dir == "transferred" else "finetune"
     options = shlex.quote(json.dumps(liger_options(wc.method)))
     train = train_flags(wc.method, "transfer" if stage_dir == "transferred" else "lora")
-    return (f"python -m liger {command} --model {model} --data resources/data/{wc.model} --out {out} "
+    return (f"{LIGER} {command} --model {model} --data resources/{wc.run}/data/{wc.model} --out {out} "
             f"--options {options} {train}")
 
 
 def finetune_input(wc):
     """Stage 2 of lolcats starts from its stage-1 model; the Liger methods from the base model."""
     if wc.method in LOLCATS:
-        return f"resources/transferred/{wc.model}/{wc.method}/model"
+        return f"resources/{wc.run}/transferred/{wc.model}/{wc.method}/model"
     return f"resources/models/{wc.model}"
 
 
 def weights(wc):
     """The wildcards of the row whose model a row is measured on (a `weights_of` row: that row's)."""
-    return SimpleNamespace(model=wc.model, method=WEIGHTS_OF.get(wc.method, wc.method))
+    return SimpleNamespace(run=wc.run, model=wc.model, method=WEIGHTS_OF.get(wc.method, wc.method))
 
 
 def evaluated_model(wc):
@@ -173,9 +164,9 @@ def evaluated_model(wc):
     untrained model (finetune: false), the untouched base model, or for a `weights_of` row that row's model."""
     wc = weights(wc)
     if wc.method in TRAINED:
-        return f"resources/finetuned/{wc.model}/{wc.method}/model"
+        return f"resources/{wc.run}/finetuned/{wc.model}/{wc.method}/model"
     if wc.method in UNTRAINED:
-        return f"resources/converted/{wc.model}/{wc.method}/model"
+        return f"resources/{wc.run}/converted/{wc.model}/{wc.method}/model"
     return f"resources/models/{wc.model}"
 
 
@@ -183,7 +174,7 @@ def model_ready(wc):
     """The file that says `evaluated_model` is complete (the rule that makes it)."""
     wc = weights(wc)
     if wc.method in TRAINED:
-        return f"resources/finetuned/{wc.model}/{wc.method}/summary.json"
+        return f"resources/{wc.run}/finetuned/{wc.model}/{wc.method}/summary.json"
     return f"{evaluated_model(wc)}/config.json"
 
 

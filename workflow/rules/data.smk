@@ -3,19 +3,21 @@ rule prepare_data:
     input:
         "resources/models/{model}/config.json",
     output:
-        "resources/data/{model}/meta.json",
+        "resources/{run}/data/{model}/meta.json",
     params:
+        liger=LIGER,
         source=lambda wc: shlex.quote(data_source()),
         opts=flags({k: v for k, v in config["data"].items() if k != "source"}),
+        out="resources/{run}/data/{model}",
     log:
-        "logs/{model}/prepare_data.log",
+        "logs/{run}/{model}/prepare_data.log",
     benchmark:
-        "logs/{model}/prepare_data.benchmark.tsv"
+        "logs/{run}/{model}/prepare_data.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=8000,
     conda:
         ENV
     shell:
-        "python -m liger prepare-data --source {params.source} --tokenizer resources/models/{wildcards.model} "
-        "--out resources/data/{wildcards.model} {params.opts} > {log} 2>&1"
+        "{params.liger} prepare-data --source {params.source} --tokenizer resources/models/{wildcards.model} "
+        "--out {params.out} {params.opts} > {log} 2>&1"

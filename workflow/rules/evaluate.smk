@@ -3,14 +3,15 @@ rule evaluate:
     input:
         model_ready,
     output:
-        "results/{model}/{method}/metrics.json",
+        "results/{run}/{model}/{method}/metrics.json",
     params:
+        liger=LIGER,
         model=evaluated_model,
         opts=eval_flags,
     log:
-        "logs/{model}/{method}/evaluate.log",
+        "logs/{run}/{model}/{method}/evaluate.log",
     benchmark:
-        "logs/{model}/{method}/evaluate.benchmark.tsv"
+        "logs/{run}/{model}/{method}/evaluate.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -18,4 +19,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "python -m liger evaluate --model {params.model} {params.opts} --out {output} > {log} 2>&1"
+        "{params.liger} evaluate --model {params.model} {params.opts} --out {output} > {log} 2>&1"

@@ -4,18 +4,18 @@ rule finetune:
     input:
         unpack(lambda wc: stage_inputs(wc, "finetuned")),
     output:
-        summary="resources/finetuned/{model}/{method}/summary.json",
-        train="results/{model}/{method}/train_summary.json",
-        log_csv="results/{model}/{method}/train_log.csv",
+        summary="resources/{run}/finetuned/{model}/{method}/summary.json",
+        train="results/{run}/{model}/{method}/train_summary.json",
+        log_csv="results/{run}/{model}/{method}/train_log.csv",
     wildcard_constraints:
         method=one_of(TRAINED),
     params:
         run=lambda wc: stage_command(wc, "finetuned"),
-        out="resources/finetuned/{model}/{method}",
+        out="resources/{run}/finetuned/{model}/{method}",
     log:
-        "logs/{model}/{method}/finetune.log",
+        "logs/{run}/{model}/{method}/finetune.log",
     benchmark:
-        "logs/{model}/{method}/finetune.benchmark.tsv"
+        "logs/{run}/{model}/{method}/finetune.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -33,18 +33,18 @@ rule transfer:
     input:
         unpack(lambda wc: stage_inputs(wc, "transferred")),
     output:
-        summary="resources/transferred/{model}/{method}/summary.json",
-        train="results/{model}/{method}/transfer_summary.json",
-        log_csv="results/{model}/{method}/transfer_log.csv",
+        summary="resources/{run}/transferred/{model}/{method}/summary.json",
+        train="results/{run}/{model}/{method}/transfer_summary.json",
+        log_csv="results/{run}/{model}/{method}/transfer_log.csv",
     wildcard_constraints:
         method=one_of(LOLCATS),
     params:
         run=lambda wc: stage_command(wc, "transferred"),
-        out="resources/transferred/{model}/{method}",
+        out="resources/{run}/transferred/{model}/{method}",
     log:
-        "logs/{model}/{method}/transfer.log",
+        "logs/{run}/{model}/{method}/transfer.log",
     benchmark:
-        "logs/{model}/{method}/transfer.benchmark.tsv"
+        "logs/{run}/{model}/{method}/transfer.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,

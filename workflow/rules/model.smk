@@ -3,6 +3,7 @@ rule model:
     output:
         "resources/models/{model}/config.json",
     params:
+        liger=LIGER,
         source=lambda wc: (
             f"--hf-id {shlex.quote(config['models'][wc.model]['hf_id'])}"
             if "hf_id" in config["models"][wc.model]
@@ -10,16 +11,16 @@ rule model:
         ),
         name=lambda wc: config["models"][wc.model].get("embedded", wc.model),
     log:
-        "logs/{model}/model.log",
+        "logs/models/{model}.log",  # the base model is shared by every run, as resources/models/ is
     benchmark:
-        "logs/{model}/model.benchmark.tsv"
+        "logs/models/{model}.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=4000,
     conda:
         ENV
     shell:
-        "python -m liger fetch-model {params.name} {params.source} --out resources/models/{wildcards.model} > {log} 2>&1"
+        "{params.liger} fetch-model {params.name} {params.source} --out resources/models/{wildcards.model} > {log} 2>&1"
 
 
 rule convert:
@@ -27,21 +28,22 @@ rule convert:
     input:
         "resources/models/{model}/config.json",
     output:
-        "resources/converted/{model}/{method}/model/config.json",
+        "resources/{run}/converted/{model}/{method}/model/config.json",
     wildcard_constraints:
         method=one_of(UNTRAINED),
     params:
+        liger=LIGER,
         options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
-        out="resources/converted/{model}/{method}/model",
+        out="resources/{run}/converted/{model}/{method}/model",
     log:
-        "logs/{model}/{method}/convert.log",
+        "logs/{run}/{model}/{method}/convert.log",
     benchmark:
-        "logs/{model}/{method}/convert.benchmark.tsv"
+        "logs/{run}/{model}/{method}/convert.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=8000,
     conda:
         ENV
     shell:
-        "python -m liger convert --model resources/models/{wildcards.model} --options {params.options} "
+        "{params.liger} convert --model resources/models/{wildcards.model} --options {params.options} "
         "--out {params.out} > {log} 2>&1"

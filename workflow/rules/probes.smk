@@ -1,7 +1,7 @@
 # What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
-PASSKEY = PROBES.get("passkey", {})
-POSITION_LOSS = PROBES.get("position_loss", {})
+PASSKEY = liger_config.PASSKEY | PROBES.get("passkey", {})
+POSITION_LOSS = liger_config.POSITION_LOSS | PROBES.get("position_loss", {})
 
 
 rule coverage:
@@ -9,9 +9,10 @@ rule coverage:
     input:
         "resources/models/{model}/config.json",
     output:
-        csv=report("results/{model}/coverage.csv", category="probes"),
-        markdown="results/{model}/coverage.md",
+        csv=report("results/{run}/{model}/coverage.csv", category="probes"),
+        markdown="results/{run}/{model}/coverage.md",
     params:
+        liger=LIGER,
         opts=flags(
             {
                 "tasks": config["eval"]["tasks"],
@@ -21,16 +22,16 @@ rule coverage:
             }
         ),
     log:
-        "logs/{model}/coverage.log",
+        "logs/{run}/{model}/coverage.log",
     benchmark:
-        "logs/{model}/coverage.benchmark.tsv"
+        "logs/{run}/{model}/coverage.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=8000,
     conda:
         ENV
     shell:
-        "python -m liger coverage --model resources/models/{wildcards.model} {params.opts} --out {output.csv} "
+        "{params.liger} coverage --model resources/models/{wildcards.model} {params.opts} --out {output.csv} "
         "> {log} 2>&1"
 
 
@@ -39,23 +40,24 @@ rule passkey:
     input:
         model_ready,
     output:
-        csv="results/{model}/{method}/passkey.csv",
-        heatmap=report("results/plots/{model}_{method}_passkey.png", category="probes"),
+        csv="results/{run}/{model}/{method}/passkey.csv",
+        heatmap=report("results/{run}/plots/{model}_{method}_passkey.png", category="probes"),
     params:
+        liger=LIGER,
         model=evaluated_model,
         layer=layer_flag,
         opts=flags(
             {
-                "lengths": PASSKEY.get("lengths", [256, 512, 1024, 2048, 4096, 8192]),
-                "depths": PASSKEY.get("depths", [0.0, 0.25, 0.5, 0.75, 1.0]),
-                "seeds": PASSKEY.get("seeds", 5),
-                "new_tokens": PASSKEY.get("new_tokens", 10),
+                "lengths": PASSKEY["lengths"],
+                "depths": PASSKEY["depths"],
+                "seeds": PASSKEY["seeds"],
+                "new_tokens": PASSKEY["new_tokens"],
             }
         ),
     log:
-        "logs/{model}/{method}/passkey.log",
+        "logs/{run}/{model}/{method}/passkey.log",
     benchmark:
-        "logs/{model}/{method}/passkey.benchmark.tsv"
+        "logs/{run}/{model}/{method}/passkey.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -63,7 +65,7 @@ rule passkey:
     conda:
         ENV
     shell:
-        "python -m liger passkey --model {params.model} {params.opts} {params.layer} --out {output.csv} "
+        "{params.liger} passkey --model {params.model} {params.opts} {params.layer} --out {output.csv} "
         "--plot {output.heatmap} --title '{wildcards.model} {wildcards.method}: passkey accuracy %' > {log} 2>&1"
 
 
@@ -72,23 +74,24 @@ rule position_loss:
     input:
         model_ready,
     output:
-        json="results/{model}/{method}/position_loss.json",
-        csv="results/{model}/{method}/position_loss.csv",
+        json="results/{run}/{model}/{method}/position_loss.json",
+        csv="results/{run}/{model}/{method}/position_loss.csv",
     params:
+        liger=LIGER,
         model=evaluated_model,
         layer=layer_flag,
         source=lambda wc: shlex.quote(data_source()),
         opts=flags(
             {
                 "n_val": config["data"].get("n_val", 200),
-                "seq_len": POSITION_LOSS.get("seq_len", 8192),
-                "sequences": POSITION_LOSS.get("sequences", 8),
+                "seq_len": POSITION_LOSS["seq_len"],
+                "sequences": POSITION_LOSS["sequences"],
             }
         ),
     log:
-        "logs/{model}/{method}/position_loss.log",
+        "logs/{run}/{model}/{method}/position_loss.log",
     benchmark:
-        "logs/{model}/{method}/position_loss.benchmark.tsv"
+        "logs/{run}/{model}/{method}/position_loss.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -96,5 +99,5 @@ rule position_loss:
     conda:
         ENV
     shell:
-        "python -m liger position-loss --model {params.model} --source {params.source} {params.opts} {params.layer} "
+        "{params.liger} position-loss --model {params.model} --source {params.source} {params.opts} {params.layer} "
         "--out {output.json} > {log} 2>&1"

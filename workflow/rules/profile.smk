@@ -4,23 +4,25 @@ rule profile:
     input:
         "resources/models/{model}/config.json",
     output:
-        csv="results/{model}/profile.csv",
-        latency=report("results/plots/{model}_latency.png", category="efficiency"),
-        prefill=report("results/plots/{model}_prefill.png", category="efficiency"),
+        csv="results/{run}/{model}/profile.csv",
+        latency=report("results/{run}/plots/{model}_latency.png", category="efficiency"),
+        prefill=report("results/{run}/plots/{model}_prefill.png", category="efficiency"),
     params:
+        liger=LIGER,
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        plot="results/{run}/plots/{model}",
         methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
-                "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
-                "new_tokens": PROFILE.get("new_tokens", 128),
-                "batch_size": PROFILE.get("batch_size", 1),
+                "lengths": PROFILE["lengths"],
+                "new_tokens": PROFILE["new_tokens"],
+                "batch_size": PROFILE["batch_size"],
             }
         ),
     log:
-        "logs/{model}/profile.log",
+        "logs/{run}/{model}/profile.log",
     benchmark:
-        "logs/{model}/profile.benchmark.tsv"
+        "logs/{run}/{model}/profile.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=16000,
@@ -28,30 +30,32 @@ rule profile:
     conda:
         ENV
     shell:
-        "python -m liger profile --model resources/models/{wildcards.model} --variants {params.variants} "
-        "--methods {params.methods} {params.opts} --out {output.csv} --plot results/plots/{wildcards.model} > {log} 2>&1"
+        "{params.liger} profile --model resources/models/{wildcards.model} --variants {params.variants} "
+        "--methods {params.methods} {params.opts} --out {output.csv} --plot {params.plot} > {log} 2>&1"
 
 
 rule profile_shape:
     """The same profile for a named model shape with random weights (e.g. Llama-3-8B: the paper's figure)."""
     output:
-        csv="results/shapes/{shape}/profile.csv",
-        latency=report("results/plots/shape-{shape}_latency.png", category="efficiency"),
-        prefill=report("results/plots/shape-{shape}_prefill.png", category="efficiency"),
+        csv="results/{run}/shapes/{shape}/profile.csv",
+        latency=report("results/{run}/plots/shape-{shape}_latency.png", category="efficiency"),
+        prefill=report("results/{run}/plots/shape-{shape}_prefill.png", category="efficiency"),
     params:
+        liger=LIGER,
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        plot="results/{run}/plots/shape-{shape}",
         methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
         opts=flags(
             {
-                "lengths": PROFILE.get("lengths", [1024, 2048, 4096, 8192, 16384, 32768]),
-                "new_tokens": PROFILE.get("new_tokens", 128),
-                "batch_size": PROFILE.get("batch_size", 1),
+                "lengths": PROFILE["lengths"],
+                "new_tokens": PROFILE["new_tokens"],
+                "batch_size": PROFILE["batch_size"],
             }
         ),
     log:
-        "logs/shapes/{shape}/profile.log",
+        "logs/{run}/shapes/{shape}/profile.log",
     benchmark:
-        "logs/shapes/{shape}/profile.benchmark.tsv"
+        "logs/{run}/shapes/{shape}/profile.benchmark.tsv"
     threads: 2
     resources:
         mem_mb=64000,
@@ -59,6 +63,6 @@ rule profile_shape:
     conda:
         ENV
     shell:
-        "python -m liger profile --shape {wildcards.shape} --variants {params.variants} "
-        "--methods {params.methods} {params.opts} --out {output.csv} --plot results/plots/shape-{wildcards.shape} "
+        "{params.liger} profile --shape {wildcards.shape} --variants {params.variants} "
+        "--methods {params.methods} {params.opts} --out {output.csv} --plot {params.plot} "
         "> {log} 2>&1"

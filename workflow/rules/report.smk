@@ -2,63 +2,68 @@ rule report:
     """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from base and
     window_only with bootstrap intervals (paired.csv, paired.md) and report.md."""
     input:
-        metrics=expand("results/{{model}}/{method}/metrics.json", method=METHODS),
-        train=expand("results/{{model}}/{method}/train_summary.json", method=TRAINED),
-        transfer=expand("results/{{model}}/{method}/transfer_summary.json", method=LOLCATS),
+        metrics=expand("results/{{run}}/{{model}}/{method}/metrics.json", method=METHODS),
+        train=expand("results/{{run}}/{{model}}/{method}/train_summary.json", method=TRAINED),
+        transfer=expand("results/{{run}}/{{model}}/{method}/transfer_summary.json", method=LOLCATS),
         paper=PAPER_CSV,
-        profile="results/{model}/profile.csv",
-        coverage="results/{model}/coverage.csv",
-        passkey=expand("results/{{model}}/{method}/passkey.csv", method=METHODS),
-        position_loss=expand("results/{{model}}/{method}/position_loss.json", method=METHODS),
+        profile="results/{run}/{model}/profile.csv",
+        coverage="results/{run}/{model}/coverage.csv",
+        passkey=expand("results/{{run}}/{{model}}/{method}/passkey.csv", method=METHODS),
+        position_loss=expand("results/{{run}}/{{model}}/{method}/position_loss.json", method=METHODS),
     output:
-        table=report("results/{model}/main.csv", category="tables"),
-        markdown="results/{model}/main.md",
-        report="results/{model}/report.md",
-        paired=report("results/{model}/paired.csv", category="tables"),
-        paired_markdown="results/{model}/paired.md",
-        passkey="results/{model}/passkey.csv",
-        position_loss="results/{model}/position_loss.csv",
-        position_roles="results/{model}/position_loss_roles.csv",
-        position_plot=report("results/plots/{model}_position_loss.png", category="probes"),
+        table=report("results/{run}/{model}/main.csv", category="tables"),
+        markdown="results/{run}/{model}/main.md",
+        report="results/{run}/{model}/report.md",
+        paired=report("results/{run}/{model}/paired.csv", category="tables"),
+        paired_markdown="results/{run}/{model}/paired.md",
+        passkey="results/{run}/{model}/passkey.csv",
+        position_loss="results/{run}/{model}/position_loss.csv",
+        position_roles="results/{run}/{model}/position_loss_roles.csv",
+        position_plot=report("results/{run}/plots/{model}_position_loss.png", category="probes"),
     params:
+        liger=LIGER,
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),  # results/RUN
         methods=",".join(METHODS),
         controls=",".join(CONTROLS) or "''",
         window=WINDOWS[0],
         paper=lambda wc: shlex.quote(config["models"][wc.model].get("paper_name", "")),
         note=lambda wc: shlex.quote(run_note()),
     log:
-        "logs/{model}/report.log",
+        "logs/{run}/{model}/report.log",
     benchmark:
-        "logs/{model}/report.benchmark.tsv"
+        "logs/{run}/{model}/report.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=2000,
     conda:
         ENV
     shell:
-        "python -m liger report --model {wildcards.model} --methods {params.methods} --paper-name {params.paper} "
-        "--paper-csv {input.paper} --note {params.note} --controls {params.controls} --window {params.window} "
-        "> {log} 2>&1"
+        "{params.liger} report --results {params.results} --model {wildcards.model} --methods {params.methods} "
+        "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} --controls {params.controls} "
+        "--window {params.window} > {log} 2>&1"
 
 
 rule tables:
-    """Every model's main table stacked: results/tables/main.csv and .md."""
+    """Every model's main table stacked: results/RUN/tables/main.csv and .md."""
     input:
-        expand("results/{model}/main.csv", model=MODELS),
+        expand("results/{{run}}/{model}/main.csv", model=MODELS),
     output:
-        csv=report("results/tables/main.csv", category="tables"),
-        markdown="results/tables/main.md",
+        csv=report("results/{run}/tables/main.csv", category="tables"),
+        markdown="results/{run}/tables/main.md",
+    params:
+        liger=LIGER,
+        out="results/{run}/tables",
     log:
-        "logs/tables.log",
+        "logs/{run}/tables.log",
     benchmark:
-        "logs/tables.benchmark.tsv"
+        "logs/{run}/tables.benchmark.tsv"
     threads: 1
     resources:
         mem_mb=2000,
     conda:
         ENV
     shell:
-        "python -m liger report --tables {input} --out results/tables > {log} 2>&1"
+        "{params.liger} report --tables {input} --out {params.out} > {log} 2>&1"
 
 
 # A target rule per model, e.g. `snakemake --cores 1 smollm2_135m`.
@@ -68,7 +73,7 @@ for _model in MODELS:
         name:
             _model.replace("-", "_").replace(".", "_")
         input:
-            expand("results/{model}/{method}/{probe}", model=_model, method=METHODS, probe=PROBE_FILES),
-            f"results/{_model}/coverage.csv",
-            f"results/{_model}/report.md",
+            expand("results/{run}/{model}/{method}/{probe}", run=RUN, model=_model, method=METHODS, probe=PROBE_FILES),
+            f"results/{RUN}/{_model}/coverage.csv",
+            f"results/{RUN}/{_model}/report.md",
         localrule: True
