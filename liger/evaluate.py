@@ -34,7 +34,7 @@ from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
 log = logging.getLogger(__name__)
 
 PAPER_TASKS: tuple[str, ...] = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
-# The metric each paper column reports (LIGER.md section 6).
+# The metric each paper column reports (docs/method.md#metrics-and-shots).
 PAPER_METRIC: dict[str, str] = {
     "piqa": "acc",
     "arc_easy": "acc",

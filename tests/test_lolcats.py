@@ -107,7 +107,7 @@ def test_added_parameters_are_the_feature_maps_and_window_factors(variant, softm
 
 
 def test_terraced_sets_match_the_specification_example():
-    # LOLCATS.md 2.4: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
+    # docs/lolcats.md#windows-terraced-and-sliding: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
     sets = lolcats_sets(10, 4, "terraced")
     assert sets[6] == ([2, 3, 4, 5, 6], [0, 1])
     assert sets[5] == ([0, 1, 2, 3, 4, 5], [])

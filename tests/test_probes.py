@@ -1,4 +1,5 @@
-"""Issue #11 on CPU: the control rows, window coverage, passkey retrieval, loss by position, and their report."""
+"""On CPU: the control rows, window coverage, passkey retrieval, loss by position (docs/method.md#controls), and
+their report."""
 
 from __future__ import annotations
 
