@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from liger import methods
+
 # Benchmark sizes (items in the evaluated split; lm-eval's defaults and the mirrors agree).
 TASK_ITEMS = {"piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "winogrande": 1267,
               "mmlu": 14042}
@@ -40,7 +42,7 @@ def plan(config: dict, resources: Path = Path("resources")) -> dict:
     data, train, ev = config["data"], config.get("train", {}), config["eval"]
     trained = [m for m, opts in config["methods"].items()  # converted and fine-tuned (finetune: false is not)
                if set(opts) - set(PIPELINE_KEYS) and opts.get("finetune", True)]
-    stages = sum(2 if config["methods"][m].get("method") == "lolcats" else 1 for m in trained)  # LoLCATs: two
+    stages = sum(len(methods.stages(config["methods"][m].get("method"))) for m in trained)  # e.g. LoLCATs: two
     out = {}
     for name, model in config["models"].items():
         meta = resources / "data" / name / "meta.json"

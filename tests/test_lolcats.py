@@ -1,5 +1,5 @@
-"""The LoLCATs layer (liger.lolcats): feature map, the hybrid against a float64 term-by-term reference, decoding,
-padding, parameters, save/load, and the two variants."""
+"""The LoLCATs layer (liger.layers.lolcats, liger.methods.lolcats): feature map, the hybrid against a float64
+term-by-term reference, decoding, padding, parameters, save/load, and the two variants."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
 from liger import LigerError, count_parameters, linearize
-from liger.lolcats import (
-    INIT_WINDOW_FACTOR,
-    HedgehogFeatureMap,
-    LolcatsAttention,
-    LolcatsOptions,
-    added_parameters,
-    init_feature_maps,
-)
+from liger.layers.lolcats import HedgehogFeatureMap, LolcatsAttention, init_feature_maps
+from liger.methods.lolcats import INIT_WINDOW_FACTOR, LolcatsOptions, added_parameters
 from liger.ops.hybrid import absorb, hybrid_attention
 from liger.ops.reference import lolcats_sets, naive_hedgehog, naive_lolcats_attention
 from tests.conftest import ARCHS, tiny_model
@@ -107,7 +101,7 @@ def test_added_parameters_are_the_feature_maps_and_window_factors(variant, softm
 
 
 def test_terraced_sets_match_the_specification_example():
-    # LOLCATS.md 2.4: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
+    # docs/lolcats.md: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
     sets = lolcats_sets(10, 4, "terraced")
     assert sets[6] == ([2, 3, 4, 5, 6], [0, 1])
     assert sets[5] == ([0, 1, 2, 3, 4, 5], [])

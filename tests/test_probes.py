@@ -1,4 +1,4 @@
-"""Issue #11 on CPU: the control rows, window coverage, passkey retrieval, loss by position, and their report."""
+"""The control rows, window coverage, passkey retrieval, loss by position, and their report, on CPU."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import yaml
 
 import liger
-from liger.attention import LigerAttention
 from liger.errors import LigerError
+from liger.layers.liger import LigerAttention
 from liger.plan import PIPELINE_KEYS
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
