@@ -110,7 +110,7 @@ class LolcatsAttention(LinearizedAttention):
                                 key_mask=key_mask, state=state)
 
     def parallel(self, q, k, v, valid, cache: LigerCacheLayer | None) -> torch.Tensor:
-        """The hybrid over a whole sequence (no earlier state), in query blocks of `chunk_size`; then, with a
+        """The hybrid over a whole sequence (no earlier state), in query blocks of `query_block`; then, with a
         cache, its decoding state: the last `window` keys and values, and (S, z) over every older key."""
         o = self.options
         B, T = q.shape[:2]
@@ -122,8 +122,8 @@ class LolcatsAttention(LinearizedAttention):
             last = T if valid is None else (valid * torch.arange(1, T + 1, device=q.device)).amax(dim=1)
             offset = (-last) % o.window
         outs, state, absorbed = [], None, 0
-        for s in range(0, T, o.chunk_size):
-            e = min(T, s + o.chunk_size)
+        for s in range(0, T, o.query_block):
+            e = min(T, s + o.query_block)
             first = max(0, s - 2 * o.window)  # every key before it is in L(p) of every query p >= s (both shapes)
             if first > absorbed:
                 mask = valid[:, absorbed:first] if valid is not None else None
@@ -139,13 +139,13 @@ class LolcatsAttention(LinearizedAttention):
         return torch.cat(outs, dim=1)
 
     def continued(self, q, k, v, valid, cache: LigerCacheLayer) -> torch.Tensor:
-        """New tokens after a cached prefix, `chunk_size` at a time: softmax over the cached window and the new
+        """New tokens after a cached prefix, `query_block` at a time: softmax over the cached window and the new
         keys, linear attention through (S, z) and over the window keys that fell out of a query's window. Always
         the sliding window (the state holds exactly its split), so decoding equals the sliding parallel form."""
         o = self.options
         outs = []
-        for s in range(0, q.shape[1], o.chunk_size):
-            e = min(q.shape[1], s + o.chunk_size)
+        for s in range(0, q.shape[1], o.query_block):
+            e = min(q.shape[1], s + o.query_block)
             keys, values, mask = cache.extend_window(k[:, s:e], v[:, s:e], valid[:, s:e] if valid is not None else None)
             kr, vr, fk = self._kv(keys, values)
             n, t = keys.shape[1], e - s

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from liger.errors import LigerError
-from liger.methods.spec import RECIPE_FIELDS, Method, MethodOptions, load_object
+from liger.methods.spec import OPTIONS_VERSION, RECIPE_FIELDS, VERSION_KEY, Method, MethodOptions, load_object
 
-__all__ = ["RECIPE_FIELDS", "Method", "MethodOptions", "added_parameters", "build_options", "get", "names",
-           "options_from_dict", "register", "stage_recipe", "stages", "unregister"]
+__all__ = ["OPTIONS_VERSION", "RECIPE_FIELDS", "Method", "MethodOptions", "added_parameters", "build_options", "get",
+           "names", "options_from_dict", "register", "stage_recipe", "stages", "unregister"]
 
 _ENTRIES: dict[str, str | Method] = {
     "liger_gla": "liger.methods.liger:GLA",
@@ -83,17 +83,27 @@ def stage_recipe(name: str, stage: str, options: Mapping[str, Any] | MethodOptio
 
 
 def build_options(method: str | None = None, **options: Any) -> MethodOptions:
-    """The options of one conversion (its method's options dataclass), validated."""
+    """The options of one conversion, from settings of the current convention (or of the one their
+    "options_version" names)."""
     if method is None:
         raise LigerError(f"options {options} name no method: add \"method\" (one of {', '.join(_ENTRIES)})")
-    return get(method).options.build(method, **options)
+    version = options.pop(VERSION_KEY, OPTIONS_VERSION)
+    cls = get(method).options
+    if not isinstance(version, int) or not 1 <= version <= OPTIONS_VERSION:
+        raise LigerError(f"{VERSION_KEY}={version!r}: this liger reads versions 1 to {OPTIONS_VERSION}")
+    if version < OPTIONS_VERSION:
+        options = cls.upgrade(options, version)
+    return cls.build(method, **options)
 
 
 def options_from_dict(d: Mapping[str, Any]) -> MethodOptions:
     """The options a saved entry records (a converted model's `liger` config entry, an adapter's
-    liger_options.json)."""
+    liger_options.json); an entry without "options_version" was written under version 1."""
     d = dict(d)
-    return build_options(d.pop("method", None), **d)
+    method = d.pop("method", None)
+    if method is not None:
+        d.setdefault(VERSION_KEY, 1)
+    return build_options(method, **d)
 
 
 def added_parameters(config: Any, options: MethodOptions) -> int:

@@ -10,6 +10,7 @@ are declared together here; their layers are in `liger.layers.liger`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from liger.errors import LigerError
 from liger.methods.spec import Method, MethodOptions
@@ -35,7 +36,7 @@ class LigerOptions(MethodOptions):
 
     method: str = "liger_gla"
     hybrid: str = "liger_attention"  # intra-layer hybrid: sliding-window softmax attention beside the recurrence
-    window: int = 64  # the query at t sees keys t-window .. t (flash-attn window_size=(window, 0))
+    window: int = 65  # softmax keys per query, its own included: itself and the 64 before it (the paper's window 64)
     alpha: float = 0.5  # weight of the sliding-window branch
     beta: float = 0.5  # weight of the recurrent branch (0: window only)
     gate_normalizer: float | None = None  # g = logsigmoid(Pool(k)) / normalizer; 16 for GLA/GSA, 1 for HGRN2
@@ -60,16 +61,25 @@ class LigerOptions(MethodOptions):
         ]:
             if value not in allowed:
                 raise LigerError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-        if self.window < 0 or self.num_slots < 1 or self.chunk_size < 1 or self.gate_normalizer <= 0:
-            raise LigerError("window must be >= 0, num_slots and chunk_size >= 1, gate_normalizer > 0")
+        if self.window < 1 or self.num_slots < 1 or self.chunk_size < 1 or self.gate_normalizer <= 0:
+            raise LigerError("window (keys per query, its own included), num_slots and chunk_size must be >= 1, "
+                             "gate_normalizer > 0")
         if self.hybrid == "none" and self.beta == 0:
             raise LigerError("hybrid=none with beta=0 leaves no branch: the layer would output zeros")
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)
 
+    @classmethod
+    def upgrade(cls, options: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 counted the window's keys before the query: one fewer than now."""
+        options = dict(options)
+        if version < 2 and "window" in options:
+            options["window"] = options["window"] + 1
+        return options
+
     @property
     def lookback(self) -> int:
         """Keys before the query in its window (what the decoding state keeps)."""
-        return self.window
+        return self.window - 1
 
     @property
     def uses_window(self) -> bool:

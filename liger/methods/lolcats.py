@@ -52,6 +52,7 @@ class LolcatsOptions(MethodOptions):
     """Settings of the LoLCATs layer. `None` means the variant's default (VARIANT_DEFAULTS)."""
 
     kind = "LoLCATs"
+    renamed = {"chunk_size": "query_block"}
 
     method: str = "lolcats"
     variant: str = "original"  # original (LoLCATs' code and paper) | liger (the Liger authors' re-run)
@@ -63,7 +64,7 @@ class LolcatsOptions(MethodOptions):
     train_window_factor: bool | None = None  # stage 1 trains the window factors (original) or keeps them (liger)
     eps: float | None = None  # added to the shared denominator (original 0, liger 1e-6)
     softmax_layers: list[int] = field(default_factory=list)  # layers kept as softmax attention
-    chunk_size: int = 1024  # queries per block of the parallel form: memory O(chunk * (chunk + 2 window))
+    query_block: int = 1024  # queries per block of the parallel form: memory O(block * (block + 2 window))
 
     def __post_init__(self) -> None:
         if self.method != "lolcats":
@@ -77,12 +78,20 @@ class LolcatsOptions(MethodOptions):
             raise LigerError(f"window_shape={self.window_shape!r} is not one of {', '.join(WINDOW_SHAPES)}")
         if self.feature_init not in INITS:
             raise LigerError(f"feature_init={self.feature_init!r} is not one of {', '.join(INITS)}")
-        if self.window < 1 or self.chunk_size < 1 or (self.feature_dim is not None and self.feature_dim < 1):
-            raise LigerError("window, chunk_size and feature_dim must be >= 1")
+        if self.window < 1 or self.query_block < 1 or (self.feature_dim is not None and self.feature_dim < 1):
+            raise LigerError("window, query_block and feature_dim must be >= 1")
         if self.eps < 0:
             raise LigerError(f"eps must be >= 0, got {self.eps}")
         self.train_window_factor = bool(self.train_window_factor)
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)
+
+    @classmethod
+    def upgrade(cls, options: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 called the query block `chunk_size` (the window counted as now)."""
+        options = dict(options)
+        if version < 2 and "chunk_size" in options:
+            options["query_block"] = options.pop("chunk_size")
+        return options
 
     def features(self, head_dim: int) -> int:
         """f for a model of this head dimension."""
@@ -104,4 +113,4 @@ def _recipes(options: LolcatsOptions) -> dict[str, dict]:
 LOLCATS = Method(name="lolcats", family="lolcats", options=LolcatsOptions,
                  layer="liger.layers.lolcats:LolcatsAttention", recipes=_recipes, stages=("transfer", "lora"),
                  added_parameters=added_parameters, step_decoding=False, exact_window_shapes=("sliding",),
-                 runtime_options=("window", "window_shape", "chunk_size"))
+                 runtime_options=("window", "window_shape", "query_block"))

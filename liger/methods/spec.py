@@ -1,5 +1,13 @@
 """What a conversion method declares, without torch: its options, layer, training stages and recipes, the
-parameters it adds, and how it decodes."""
+parameters it adds, and how it decodes.
+
+The options of every method share one convention (`OPTIONS_VERSION`, recorded in every saved entry):
+
+- ``window``: the keys a query attends to with softmax, itself included (a terraced window: its block length).
+- ``chunk_size``: the chunk length of a chunked recurrence; ``query_block``: queries per block of a parallel
+  attention form. Version 1 (entries saved without ``options_version``) counted Liger's window as the keys
+  before the query and called LoLCATs' query block ``chunk_size``; `MethodOptions.upgrade` maps such entries.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,8 @@ from typing import Any, ClassVar
 
 from liger.errors import LigerError
 
+OPTIONS_VERSION = 2  # the convention above; saved entries without "options_version" are version 1
+VERSION_KEY = "options_version"
 # TrainConfig fields that a stage's recipe sets; the other fields (budgets, batch, device) are shared by all methods.
 RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "eval_every")
@@ -19,22 +29,31 @@ class MethodOptions:
     """Base of a method's options dataclass (which declares ``method`` and ``softmax_layers`` among its fields)."""
 
     kind: ClassVar[str] = "Liger"  # how errors name the options: "unknown Liger option(s)"
+    renamed: ClassVar[dict[str, str]] = {}  # option names of version 1 -> their name now (said in errors)
 
     method: str
     softmax_layers: list[int]
 
     @classmethod
     def build(cls, method: str, **options: Any) -> MethodOptions:
-        """The options from keyword settings; unknown names are a LigerError."""
+        """The options from keyword settings of the current convention; unknown names are a LigerError."""
         known = {f.name for f in fields(cls)} - {"method"}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise LigerError(f"unknown {cls.kind} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            hints = [f"{name} is now {cls.renamed[name]}" for name in unknown if name in cls.renamed]
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise LigerError(f"unknown {cls.kind} option(s) {', '.join(unknown)}{hint}; known: "
+                             f"{', '.join(sorted(known))}")
         return cls(method=method, **options)
 
+    @classmethod
+    def upgrade(cls, options: dict[str, Any], version: int) -> dict[str, Any]:
+        """Settings written under convention `version` (< OPTIONS_VERSION) in the current one (a new dict)."""
+        return dict(options)
+
     def to_dict(self) -> dict[str, Any]:
-        """Every option: what a converted model's config and adapters record."""
-        return asdict(self)
+        """Every option, with the convention's version: what a converted model's config and adapters record."""
+        return {**asdict(self), VERSION_KEY: OPTIONS_VERSION}
 
 
 def _no_parameters(config: Any, options: Any) -> int:

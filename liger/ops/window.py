@@ -2,8 +2,8 @@
 
 q: (B,Tq,H,D); k, v: (B,Tk,Hkv,D) with H a multiple of Hkv; the queries are the last Tq positions of the key
 sequence (query i sits at absolute position Tk - Tq + i). The query at position p sees the keys p - lookback ... p
-(lookback + 1 keys; ``lookback=None`` means all keys up to p) for which ``key_mask`` (B,Tk), if given, is True.
-A query with no visible key outputs zeros.
+(lookback + 1 keys: a layer's ``window`` is lookback + 1; ``lookback=None`` means all keys up to p) for which
+``key_mask`` (B,Tk), if given, is True. A query with no visible key outputs zeros.
 """
 
 from __future__ import annotations
