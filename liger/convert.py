@@ -130,7 +130,7 @@ def _register() -> None:
                 raise LigerError(_unrecorded(config.name_or_path or "the config", config.model_type))
             base.__init__(self, config, *args, **kwargs)
             options = options_from_dict(config.liger)
-            config.liger = options.to_dict()  # in the current convention, so that the model saves it so
+            config.liger = options.to_dict()  # the current convention: a model saved again records it
             _convert_layers(self, options)
 
         model_sub = type(f"Liger{model_cls.__name__}", (model_cls,), {"config_class": config_sub, "__init__": __init__})

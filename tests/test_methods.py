@@ -39,6 +39,17 @@ def test_the_registry_describes_every_method_without_torch():
     assert proc.stdout.strip() == "[]"
 
 
+def test_importing_liger_convert_lets_transformers_load_a_converted_folder(tmp_path):
+    """`import liger` registers nothing (it imports no torch); `import liger.convert` registers the Auto classes."""
+    liger.linearize(tiny_model("llama"), "liger_gla", window=4).save_pretrained(tmp_path)
+    script = ("import liger.convert\nfrom transformers import AutoModelForCausalLM\n"
+              f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})\n"
+              "print(type(model.model.layers[0].self_attn).__name__, model.config.liger['window'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["GLAAttention", "4"]
+
+
 def test_stages_and_recipes():
     assert methods.names() == ["liger_gla", "liger_hgrn2", "liger_gsa", "lolcats"]
     assert methods.names("liger") == ["liger_gla", "liger_hgrn2", "liger_gsa"]

@@ -75,7 +75,8 @@ def stages(name: str) -> tuple[str, ...]:
 
 
 def stage_recipe(name: str, stage: str, options: Mapping[str, Any] | MethodOptions | None = None) -> dict[str, Any]:
-    """The TrainConfig fields (RECIPE_FIELDS) that `stage` of method `name` sets, for `options` (e.g. a variant)."""
+    """The TrainConfig fields (RECIPE_FIELDS) that `stage` of method `name` sets for `options` (e.g. a LoLCATs
+    variant): its options object, or a dict of option settings ("method" allowed, pipeline keys not)."""
     if not isinstance(options, MethodOptions):
         settings = {k: v for k, v in (options or {}).items() if k != "method"}
         options = build_options(name, **settings)
