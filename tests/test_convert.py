@@ -275,7 +275,7 @@ def test_truncated_weights_are_named(model_dir, tmp_path, capsys):
 
 
 def test_options_without_a_method():
-    from liger.options import build_options, options_from_dict
+    from liger.methods import build_options, options_from_dict
 
     for make in (lambda: build_options(window=32), lambda: options_from_dict({"window": 32})):
         with pytest.raises(LigerError, match=r"options \{'window': 32\} name no method: add \"method\" \(one of "

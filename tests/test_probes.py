@@ -13,9 +13,9 @@ import torch
 import yaml
 
 import liger
-from liger.attention import LigerAttention
 from liger.config import liger_options
 from liger.errors import LigerError
+from liger.layers.liger import LigerAttention
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
