@@ -37,22 +37,13 @@ from liger.errors import LigerError
 from liger.fileio import write_json_atomic
 from liger.loglik import continuation_logprobs
 from liger.paired import record as record_items
+from liger.pipeline import PAPER_METRIC, PAPER_TASKS  # the paper's tasks and the metric each reports
 from liger.provenance import versions
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS, mmlu_description
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS: tuple[str, ...] = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
-# The metric each paper column reports (LIGER.md section 6).
-PAPER_METRIC: dict[str, str] = {
-    "piqa": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "hellaswag": "acc_norm",
-    "winogrande": "acc",
-    "mmlu": "acc",
-}
 METRICS = ("acc", "acc_norm")
 # The local task config that names each task's data files (relative to the mirror folder).
 _LOCAL_YAML = {t: f"liger_{t}.yaml" for t in PAPER_TASKS if t != "mmlu"} | {"mmlu": "_liger_mmlu_template.yaml"}

@@ -16,23 +16,25 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from liger.config import (
+from liger.errors import LigerError
+from liger.pipeline import (
     PASSKEY,
     POSITION_LOSS,
     PROFILE,
+    STAGES,
+    TASKS,
+    TRAINED,
+    UNTRAINED,
     ConfigError,
     check_config,
-    is_finetuned,
-    liger_options,
+    profiled,
     read_config,
     reuse_dirs,
+    rows,
     run_dirs,
+    stages,
 )
-from liger.errors import LigerError
 
-# Benchmark sizes (items in the evaluated split; lm-eval's defaults and the mirrors agree).
-TASK_ITEMS = {"piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "winogrande": 1267,
-              "mmlu": 14042}
 MMLU_SUBJECTS = 57
 ALPACA_RECORDS = 51_802  # training records of Alpaca after the 200 validation records
 TOKENS_PER_RECORD = 112  # SmolLM2 tokenizer, Alpaca template (5,798,912 tokens / 51,802 records)
@@ -96,10 +98,10 @@ def _train_tokens(config: dict, meta: Path) -> int:
 
 def _eval_items(config: dict) -> dict[str, int]:
     limit = config["eval"].get("limit")
-    tasks = config["eval"].get("tasks", list(TASK_ITEMS))
+    tasks = config["eval"].get("tasks", list(TASKS))
     if not limit:
-        return {t: TASK_ITEMS[t] for t in tasks}
-    return {t: min(TASK_ITEMS[t], MMLU_SUBJECTS * math.ceil(limit / MMLU_SUBJECTS) if t == "mmlu" else limit)
+        return {t: TASKS[t].items for t in tasks}
+    return {t: min(TASKS[t].items, MMLU_SUBJECTS * math.ceil(limit / MMLU_SUBJECTS) if t == "mmlu" else limit)
             for t in tasks}
 
 
@@ -129,9 +131,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
     {"models": {name: work}, "jobs": {rule: count}, "seconds": {kind: s}, "hours": h}.
     """
     methods = config["methods"]
-    trained = [m for m, e in methods.items() if is_finetuned(e)]
-    lolcats = [m for m in trained if methods[m].get("method") == "lolcats"]
-    untrained = [m for m, e in methods.items() if liger_options(e) and not is_finetuned(e)]
+    trained, untrained = rows(config, TRAINED), rows(config, UNTRAINED)
     jobs, seconds, models = Counter(), Counter(), {}
 
     def job(rule: str, kind: str | None = None, work_s: float = 0.0) -> None:
@@ -141,7 +141,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             seconds[kind] += work_s
 
     resources = workdir / run_dirs(config)["resources"]
-    profiled = config.get("profile", {}).get("methods", [m for m in trained if not methods[m].get("control")])
+    variants = 2 + len(profiled(config))  # the base with eager attention and with SDPA, and each profiled row
     for name, model in config["models"].items():
         scale = _params(model) / SMOLLM2_PARAMS
         tokens = _train_tokens(config, resources / "data" / name / "meta.json")
@@ -150,16 +150,16 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
         eval_s = (zero_shot + items.get("mmlu", 0) * CPU_EVAL_S["mmlu"]) * scale  # per row
         if not (workdir / "resources" / "models" / name / "config.json").exists():
             job("model")
-        stages = [(m, "transfer", "transferred") for m in lolcats] + [(m, "finetune", "finetuned") for m in trained]
-        restored = [(m, rule) for m, rule, folder in stages
-                    if any((workdir / r / folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
-        if len(restored) < len(stages):
+        trains = [(m, STAGES[stage]) for m in trained for stage in stages(methods[m])]
+        restored = [(m, stage) for m, stage in trains if any(
+            (workdir / r / stage.folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
+        if len(restored) < len(trains):
             job("prepare_data")
-        for m, rule, _ in stages:
-            if (m, rule) in restored:
+        for m, stage in trains:
+            if (m, stage) in restored:
                 job("restore")
             else:
-                job(rule, "training", tokens / CPU_TRAIN_TOK_S * scale)
+                job(stage.command, "training", tokens / CPU_TRAIN_TOK_S * scale)
         for _ in untrained:
             job("convert")
         for _ in methods:  # every row: the base, trained, untrained (base_window) and weights_of rows
@@ -167,13 +167,13 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             job("passkey", "probes", _passkey_s(config) * scale)
             job("position_loss", "probes", _position_loss_s(config) * scale)
         job("coverage")
-        job("profile", "profile", _profile_s(config, 2 + len(profiled)) * scale)
+        job("profile", "profile", _profile_s(config, variants) * scale)
         job("report")
         models[name] = {"methods": list(methods), "train_tokens_per_method": tokens,
-                        "eval_items_per_method": sum(items.values()), "training_stages": len(stages)}
+                        "eval_items_per_method": sum(items.values()), "training_stages": len(trains)}
     job("tables")
     for shape in config.get("profile", {}).get("shapes", []):
-        job("profile_shape", "profile", _profile_s(config, 2 + len(profiled)) * SHAPE_PARAMS[shape] / SMOLLM2_PARAMS)
+        job("profile_shape", "profile", _profile_s(config, variants) * SHAPE_PARAMS[shape] / SMOLLM2_PARAMS)
     return {"models": models, "jobs": dict(jobs), "seconds": dict(seconds), "hours": sum(seconds.values()) / 3600}
 
 
@@ -190,8 +190,8 @@ def _why(kind: str, work: dict) -> str:
         return (f"{jobs['evaluate']} rows x {first['eval_items_per_method']:,} items; MMLU's 5-shot prompts (up to "
                 f"3K tokens, {CPU_EVAL_S['mmlu']} s per item) take most of it")
     if kind == "training":
-        stages = jobs.get("finetune", 0) + jobs.get("transfer", 0)
-        return f"{stages} stages x {first['train_tokens_per_method']:,} tokens at {CPU_TRAIN_TOK_S:.0f} tokens/s"
+        count = sum(jobs.get(stage.command, 0) for stage in STAGES.values())
+        return f"{count} stages x {first['train_tokens_per_method']:,} tokens at {CPU_TRAIN_TOK_S:.0f} tokens/s"
     if kind == "start":
         return (f"{sum(jobs.values())} jobs, each starting Python, importing torch/transformers/lm-eval and loading "
                 "the model")

@@ -10,10 +10,9 @@ import pandas as pd
 
 from liger import paired
 from liger.errors import LigerError
+from liger.pipeline import PAPER_TASKS, TASKS
 
-TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
-HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
-           "winogrande": "WinoGrande", "mmlu": "MMLU"}
+HEADERS = {name: task.header for name, task in TASKS.items()}
 COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %",
            "Chance-corrected recovery %", "train tokens", "train stages", "source"]
 CHANCE = "chance (from the data)"
@@ -236,7 +235,7 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
     metrics = {m: _read_json(out_dir / m / "metrics.json") for m in methods}
     roles = {m: role_of(m, controls or []) for m in methods}
     text += ["## Paired differences (bootstrap over the same items)", "",
-             paired.write_tables(out_dir, model, metrics, roles, TASKS, paper_csv, paper_name, resamples)]
+             paired.write_tables(out_dir, model, metrics, roles, PAPER_TASKS, paper_csv, paper_name, resamples)]
     text += probe_sections(model, methods, results, window)
     plots = sorted((results / "plots").glob(f"{model}_*.png"))
     if plots:

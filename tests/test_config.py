@@ -1,4 +1,4 @@
-"""The config check shared by `liger plan` and the Snakefile (liger/config.py): one line naming file and key."""
+"""The pipeline's vocabulary and the config check shared by `liger plan` and the Snakefile (liger/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from liger.config import ConfigError, check_config, read_config, run_dirs
+from liger.pipeline import ConfigError, check_config, read_config, run_dirs
 from tests.conftest import ROOT
 
 SMOKE = ROOT / "config" / "smoke.yaml"

@@ -21,7 +21,8 @@ from liger.paired import (
     resampled_difference,
     task_rng,
 )
-from liger.report import TASKS, write_model_report
+from liger.pipeline import PAPER_TASKS as TASKS
+from liger.report import write_model_report
 from tests.conftest import ROOT
 
 PAPER_CSV = ROOT / "config" / "paper_results.csv"

@@ -13,8 +13,8 @@ import yaml
 
 import liger
 from liger.attention import LigerAttention
-from liger.config import liger_options
 from liger.errors import LigerError
+from liger.pipeline import liger_options
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

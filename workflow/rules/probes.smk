@@ -1,7 +1,7 @@
 # What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
-PASSKEY = liger_config.PASSKEY | PROBES.get("passkey", {})
-POSITION_LOSS = liger_config.POSITION_LOSS | PROBES.get("position_loss", {})
+PASSKEY = pipeline.PASSKEY | PROBES.get("passkey", {})
+POSITION_LOSS = pipeline.POSITION_LOSS | PROBES.get("position_loss", {})
 
 
 rule coverage:
@@ -40,7 +40,7 @@ rule passkey:
     input:
         model_ready,
     output:
-        csv="results/{run}/{model}/{method}/passkey.csv",
+        csv=row_file(pipeline.ROW_FILES["passkey"]),
         heatmap=report("results/{run}/plots/{model}_{method}_passkey.png", category="probes"),
     params:
         liger=LIGER,
@@ -74,8 +74,8 @@ rule position_loss:
     input:
         model_ready,
     output:
-        json="results/{run}/{model}/{method}/position_loss.json",
-        csv="results/{run}/{model}/{method}/position_loss.csv",
+        json=row_file(pipeline.ROW_FILES["position_loss"]),
+        csv=row_file(pipeline.ROW_FILES["position_loss_csv"]),
     params:
         liger=LIGER,
         model=evaluated_model,

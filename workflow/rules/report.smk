@@ -4,7 +4,7 @@ rule report:
     input:
         metrics=expand("results/{{run}}/{{model}}/{method}/metrics.json", method=METHODS),
         train=expand("results/{{run}}/{{model}}/{method}/train_summary.json", method=TRAINED),
-        transfer=expand("results/{{run}}/{{model}}/{method}/transfer_summary.json", method=LOLCATS),
+        transfer=expand("results/{{run}}/{{model}}/{method}/transfer_summary.json", method=TRANSFERRED),
         paper=PAPER_CSV,
         profile="results/{run}/{model}/profile.csv",
         coverage="results/{run}/{model}/coverage.csv",
