@@ -5,11 +5,13 @@ takes, the paper's tasks with their metrics and shots, and the files a row's job
 file and checking it (workflow/schemas/config.schema.yaml, then what a schema cannot say). The Snakefile
 (workflow/rules/common.smk) loads this file by path and `liger plan` imports it: it needs yaml and jsonschema, not
 torch, and imports nothing of the package. Every config problem is one line, `FILE: key: what is wrong and what
-to do`. docs/pipeline.md describes the pipeline.
+to do`. The config's defaults live in the schema alone: `check_config` fills them in, so the functions here and the
+rules read every key directly. docs/pipeline.md describes the pipeline.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,6 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 DOCS = "config/README.md"
 # results/published/ holds the committed reproduction: no run may write there.
 PUBLISHED = "published"
-# What the rules use for the probes' and the profile's keys a config leaves out (config/README.md).
-PASSKEY = {"lengths": [256, 512, 1024, 2048, 4096, 8192], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "seeds": 5,
-           "new_tokens": 10}
-POSITION_LOSS = {"seq_len": 8192, "sequences": 8}
-PROFILE = {"lengths": [1024, 2048, 4096, 8192, 16384, 32768], "new_tokens": 128, "batch_size": 1}
 
 # ----------------------------------------------------------------------------------------- rows
 
@@ -49,7 +46,7 @@ def kind(entry: Mapping) -> str:
         return WEIGHTS_OF
     if not liger_options(entry):
         return BASE
-    return TRAINED if entry.get("finetune", True) else UNTRAINED
+    return TRAINED if entry["finetune"] else UNTRAINED
 
 
 def is_finetuned(entry: Mapping) -> bool:
@@ -64,13 +61,13 @@ def rows(config: Mapping, *kinds: str) -> list[str]:
 
 def controls(config: Mapping) -> list[str]:
     """The rows marked `control: true`."""
-    return [name for name, entry in config["methods"].items() if entry.get("control")]
+    return [name for name, entry in config["methods"].items() if entry["control"]]
 
 
 def profiled(config: Mapping) -> list[str]:
     """The rows in the efficiency profile: `profile.methods`, by default every trained row but the controls."""
     default = [m for m in rows(config, TRAINED) if m not in controls(config)]
-    return config.get("profile", {}).get("methods", default)
+    return config["profile"].get("methods", default)
 
 
 def window(entry: Mapping) -> int | None:
@@ -123,7 +120,7 @@ def stage_train(config: Mapping, name: str, stage: str) -> dict:
     if stages(config["methods"][name]) == ("lora",):
         return dict(config["train"])
     shared = {k: v for k, v in config["train"].items() if k not in RECIPE_FIELDS}
-    return shared | config.get("lolcats_train", {}).get(stage, {})
+    return shared | config["lolcats_train"][stage]
 
 
 # ----------------------------------------------------------------------------------------- tasks and files
@@ -186,12 +183,27 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def check_config(config: dict, source: str, schema: Path = SCHEMA) -> None:
-    """Raise ConfigError naming `source` and the key of the first problem (and how many more there are)."""
-    problems = schema_problems(config, schema) or row_problems(config)
+def check_config(config: dict, source: str, schema: Path = SCHEMA) -> dict:
+    """Check `config` and fill in the schema's defaults (in place, as Snakemake's `validate` does); returns it.
+
+    Raises ConfigError naming `source` and the key of the first problem (and how many more there are).
+    """
+    problems = schema_problems(config, schema)
+    if not problems:
+        from snakemake.utils import validate
+
+        given = copy.deepcopy(config)
+        validate(config, str(schema), set_default=True)
+        problems = row_problems(config, given)
     if problems:
         more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
         raise ConfigError(f"{source}: {problems[0]}{more}")
+    return config
+
+
+def load_config(path: Path) -> dict:
+    """A config file, checked, with the schema's defaults filled in (`read_config`, then `check_config`)."""
+    return check_config(read_config(path), str(path))
 
 
 def schema_problems(config: dict, schema: Path = SCHEMA) -> list[str]:
@@ -225,18 +237,20 @@ def _describe(e: jsonschema.ValidationError) -> str:
     return f"{key}: {e.message}; see {DOCS}"
 
 
-def row_problems(config: dict) -> list[str]:
-    """What the schema cannot say: the run name, the tasks, each method row's shape, and `profile.methods`."""
+def row_problems(config: dict, given: dict) -> list[str]:
+    """What the schema cannot say: the run name, the tasks, each method row's shape, and `profile.methods`.
+    `config` has the schema's defaults; `given` is the config as written."""
     problems = []
     if config["run"] == PUBLISHED:
         problems.append(f"run: {PUBLISHED!r} is reserved: results/{PUBLISHED}/ holds the committed reproduction; "
                         "pick another name")
     problems += [f"eval.tasks.{i}: {task!r} is not one of {', '.join(TASKS)}; pick one"
-                 for i, task in enumerate(config["eval"].get("tasks", [])) if task not in TASKS]
+                 for i, task in enumerate(config["eval"]["tasks"]) if task not in TASKS]
     methods = config["methods"]
     for name, entry in methods.items():
         if "weights_of" in entry:
-            of, other = entry["weights_of"], sorted(set(entry) - {"weights_of", "layer_options", "control"})
+            of = entry["weights_of"]
+            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control"})
             if of not in methods or "weights_of" in methods[of] or not liger_options(methods[of]):
                 problems.append(f"methods.{name}.weights_of: {of!r} is not a converted method of `methods`; name a "
                                 "row that has a `method`")
@@ -247,7 +261,7 @@ def row_problems(config: dict) -> list[str]:
             problems.append(f"methods.{name}: options {sorted(liger_options(entry))} but no `method`; add `method: "
                             "liger_gla` (or liger_hgrn2, liger_gsa, lolcats), or leave the row empty for the base")
     trained = rows(config, TRAINED)
-    stray = sorted(set(config.get("profile", {}).get("methods", [])) - set(trained))
+    stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
     if stray:
         problems.append(f"profile.methods: {stray} are not trained Liger methods of `methods`; pick from "
                         f"{', '.join(trained)}")
@@ -263,5 +277,5 @@ def run_dirs(config: dict) -> dict[str, str]:
 def reuse_dirs(config: dict) -> list[str]:
     """The published runs' folders of `reuse` (a list, or comma-separated): finetuned/ and transferred/ laid out as
     under resources/RUN/."""
-    reuse = config.get("reuse") or []
+    reuse = config["reuse"] or []
     return [r.strip() for r in (reuse.split(",") if isinstance(reuse, str) else reuse) if r.strip()]

@@ -18,17 +18,13 @@ from pathlib import Path
 
 from liger.errors import LigerError
 from liger.pipeline import (
-    PASSKEY,
-    POSITION_LOSS,
-    PROFILE,
     STAGES,
     TASKS,
     TRAINED,
     UNTRAINED,
     ConfigError,
-    check_config,
+    load_config,
     profiled,
-    read_config,
     reuse_dirs,
     rows,
     run_dirs,
@@ -82,23 +78,21 @@ def _params(model: dict) -> float:
 
 def _train_tokens(config: dict, meta: Path) -> int:
     """Tokens one training stage sees: epochs of the packed data, cut by max_tokens / max_steps."""
-    data, train = config["data"], config.get("train", {})
+    data, train = config["data"], config["train"]
     if meta.exists():
         tokens_epoch = json.loads(meta.read_text())["tokens_per_epoch"]
     else:
-        tokens_epoch = min(data.get("limit") or ALPACA_RECORDS, ALPACA_RECORDS) * TOKENS_PER_RECORD
-    tokens = train.get("epochs", 2) * tokens_epoch
-    if train.get("max_tokens"):
+        tokens_epoch = min(data["limit"] or ALPACA_RECORDS, ALPACA_RECORDS) * TOKENS_PER_RECORD
+    tokens = train["epochs"] * tokens_epoch
+    if train["max_tokens"]:
         tokens = min(tokens, train["max_tokens"])
-    if train.get("max_steps"):
-        tokens = min(tokens, train["max_steps"] * data.get("seq_len", 1024) * train.get("micro_batch", 1)
-                     * train.get("grad_accum", 8))
+    if train["max_steps"]:
+        tokens = min(tokens, train["max_steps"] * data["seq_len"] * train["micro_batch"] * train["grad_accum"])
     return int(tokens)
 
 
 def _eval_items(config: dict) -> dict[str, int]:
-    limit = config["eval"].get("limit")
-    tasks = config["eval"].get("tasks", list(TASKS))
+    limit, tasks = config["eval"]["limit"], config["eval"]["tasks"]
     if not limit:
         return {t: TASKS[t].items for t in tasks}
     return {t: min(TASKS[t].items, MMLU_SUBJECTS * math.ceil(limit / MMLU_SUBJECTS) if t == "mmlu" else limit)
@@ -107,24 +101,24 @@ def _eval_items(config: dict) -> dict[str, int]:
 
 def _passkey_s(config: dict) -> float:
     """Work of one row's passkey job: every prompt prefilled, then decoded."""
-    pk = PASSKEY | config.get("probes", {}).get("passkey", {})
+    pk = config["probes"]["passkey"]
     prompts = len(pk["depths"]) * pk["seeds"]
     return prompts * sum(n / CPU_FORWARD_TOK_S + pk["new_tokens"] * CPU_DECODE_STEP_S for n in pk["lengths"])
 
 
 def _position_loss_s(config: dict) -> float:
-    pl = POSITION_LOSS | config.get("probes", {}).get("position_loss", {})
+    pl = config["probes"]["position_loss"]
     return pl["sequences"] * pl["seq_len"] / CPU_FORWARD_TOK_S
 
 
 def _profile_s(config: dict, variants: int) -> float:
     """Work of one profile job (SmolLM2's size): each variant prefills every length, then decodes."""
-    p = PROFILE | config.get("profile", {})
+    p = config["profile"]
     return variants * sum(n / CPU_FORWARD_TOK_S + p["new_tokens"] * CPU_DECODE_STEP_S for n in p["lengths"])
 
 
 def plan(config: dict, workdir: Path = Path(".")) -> dict:
-    """The jobs a (checked) config runs and how long they take on a 2-core CPU, by kind of cost.
+    """The jobs a config (`load_config`: checked, defaults filled in) runs and how long they take on a 2-core CPU.
 
     `workdir` is where the run writes: a base model already under resources/models/ is not fetched again, a
     prepared data folder gives the exact token count, a `reuse` run is restored, not trained. Returns
@@ -172,7 +166,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
         models[name] = {"methods": list(methods), "train_tokens_per_method": tokens,
                         "eval_items_per_method": sum(items.values()), "training_stages": len(trains)}
     job("tables")
-    for shape in config.get("profile", {}).get("shapes", []):
+    for shape in config["profile"]["shapes"]:
         job("profile_shape", "profile", _profile_s(config, variants) * SHAPE_PARAMS[shape] / SMOLLM2_PARAMS)
     return {"models": models, "jobs": dict(jobs), "seconds": dict(seconds), "hours": sum(seconds.values()) / 3600}
 
@@ -200,8 +194,7 @@ def _why(kind: str, work: dict) -> str:
 
 def _cli(args: argparse.Namespace) -> int:
     try:
-        config = read_config(args.configfile)
-        check_config(config, str(args.configfile))
+        config = load_config(args.configfile)
     except ConfigError as e:
         raise LigerError(str(e)) from None
     work = plan(config)

@@ -147,10 +147,10 @@ def test_plan_estimates_the_smoke_run(smoke_run):
     """`liger plan`'s estimate (wall time on an otherwise idle 2-core CPU) against this run's CPU time, which other
     load on the machine hardly changes: on 2 cores the wall time lies between half the CPU time and all of it. The
     estimate must too, give or take 1.5x; above only where the rates were measured (a 2-core machine)."""
-    from liger.pipeline import read_config
+    from liger.pipeline import load_config
     from liger.plan import plan
 
-    estimate = plan(read_config(Path(smoke_run.config)), workdir=smoke_run.work)["hours"] * 3600
+    estimate = plan(load_config(Path(smoke_run.config)), workdir=smoke_run.work)["hours"] * 3600
     measured = f"estimate {estimate:.0f} s, CPU {smoke_run.cpu_s:.0f} s, wall {smoke_run.wall_s:.0f} s"
     assert estimate >= smoke_run.cpu_s / 2 / 1.5, measured
     if (os.cpu_count() or 1) <= 2:
@@ -314,7 +314,7 @@ def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(tmp_path):
 
 def test_plan_counts_the_jobs_snakemake_runs(tmp_path):
     """`liger plan` counts, per rule, the jobs of the DAG (untrained and weights_of rows included)."""
-    from liger.pipeline import read_config
+    from liger.pipeline import load_config
     from liger.plan import plan
 
     for name in ("smoke", "config"):
@@ -323,7 +323,7 @@ def test_plan_counts_the_jobs_snakemake_runs(tmp_path):
         table = out[out.index("job "):out.index("total")]
         counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[2:] if line.strip()}
         counts.pop("all")
-        assert plan(read_config(ROOT / "config" / f"{name}.yaml"), workdir=tmp_path)["jobs"] == counts, name
+        assert plan(load_config(ROOT / "config" / f"{name}.yaml"), workdir=tmp_path)["jobs"] == counts, name
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "model without a source", "unknown method option",

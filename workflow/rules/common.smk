@@ -17,7 +17,7 @@ _spec = importlib.util.spec_from_file_location("liger_pipeline", os.path.join(wo
 pipeline = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = pipeline
 _spec.loader.exec_module(pipeline)
-try:
+try:  # also fills in the schema's defaults: the rules read every key directly
     pipeline.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
 except pipeline.ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -47,15 +47,14 @@ TRAINED = pipeline.rows(config, pipeline.TRAINED)  # converted and fine-tuned
 UNTRAINED = pipeline.rows(config, pipeline.UNTRAINED)  # converted only (base_window)
 CONTROLS = pipeline.controls(config)
 WINDOWS = pipeline.windows(config)  # the windows of the rows that have a window branch
-PROBES = config.get("probes", {})
 PROBE_FILES = [pipeline.ROW_FILES[job] for job in ("metrics", "passkey", "position_loss")]  # per row, in rule all
 # Rows trained in two stages, attention transfer then LoRA (LoLCATs)
 TRANSFERRED = [m for m in TRAINED if "transfer" in pipeline.stages(config["methods"][m])]
-GPUS = config.get("resources", {}).get("gpus", 0)
-PROFILE = pipeline.PROFILE | config.get("profile", {})
+GPUS = config["resources"]["gpus"]
+PROFILE = config["profile"]
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
 PROFILED = pipeline.profiled(config)
-SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)
+SHAPES = PROFILE["shapes"]  # random-weight model shapes profiled as well (liger.shapes)
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
@@ -79,7 +78,7 @@ def data_source():
 
 def eval_data_dir():
     """Benchmark mirrors: $LIGER_EVAL_DATA wins over config eval.data_dir (None: lm-eval's hub datasets)."""
-    return os.environ.get("LIGER_EVAL_DATA") or config["eval"].get("data_dir")
+    return os.environ.get("LIGER_EVAL_DATA") or config["eval"]["data_dir"]
 
 
 def flags(section: dict) -> str:
@@ -181,8 +180,8 @@ def layer_flag(wc):
 
 def eval_flags(wc):
     e = config["eval"]
-    opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
-                  "batch_size": e.get("batch_size"), "mmlu_batch_size": e.get("mmlu_batch_size")})
+    opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e["limit"],
+                  "batch_size": e["batch_size"], "mmlu_batch_size": e["mmlu_batch_size"]})
     return f"{opts} {layer_flag(wc)}"
 
 
@@ -191,5 +190,5 @@ def run_note():
     src, ev = data_source(), eval_data_dir()
     mirror = " (the original Stanford Alpaca, not the cleaned set the paper used)" if "alpaca_data" in src else ""
     return (f"Instruction data: {src}{mirror}. Benchmarks: {ev or 'the Hugging Face hub (lm-eval defaults)'}."
-            f" Config: data seq_len {config['data'].get('seq_len', 1024)}, limit {config['data'].get('limit')};"
-            f" eval limit {config['eval'].get('limit')}.")
+            f" Config: data seq_len {config['data']['seq_len']}, limit {config['data']['limit']};"
+            f" eval limit {config['eval']['limit']}.")

@@ -1,7 +1,7 @@
 # What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
-PASSKEY = pipeline.PASSKEY | PROBES.get("passkey", {})
-POSITION_LOSS = pipeline.POSITION_LOSS | PROBES.get("position_loss", {})
+PASSKEY = config["probes"]["passkey"]
+POSITION_LOSS = config["probes"]["position_loss"]
 
 
 rule coverage:
@@ -17,7 +17,7 @@ rule coverage:
             {
                 "tasks": config["eval"]["tasks"],
                 "data_dir": eval_data_dir(),
-                "limit": config["eval"].get("limit"),
+                "limit": config["eval"]["limit"],
                 "windows": WINDOWS,
             }
         ),
@@ -83,7 +83,7 @@ rule position_loss:
         source=lambda wc: shlex.quote(data_source()),
         opts=flags(
             {
-                "n_val": config["data"].get("n_val", 200),
+                "n_val": config["data"]["n_val"],
                 "seq_len": POSITION_LOSS["seq_len"],
                 "sequences": POSITION_LOSS["sequences"],
             }

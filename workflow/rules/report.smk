@@ -26,7 +26,7 @@ rule report:
         methods=",".join(METHODS),
         controls=",".join(CONTROLS) or "''",
         window=WINDOWS[0],
-        paper=lambda wc: shlex.quote(config["models"][wc.model].get("paper_name", "")),
+        paper=lambda wc: shlex.quote(config["models"][wc.model]["paper_name"] or ""),
         note=lambda wc: shlex.quote(run_note()),
     log:
         "logs/{run}/{model}/report.log",
