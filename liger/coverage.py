@@ -82,7 +82,8 @@ def coverage(
     """
     from transformers import AutoTokenizer
 
-    from liger.evaluate import check_data, check_tasks, leaf_task_names, loaded_tasks
+    from liger.evaluate import check_tasks
+    from liger.tasks.loading import check_data, leaf_task_names, loaded_tasks
     from liger.tasks.utils import MMLU_SUBJECTS
 
     task_list = check_tasks(tasks if tasks is not None else PAPER_TASKS)

@@ -2,11 +2,12 @@
 
 What a row of `methods` is (its kind, role, layer options, training stages, window), the training keys a stage
 takes, the paper's tasks with their metrics and shots, and the files a row's jobs write; then reading a config
-file and checking it (workflow/schemas/config.schema.yaml, then what a schema cannot say). The Snakefile
-(workflow/rules/common.smk) loads this file by path and `liger plan` imports it: it needs yaml and jsonschema, not
-torch, and imports nothing of the package. Every config problem is one line, `FILE: key: what is wrong and what
-to do`. The config's defaults live in the schema alone: `check_config` fills them in, so the functions here and the
-rules read every key directly. docs/pipeline.md describes the pipeline.
+file and checking it (workflow/schemas/config.schema.yaml, then what a schema cannot say). What a method needs
+(its training stages, their recipes) is the method registry's answer (`liger.methods`), not a list kept here. The
+Snakefile (workflow/rules/common.smk) and `liger plan` import this module: it needs yaml, jsonschema and the
+torch-free registry, not torch. Every config problem is one line, `FILE: key: what is wrong and what to do`. The
+config's defaults live in the schema alone: `check_config` fills them in, so the functions here and the rules read
+every key directly. docs/pipeline.md describes the pipeline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from liger import methods as registry
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 DOCS = "config/README.md"
@@ -31,7 +34,9 @@ PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
-# The methods' default window (liger.options, liger.lolcats), until the method registry answers it.
+# The window of a row that sets none, in `liger coverage`'s count (the keys before the query): the Liger methods'
+# default window, 65 keys with the query's own (liger.methods.liger). A row's explicit `window` (keys with the query's
+# own, every method) is passed as written: coverage's count is one less (left to coverage's convention).
 METHOD_WINDOW = 64
 
 
@@ -103,23 +108,23 @@ STAGES = {
     "transfer": Stage("transfer", "transferred", "transfer_summary.json", "transfer_log.csv", "attention transfer"),
     "lora": Stage("finetune", "finetuned", "train_summary.json", "train_log.csv", "LoRA"),
 }
-# The training keys a method's recipe sets (LoLCATs': docs/lolcats.md); `train` gives them to the Liger rows only.
-RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                 "eval_every")
+# The family whose recipe is the trainer's default, so that `train` sets all of it (liger.methods.liger RECIPE).
+LIGER_FAMILY = "liger"
 
 
 def stages(entry: Mapping) -> tuple[str, ...]:
-    """A trained row's stages, in order: LoRA fine-tuning, after an attention transfer for LoLCATs
-    (docs/lolcats.md). The one place the pipeline knows a method's stages, until the method registry answers."""
-    return ("transfer", "lora") if entry.get("method") == "lolcats" else ("lora",)
+    """A converted row's training stages, in order, as its method registers them (liger.methods): LoRA
+    fine-tuning, after an attention transfer for LoLCATs (docs/lolcats.md)."""
+    return registry.stages(entry["method"])
 
 
 def stage_train(config: Mapping, name: str, stage: str) -> dict:
-    """The training keys of row `name`'s `stage`: all of `train` for a one-stage (Liger) row; for a row that trains
-    on its method's recipes (LoLCATs) the keys of `train` no recipe sets, then `lolcats_train[stage]`."""
-    if stages(config["methods"][name]) == ("lora",):
+    """The training keys of row `name`'s `stage`: all of `train` for a row of the Liger family; for a row that
+    trains on its method's own recipes (LoLCATs) the keys of `train` no recipe sets (registry.RECIPE_FIELDS), then
+    `lolcats_train[stage]`."""
+    if registry.get(config["methods"][name]["method"]).family == LIGER_FAMILY:
         return dict(config["train"])
-    shared = {k: v for k, v in config["train"].items() if k not in RECIPE_FIELDS}
+    shared = {k: v for k, v in config["train"].items() if k not in registry.RECIPE_FIELDS}
     return shared | config["lolcats_train"][stage]
 
 
@@ -238,7 +243,8 @@ def _describe(e: jsonschema.ValidationError) -> str:
 
 
 def row_problems(config: dict, given: dict) -> list[str]:
-    """What the schema cannot say: the run name, the tasks, each method row's shape, and `profile.methods`.
+    """What the schema cannot say: the run name, the tasks, each method row's shape and method (one of the
+    registry's), and `profile.methods`.
     `config` has the schema's defaults; `given` is the config as written."""
     problems = []
     if config["run"] == PUBLISHED:
@@ -257,9 +263,13 @@ def row_problems(config: dict, given: dict) -> list[str]:
             elif other:
                 problems.append(f"methods.{name}: a `weights_of` row takes only layer_options and control (it has "
                                 f"{other}); move the other keys to the row it scores")
+        elif "method" in entry and entry["method"] not in registry.names():
+            problems.append(f"methods.{name}.method: {entry['method']!r} is not one of {', '.join(registry.names())}; "
+                            "pick one")
         elif liger_options(entry) and "method" not in entry:
+            first, *others = registry.names()
             problems.append(f"methods.{name}: options {sorted(liger_options(entry))} but no `method`; add `method: "
-                            "liger_gla` (or liger_hgrn2, liger_gsa, lolcats), or leave the row empty for the base")
+                            f"{first}` (or {', '.join(others)}), or leave the row empty for the base")
     trained = rows(config, TRAINED)
     stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
     if stray:

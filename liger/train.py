@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a linearized model on the packed Alpaca chunks (LIGER.md section 4).
+"""LoRA fine-tuning of a linearized model on the packed Alpaca chunks (docs/method.md).
 
 `finetune(model_dir, data_dir, out_dir, options=..., train=TrainConfig(...))` loads the base model, converts
 it with `liger.linearize(model, **options)`, attaches LoRA (peft) to the attention projections with everything
@@ -55,6 +55,7 @@ from liger.convert import ADAPTER_OPTIONS
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import atomic_dir, claim_dir, remove_stale_temps, sha256_file, write_json_atomic
+from liger.methods import RECIPE_FIELDS, stage_recipe  # RECIPE_FIELDS: the TrainConfig fields a stage's recipe sets
 from liger.models import save_model_dir
 from liger.provenance import versions
 
@@ -63,9 +64,6 @@ log = logging.getLogger("liger.train")
 DATA_FILES = ("train_ids.npy", "train_mask.npy", "val_ids.npy", "val_mask.npy", "meta.json")
 CSV_FIELDS = ("step", "epoch", "loss", "lr", "tokens_seen", "tokens_per_s", "val_loss")
 CKPT_PREFIX = "step-"
-# TrainConfig fields that a LoLCATs recipe sets (liger.lolcats.RECIPES); the other fields are shared by all methods.
-RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                 "eval_every")
 # TrainConfig fields that may differ from a checkpoint's when a run resumes (the rest must match; dtype is compared
 # as resolved, in run_info). RECOVERY: may differ when resuming after a non-finite stop (the module docstring).
 RESUME_FREE = ("ckpt_every", "device", "progress", "dtype")
@@ -85,7 +83,7 @@ class NonFiniteLossError(TrainError):
 
 @dataclass
 class TrainConfig:
-    """Settings of one LoRA fine-tuning run; defaults are the paper's recipe (LIGER.md section 4)."""
+    """Settings of one LoRA fine-tuning run; defaults are the paper's recipe (docs/method.md)."""
 
     lora_r: int = 8
     lora_alpha: int = 8
@@ -427,7 +425,7 @@ def load_converted(model_dir: str | os.PathLike[str], options: dict | None, devi
     A folder that holds an already converted model is accepted when its options are the requested ones.
     """
     import liger
-    from liger.options import build_options
+    from liger.methods import build_options
 
     model = liger.load(model_dir, dtype=dtype)
     if options is not None:
@@ -684,19 +682,17 @@ class Stage:
     data: Callable[[PackedData], PackedData] = lambda data: data
     save: Callable[[torch.nn.Module, Path, Any, Path], None] = save_lora_outputs
     extra: Callable[[torch.nn.Module], dict[str, Any]] = lambda model: {}
-    recipe: str = "lora"  # the LoLCATs stage whose recipe is the default TrainConfig of a lolcats method
+    recipe: str = "lora"  # the method's stage whose recipe (liger.methods.stage_recipe) is the default TrainConfig
 
 
 LORA = Stage("finetune", build_model)
 
 
 def default_train_config(options: dict | None, stage: str = "lora") -> TrainConfig:
-    """The paper's recipe: Liger's for Liger methods, the variant's stage recipe for lolcats (liger.lolcats)."""
-    if options and options.get("method") == "lolcats":
-        from liger.lolcats import recipe
-
-        return TrainConfig(**recipe(options.get("variant", "original"), stage))
-    return TrainConfig()
+    """The method's recipe for `stage` (liger.methods.stage_recipe), e.g. the paper's for the Liger methods."""
+    if is_base(options):
+        return TrainConfig()
+    return TrainConfig(**stage_recipe(options.get("method"), stage, options))
 
 
 def finetune(
@@ -755,7 +751,7 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
         log.info("%s: method base: nothing to convert or train; wrote %s", name, out / "summary.json")
         return summary
 
-    from liger.options import build_options
+    from liger.methods import build_options
 
     options = dict(options)
     full_options = build_options(**options).to_dict()  # fails fast on a bad method or option

@@ -30,7 +30,7 @@ WORDS = (
     "nine ten hello world yes no maybe"
 ).split()
 
-# LIGER.md section 4, character for character.
+# docs/method.md#data-and-template, character for character.
 EXPECTED_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd the numbers.\n\n"
@@ -130,24 +130,17 @@ def test_template_without_input_exact(rec: dict) -> None:
     assert format_prompt(rec) == EXPECTED_NO_INPUT
 
 
-def _liger_md_template(lines: list[str], start: str) -> str:
-    """Reassemble a quoted template from the wrapped markdown list item starting with `start`."""
-    i = next(k for k, ln in enumerate(lines) if ln.strip().startswith(start))
-    text = lines[i].strip()[len(start) :].strip()
-    while text.count('"') < 2:
-        i += 1
-        nxt = lines[i].strip()
-        text += nxt if text.endswith("\\n") else " " + nxt  # a wrap after an escaped \n adds no space
-    return text[text.index('"') + 1 : text.rindex('"')].replace("\\n", "\n")
+def _documented_template(markdown: str, info: str) -> str:
+    """The text of the fenced block opened with ```info, with its final newline."""
+    match = re.search(rf"^```{info}\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
+    assert match, f"no ```{info} block"
+    return match.group(1)
 
 
-def test_template_matches_liger_md() -> None:
-    md = _shared_data().parent / "LIGER.md"
-    if not md.is_file():
-        pytest.skip(f"{md} not found")
-    lines = md.read_text(encoding="utf-8").splitlines()
-    with_input = _liger_md_template(lines, "- with input:")
-    no_input = _liger_md_template(lines, "- without input:")
+def test_template_matches_the_documented_one() -> None:
+    md = (REPO / "docs" / "method.md").read_text(encoding="utf-8")
+    with_input = _documented_template(md, "alpaca-with-input")
+    no_input = _documented_template(md, "alpaca-without-input")
     assert with_input == D.PROMPT_WITH_INPUT
     assert no_input == D.PROMPT_NO_INPUT
     rec = {"instruction": "Add the numbers.", "input": "2 and 3"}

@@ -253,8 +253,8 @@ def test_paper_config_builds_the_dag(tmp_path):
 
 def test_a_lolcats_stage_takes_its_recipe_not_trains(tmp_path):
     """The rules give the Liger rows every key of `train`; a LoLCATs stage only the keys its recipe does not set,
-    then its `lolcats_train` overrides (its recipe, liger.lolcats.RECIPES, sets the others)."""
-    from liger.lolcats import RECIPES
+    then its `lolcats_train` overrides (its recipe, liger.methods.lolcats.RECIPES, sets the others)."""
+    from liger.methods.lolcats import RECIPES
 
     proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     commands = {c.split("--out ")[1].split()[0]: c for c in shell_commands(proc) if "--data " in c}
@@ -272,9 +272,8 @@ def test_snakefile_and_the_vocabulary_load_without_torch(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / "smoke.yaml"), env=env)
     assert proc.returncode == 0 and "report" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
-    script = f"import runpy; runpy.run_path({str(ROOT / 'liger' / 'pipeline.py')!r})"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "import liger.pipeline, liger.plan"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -393,12 +392,13 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
 
     import liger
     from liger.convert import save_added
+    from liger.methods import options_from_dict
 
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("*.log", "*.tsv", "*.png"))
     torch.manual_seed(0)
     for adapter in out.glob("finetuned/*/*/adapter"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((adapter / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((adapter / "liger_options.json").read_text())).to_dict())
         config = json.loads((adapter / "adapter_config.json").read_text())
         lora = get_peft_model(model, LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
                                                 target_modules=config["target_modules"]))  # fmt: skip
@@ -410,7 +410,7 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
         shutil.rmtree(out / "made")
     for added in out.glob("transferred/*/*/added"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((added / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((added / "liger_options.json").read_text())).to_dict())
         save_added(model, added)
     return out
 

@@ -1,4 +1,5 @@
-"""Issue #11 on CPU: the control rows, window coverage, passkey retrieval, loss by position, and their report."""
+"""On CPU: the control rows, window coverage, passkey retrieval, loss by position (docs/method.md#controls), and
+their report."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 import yaml
 
 import liger
-from liger.attention import LigerAttention
 from liger.errors import LigerError
+from liger.layers.liger import LigerAttention
 from liger.pipeline import liger_options
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 import liger
 from liger import LigerError
 from liger.cli import main
-from liger.lolcats import RECIPES, LolcatsAttention
+from liger.layers.lolcats import LolcatsAttention
+from liger.methods.lolcats import RECIPES
 from liger.train import RECIPE_FIELDS, TrainConfig, default_train_config, finetune
 from liger.transfer import TransferObjective, transfer
 from tests.conftest import tiny_model

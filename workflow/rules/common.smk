@@ -1,5 +1,4 @@
 # Shared values and helpers of the rules.
-import importlib.util
 import json
 import re
 import os
@@ -10,13 +9,10 @@ from types import SimpleNamespace
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
+# The pipeline's vocabulary and the config check shared with `liger plan`; torch-free, as is the method registry it
+# asks what a method needs (liger.methods).
+from liger import pipeline
 
-# liger/pipeline.py, loaded by path: the pipeline's vocabulary and the config check shared with `liger plan`, without
-# importing the package (torch, transformers) into Snakemake.
-_spec = importlib.util.spec_from_file_location("liger_pipeline", os.path.join(workflow.basedir, "liger", "pipeline.py"))
-pipeline = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = pipeline
-_spec.loader.exec_module(pipeline)
 try:  # also fills in the schema's defaults: the rules read every key directly
     pipeline.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
 except pipeline.ConfigError as e:
