@@ -30,7 +30,7 @@ PUBLISHED = "published"
 # ----------------------------------------------------------------------------------------- rows
 
 # A row's keys that are the pipeline's; its other keys are options of its layer.
-PIPELINE_KEYS = ("finetune", "control", "weights_of", "layer_options")
+PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
@@ -244,7 +244,7 @@ def _describe(e: jsonschema.ValidationError) -> str:
 
 def row_problems(config: dict, given: dict) -> list[str]:
     """What the schema cannot say: the run name, the tasks, each method row's shape and method (one of the
-    registry's), and `profile.methods`.
+    registry's), the rows `report` names, and `profile.methods`.
     `config` has the schema's defaults; `given` is the config as written."""
     problems = []
     if config["run"] == PUBLISHED:
@@ -256,13 +256,13 @@ def row_problems(config: dict, given: dict) -> list[str]:
     for name, entry in methods.items():
         if "weights_of" in entry:
             of = entry["weights_of"]
-            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control"})
+            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control", "about"})
             if of not in methods or "weights_of" in methods[of] or not liger_options(methods[of]):
                 problems.append(f"methods.{name}.weights_of: {of!r} is not a converted method of `methods`; name a "
                                 "row that has a `method`")
             elif other:
-                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options and control (it has "
-                                f"{other}); move the other keys to the row it scores")
+                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control and about "
+                                f"(it has {other}); move the other keys to the row it scores")
         elif "method" in entry and entry["method"] not in registry.names():
             problems.append(f"methods.{name}.method: {entry['method']!r} is not one of {', '.join(registry.names())}; "
                             "pick one")
@@ -270,6 +270,9 @@ def row_problems(config: dict, given: dict) -> list[str]:
             first, *others = registry.names()
             problems.append(f"methods.{name}: options {sorted(liger_options(entry))} but no `method`; add `method: "
                             f"{first}` (or {', '.join(others)}), or leave the row empty for the base")
+    for role, name in config["report"].items():
+        if name is not None and name not in methods:
+            problems.append(f"report.{role}: {name!r} is not a row of `methods`; name one")
     trained = rows(config, TRAINED)
     stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
     if stray:

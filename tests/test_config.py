@@ -66,14 +66,14 @@ BAD = {
     "weights_of base": (_set("methods", "x", value={"weights_of": "base"}),
                         "methods.x.weights_of: 'base' is not a converted method"),
     "weights_of with options": (_set("methods", "x", value={"weights_of": "lolcats", "window": 8}),
-                                "methods.x: a `weights_of` row takes only layer_options and control"),
+                                "methods.x: a `weights_of` row takes only layer_options, control and about"),
     "profile of an untrained row": (_set("profile", "methods", value=["base_window"]),
                                     "profile.methods: ['base_window'] are not trained Liger methods"),
     "unknown task": (_set("eval", "tasks", value=["piqa", "squad"]),
                      "eval.tasks.1: 'squad' is not one of piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu"),
     "no tasks": (_pop("eval", "tasks"), "eval: `tasks` is missing; add it"),
     "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
-                                 "methods.x: a `weights_of` row takes only layer_options and control (it has "
+                                 "methods.x: a `weights_of` row takes only layer_options, control and about (it has "
                                  "['finetune'])"),
 }
 

@@ -42,6 +42,7 @@ def liger_options(method: str) -> dict:
 TRAINED = pipeline.rows(config, pipeline.TRAINED)  # converted and fine-tuned
 UNTRAINED = pipeline.rows(config, pipeline.UNTRAINED)  # converted only (base_window)
 CONTROLS = pipeline.controls(config)
+ABOUT = {m: e["about"] for m, e in config["methods"].items() if "about" in e}  # what each control row shows
 WINDOWS = pipeline.windows(config)  # the windows of the rows that have a window branch
 PROBE_FILES = [pipeline.ROW_FILES[job] for job in ("metrics", "passkey", "position_loss")]  # per row, in rule all
 # Rows trained in two stages, attention transfer then LoRA (LoLCATs)

@@ -1,4 +1,4 @@
-# What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
+# What the recovery means (docs/method.md#controls): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
 PASSKEY = config["probes"]["passkey"]
 POSITION_LOSS = config["probes"]["position_loss"]
