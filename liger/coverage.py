@@ -22,6 +22,7 @@ import pandas as pd
 
 from liger.errors import LigerError
 from liger.fileio import write_text_atomic
+from liger.pipeline import PAPER_TASKS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def coverage(
     data_dir: str | Path | None = None,
     windows: Sequence[int] = (64,),
     limit: int | None = None,
-    num_fewshot_mmlu: int = 5,
+    num_fewshot_mmlu: int = TASKS["mmlu"].shots,
     seed: int = 0,
 ) -> pd.DataFrame:
     """The coverage table for the tokenizer in `model_dir`: one row per task (see the module docstring).
@@ -81,7 +82,7 @@ def coverage(
     """
     from transformers import AutoTokenizer
 
-    from liger.evaluate import PAPER_TASKS, check_tasks
+    from liger.evaluate import check_tasks
     from liger.tasks.loading import check_data, leaf_task_names, loaded_tasks
     from liger.tasks.utils import MMLU_SUBJECTS
 
@@ -100,7 +101,7 @@ def coverage(
     rows = []
     with loaded_tasks(task_list, data_dir) as (_, _, leaves):
         for task in task_list:
-            shots = num_fewshot_mmlu if task == "mmlu" else 0
+            shots = num_fewshot_mmlu if task == "mmlu" else TASKS[task].shots
             task_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit and task == "mmlu" else limit
             keys, requests = [], []
             for name in leaf_task_names(task, data_dir is not None):
@@ -164,8 +165,6 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    from liger.evaluate import PAPER_TASKS
-
     p = sub.add_parser("coverage", help="request lengths per benchmark in a model's tokens; share beyond the window",
                        description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, type=Path, help="model folder (its tokenizer is used)")
@@ -173,7 +172,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="offline mirrors folder; default: lm-eval's hub datasets")
     p.add_argument("--windows", default="64", help="comma-separated window sizes (default 64)")
     p.add_argument("--limit", type=int, help="at most N items per task (MMLU: ceil(N/57) per subject)")
-    p.add_argument("--num-fewshot-mmlu", type=int, default=5)
+    p.add_argument("--num-fewshot-mmlu", type=int, default=TASKS["mmlu"].shots)
     p.add_argument("--seed", type=int, default=0, help="few-shot sampler seed (as evaluate)")
     p.add_argument("--out", required=True, type=Path, help="output CSV (a Markdown twin is written beside it)")
     p.set_defaults(func=_cli)

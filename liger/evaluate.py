@@ -27,22 +27,13 @@ from liger.errors import LigerError
 from liger.eval_model import LigerLM
 from liger.fileio import write_json_atomic
 from liger.paired import record as record_items
+from liger.pipeline import PAPER_METRIC, PAPER_TASKS  # the paper's tasks and the metric each reports
 from liger.provenance import versions
 from liger.tasks.loading import check_data, leaf_task_names, lm_eval_name, loaded_tasks
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS: tuple[str, ...] = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu")
-# The metric each paper column reports (docs/method.md#metrics-and-shots).
-PAPER_METRIC: dict[str, str] = {
-    "piqa": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "hellaswag": "acc_norm",
-    "winogrande": "acc",
-    "mmlu": "acc",
-}
 METRICS = ("acc", "acc_norm")
 MMLU_AGGREGATION = (
     "lm-eval 0.4.13 `mmlu` group acc: aggregate_metric_list weight_by_size=true, pooled over all 57 leaf "

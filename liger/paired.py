@@ -6,8 +6,10 @@ task's paper metric is 1 (acc or acc_norm), in the order `order` names (`ITEM_OR
 alphabetical order, then doc_id), and `docs_sha256` hashes the processed documents in that order. Two rows are
 paired on a task only when their `docs_sha256` agree (same data, same limit).
 
-`write_tables` (called by `liger report`) gives each row's difference from `base` and from `window_only`, in
-points, on the six-task average and on MMLU, with a percentile interval from a paired bootstrap.
+`write_tables` (called by `liger report`) gives each row's difference from `base` and from the config's window-only
+control (`report.window_only`), in points, on the six-task average and on MMLU, with a percentile interval from a
+paired bootstrap; and it tests the paper's claim that the reference method (`report.reference`) gains on MMLU over
+the window alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from liger.errors import LigerError
 RESAMPLES = 10_000
 SEED = 0
 LEVEL = 0.95
-REFERENCES = ("base", "window_only")
+BASE = "base"  # the untouched model's row, every row's first reference
 ITEM_ORDER = {"mmlu": "subject (alphabetical), then doc_id"}  # other tasks: "doc_id"
 NO_ITEMS = "no per-item outcomes recorded: rerun the evaluation"
 
@@ -123,14 +125,15 @@ def _pairs(row: Mapping, ref: Mapping, tasks: Sequence[str], reference: str) -> 
 
 
 def differences(items: Mapping[str, Mapping], roles: Mapping[str, str], tasks: Sequence[str],
-                resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> pd.DataFrame:
-    """One line per row, reference (`REFERENCES` present) and measure: the difference in points with its interval,
-    or a note. Measures: `Avg`, the mean over `tasks`, and `MMLU`. `items`: method -> `read_items` (empty: none
-    recorded); `roles`: method -> role."""
+                resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+                references: Sequence[str] = (BASE,)) -> pd.DataFrame:
+    """One line per row, reference (those of `references` present) and measure: the difference in points with its
+    interval, or a note. Measures: `Avg`, the mean over `tasks`, and `MMLU`. `items`: method -> `read_items` (empty:
+    none recorded); `roles`: method -> role."""
     measures = {"Avg": tuple(tasks), "MMLU": ("mmlu",)}
     lines = []
     for method, row in items.items():
-        for reference in (r for r in REFERENCES if r in items and r != method):
+        for reference in (r for r in references if r in items and r != method):
             for measure, measured in measures.items():
                 line = {"method": method, "role": roles.get(method, ""), "reference": reference, "measure": measure,
                         "difference": None, "low": None, "high": None, "items": None, "note": ""}
@@ -152,18 +155,19 @@ def differences(items: Mapping[str, Mapping], roles: Mapping[str, str], tasks: S
 # ----------------------------------------------------------------------------------------- the report's part
 
 
-def paper_recurrence_gain(paper_csv: Path, prefer: str | None = None) -> dict | None:
-    """The paper's MMLU gain of Liger-GLA over the window alone: its rows whose `config_method` is `liger_gla` and
-    `window_only`, of the model `prefer` if it has both, else the first that does. None if no model has both."""
+def paper_recurrence_gain(paper_csv: Path, reference: str, window_only: str, prefer: str | None = None) -> dict | None:
+    """The paper's MMLU gain of the reference method over the window alone: {"model", "reference", "window_only"}
+    from its rows whose `config_method` is `reference` and `window_only` (our rows' names), of the model `prefer` if
+    it has both, else the first that does. None if no model has both."""
     paper = pd.read_csv(paper_csv)
     if "config_method" not in paper.columns:
         raise LigerError(f"{paper_csv}: no config_method column (our method name of each paper row)")
     found = {}
     for model, rows in paper.groupby("model", sort=False):
         by = rows.dropna(subset=["config_method"]).drop_duplicates("config_method").set_index("config_method")
-        if {"liger_gla", "window_only"} <= set(by.index):
-            found[model] = {"model": model, "liger_gla": float(by.loc["liger_gla", "mmlu"]),
-                            "window_only": float(by.loc["window_only", "mmlu"])}
+        if {reference, window_only} <= set(by.index):
+            found[model] = {"model": model, "reference": float(by.loc[reference, "mmlu"]),
+                            "window_only": float(by.loc[window_only, "mmlu"])}
     if not found:
         return None
     return found.get(prefer) or next(iter(found.values()))
@@ -175,13 +179,13 @@ def _interval(line: pd.Series) -> str:
     return f"{line['difference']:+.1f} [{line['low']:+.1f}, {line['high']:+.1f}]"
 
 
-def markdown(table: pd.DataFrame) -> str:
+def markdown(table: pd.DataFrame, references: Sequence[str] = (BASE,)) -> str:
     """One line per row: each (reference, measure) as `difference [low, high]`, and the row's notes (those of the
     average, whose tasks include MMLU)."""
     if table.empty:
-        return "No row to compare with base or window_only.\n"
+        return f"No row to compare with {' or '.join(references)}.\n"
     present = set(zip(table["reference"], table["measure"], strict=True))
-    keys = [(r, m) for r in REFERENCES for m in dict.fromkeys(table["measure"]) if (r, m) in present]
+    keys = [(r, m) for r in references for m in dict.fromkeys(table["measure"]) if (r, m) in present]
     header = ["row", "role", *(f"{m} - {r}" for r, m in keys), "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, rows in table.groupby("method", sort=False):
@@ -193,22 +197,26 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None, model: str,
-              level: float = LEVEL) -> str:
-    """Whether the interval of (Liger row - window_only) on MMLU excludes 0, against the paper's claim."""
-    gain = claim["liger_gla"] - claim["window_only"] if claim else None
+              window_only: str | None, level: float = LEVEL) -> str:
+    """Whether the interval of (Liger row - the window-only row `window_only`) on MMLU excludes 0, against the
+    paper's claim (`paper_recurrence_gain`)."""
+    gain = claim["reference"] - claim["window_only"] if claim else None
     text = []
     if claim:
         text.append(f"The paper's claim at {claim['model']}: the recurrence adds {gain:+.1f} MMLU points over the "
-                    f"window alone ({claim['liger_gla']:.1f} vs {claim['window_only']:.1f}; config/paper_results.csv).")
-    lines = table[(table["reference"] == "window_only") & (table["measure"] == "MMLU")
+                    f"window alone ({claim['reference']:.1f} vs {claim['window_only']:.1f}; "
+                    "config/paper_results.csv).")
+    if window_only is None:
+        return " ".join([*text, f"No window-only row in the config (report.window_only), so {model} cannot test it."])
+    lines = table[(table["reference"] == window_only) & (table["measure"] == "MMLU")
                   & table["method"].isin(liger_rows)].set_index("method")
-    if "window_only" not in set(table["reference"]):
-        return " ".join([*text, f"No window_only row here, so {model} cannot test it."])
+    if window_only not in set(table["reference"]):
+        return " ".join([*text, f"No {window_only} row here, so {model} cannot test it."])
     if lines.empty:
-        return " ".join([*text, f"No Liger row beside window_only here, so {model} cannot test it."])
+        return " ".join([*text, f"No Liger row beside {window_only} here, so {model} cannot test it."])
     for method, line in lines.iterrows():
         if pd.isna(line["difference"]):
-            text.append(f"{method} - window_only on MMLU: not computed ({line['note']}).")
+            text.append(f"{method} - {window_only} on MMLU: not computed ({line['note']}).")
             continue
         where = (f"lies above 0: {model} shows a gain" if line["low"] > 0 else
                  f"lies below 0: the window alone scores higher at {model}" if line["high"] < 0 else
@@ -217,26 +225,31 @@ def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None
             where += "; the paper's {:+.1f} lies {}".format(
                 gain, "inside it" if line["low"] <= gain <= line["high"] else "above it" if gain > line["high"]
                 else "below it")
-        text.append(f"{method} - window_only on MMLU: {_interval(line)} points ({100 * level:g}% interval), which "
+        text.append(f"{method} - {window_only} on MMLU: {_interval(line)} points ({100 * level:g}% interval), which "
                     f"{where}.")
     return " ".join(text)
 
 
 def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], roles: Mapping[str, str],
                  tasks: Sequence[str], paper_csv: Path, paper_name: str | None = None, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> str:
-    """out_dir/paired.csv and paired.md from each method's metrics report (out_dir/METHOD/metrics.json, parsed);
-    `tasks`: the six the average runs over. Returns the text of paired.md."""
+                 seed: int = SEED, *, sources: Mapping[str, Path] | None = None, reference: str | None = None,
+                 window_only: str | None = None) -> str:
+    """out_dir/paired.csv and paired.md from each method's metrics report (parsed; `sources`: the files, for
+    errors); `tasks`: the six the average runs over; `reference`, `window_only`: the config's rows of those roles
+    (`report`). Returns the text of paired.md."""
     if resamples < 1:
         raise LigerError(f"--resamples {resamples}: must be >= 1")
-    items = {m: read_items(doc, out_dir / m / "metrics.json") for m, doc in metrics.items()}
-    table = differences(items, roles, tasks, resamples, seed)
+    sources = sources or {}
+    items = {m: read_items(doc, sources.get(m, m)) for m, doc in metrics.items()}
+    references = (BASE, window_only) if window_only else (BASE,)
+    table = differences(items, roles, tasks, resamples, seed, references=references)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
+    claim = paper_recurrence_gain(paper_csv, reference, window_only, paper_name) if reference and window_only else None
     liger_rows = [m for m, doc in metrics.items() if roles.get(m) == "method"
                   and isinstance(doc.get("liger"), Mapping) and doc["liger"].get("method") in methods.names("liger")]
     text = (f"Row minus reference, in points: the six-task average (each task's items resampled, the same indices "
             f"for both rows) and MMLU, with the {100 * LEVEL:g}% percentile interval of a paired bootstrap "
-            f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table) + "\n"
-            + sentences(table, liger_rows, paper_recurrence_gain(paper_csv, paper_name), model) + "\n")
+            f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table, references) + "\n"
+            + sentences(table, liger_rows, claim, model, window_only) + "\n")
     (out_dir / "paired.md").write_text(text)
     return text

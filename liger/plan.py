@@ -16,24 +16,21 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from liger import methods as registry
-from liger.config import (
-    PASSKEY,
-    POSITION_LOSS,
-    PROFILE,
-    ConfigError,
-    check_config,
-    is_finetuned,
-    liger_options,
-    read_config,
-    reuse_dirs,
-    run_dirs,
-)
 from liger.errors import LigerError
+from liger.pipeline import (
+    STAGES,
+    TASKS,
+    TRAINED,
+    UNTRAINED,
+    ConfigError,
+    load_config,
+    profiled,
+    reuse_dirs,
+    rows,
+    run_dirs,
+    stages,
+)
 
-# Benchmark sizes (items in the evaluated split; lm-eval's defaults and the mirrors agree).
-TASK_ITEMS = {"piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "winogrande": 1267,
-              "mmlu": 14042}
 MMLU_SUBJECTS = 57
 ALPACA_RECORDS = 51_802  # training records of Alpaca after the 200 validation records
 TOKENS_PER_RECORD = 112  # SmolLM2 tokenizer, Alpaca template (5,798,912 tokens / 51,802 records)
@@ -81,58 +78,54 @@ def _params(model: dict) -> float:
 
 def _train_tokens(config: dict, meta: Path) -> int:
     """Tokens one training stage sees: epochs of the packed data, cut by max_tokens / max_steps."""
-    data, train = config["data"], config.get("train", {})
+    data, train = config["data"], config["train"]
     if meta.exists():
         tokens_epoch = json.loads(meta.read_text())["tokens_per_epoch"]
     else:
-        tokens_epoch = min(data.get("limit") or ALPACA_RECORDS, ALPACA_RECORDS) * TOKENS_PER_RECORD
-    tokens = train.get("epochs", 2) * tokens_epoch
-    if train.get("max_tokens"):
+        tokens_epoch = min(data["limit"] or ALPACA_RECORDS, ALPACA_RECORDS) * TOKENS_PER_RECORD
+    tokens = train["epochs"] * tokens_epoch
+    if train["max_tokens"]:
         tokens = min(tokens, train["max_tokens"])
-    if train.get("max_steps"):
-        tokens = min(tokens, train["max_steps"] * data.get("seq_len", 1024) * train.get("micro_batch", 1)
-                     * train.get("grad_accum", 8))
+    if train["max_steps"]:
+        tokens = min(tokens, train["max_steps"] * data["seq_len"] * train["micro_batch"] * train["grad_accum"])
     return int(tokens)
 
 
 def _eval_items(config: dict) -> dict[str, int]:
-    limit = config["eval"].get("limit")
-    tasks = config["eval"].get("tasks", list(TASK_ITEMS))
+    limit, tasks = config["eval"]["limit"], config["eval"]["tasks"]
     if not limit:
-        return {t: TASK_ITEMS[t] for t in tasks}
-    return {t: min(TASK_ITEMS[t], MMLU_SUBJECTS * math.ceil(limit / MMLU_SUBJECTS) if t == "mmlu" else limit)
+        return {t: TASKS[t].items for t in tasks}
+    return {t: min(TASKS[t].items, MMLU_SUBJECTS * math.ceil(limit / MMLU_SUBJECTS) if t == "mmlu" else limit)
             for t in tasks}
 
 
 def _passkey_s(config: dict) -> float:
     """Work of one row's passkey job: every prompt prefilled, then decoded."""
-    pk = PASSKEY | config.get("probes", {}).get("passkey", {})
+    pk = config["probes"]["passkey"]
     prompts = len(pk["depths"]) * pk["seeds"]
     return prompts * sum(n / CPU_FORWARD_TOK_S + pk["new_tokens"] * CPU_DECODE_STEP_S for n in pk["lengths"])
 
 
 def _position_loss_s(config: dict) -> float:
-    pl = POSITION_LOSS | config.get("probes", {}).get("position_loss", {})
+    pl = config["probes"]["position_loss"]
     return pl["sequences"] * pl["seq_len"] / CPU_FORWARD_TOK_S
 
 
 def _profile_s(config: dict, variants: int) -> float:
     """Work of one profile job (SmolLM2's size): each variant prefills every length, then decodes."""
-    p = PROFILE | config.get("profile", {})
+    p = config["profile"]
     return variants * sum(n / CPU_FORWARD_TOK_S + p["new_tokens"] * CPU_DECODE_STEP_S for n in p["lengths"])
 
 
 def plan(config: dict, workdir: Path = Path(".")) -> dict:
-    """The jobs a (checked) config runs and how long they take on a 2-core CPU, by kind of cost.
+    """The jobs a config (`load_config`: checked, defaults filled in) runs and how long they take on a 2-core CPU.
 
     `workdir` is where the run writes: a base model already under resources/models/ is not fetched again, a
     prepared data folder gives the exact token count, a `reuse` run is restored, not trained. Returns
     {"models": {name: work}, "jobs": {rule: count}, "seconds": {kind: s}, "hours": h}.
     """
     methods = config["methods"]
-    trained = [m for m, e in methods.items() if is_finetuned(e)]
-    two_stage = [m for m in trained if "transfer" in registry.stages(methods[m]["method"])]
-    untrained = [m for m, e in methods.items() if liger_options(e) and not is_finetuned(e)]
+    trained, untrained = rows(config, TRAINED), rows(config, UNTRAINED)
     jobs, seconds, models = Counter(), Counter(), {}
 
     def job(rule: str, kind: str | None = None, work_s: float = 0.0) -> None:
@@ -142,7 +135,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             seconds[kind] += work_s
 
     resources = workdir / run_dirs(config)["resources"]
-    profiled = config.get("profile", {}).get("methods", [m for m in trained if not methods[m].get("control")])
+    variants = 2 + len(profiled(config))  # the base with eager attention and with SDPA, and each profiled row
     for name, model in config["models"].items():
         scale = _params(model) / SMOLLM2_PARAMS
         tokens = _train_tokens(config, resources / "data" / name / "meta.json")
@@ -151,16 +144,16 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
         eval_s = (zero_shot + items.get("mmlu", 0) * CPU_EVAL_S["mmlu"]) * scale  # per row
         if not (workdir / "resources" / "models" / name / "config.json").exists():
             job("model")
-        stages = [(m, "transfer", "transferred") for m in two_stage] + [(m, "finetune", "finetuned") for m in trained]
-        restored = [(m, rule) for m, rule, folder in stages
-                    if any((workdir / r / folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
-        if len(restored) < len(stages):
+        trains = [(m, STAGES[stage]) for m in trained for stage in stages(methods[m])]
+        restored = [(m, stage) for m, stage in trains if any(
+            (workdir / r / stage.folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
+        if len(restored) < len(trains):
             job("prepare_data")
-        for m, rule, _ in stages:
-            if (m, rule) in restored:
+        for m, stage in trains:
+            if (m, stage) in restored:
                 job("restore")
             else:
-                job(rule, "training", tokens / CPU_TRAIN_TOK_S * scale)
+                job(stage.command, "training", tokens / CPU_TRAIN_TOK_S * scale)
         for _ in untrained:
             job("convert")
         for _ in methods:  # every row: the base, trained, untrained (base_window) and weights_of rows
@@ -168,13 +161,13 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             job("passkey", "probes", _passkey_s(config) * scale)
             job("position_loss", "probes", _position_loss_s(config) * scale)
         job("coverage")
-        job("profile", "profile", _profile_s(config, 2 + len(profiled)) * scale)
+        job("profile", "profile", _profile_s(config, variants) * scale)
         job("report")
         models[name] = {"methods": list(methods), "train_tokens_per_method": tokens,
-                        "eval_items_per_method": sum(items.values()), "training_stages": len(stages)}
+                        "eval_items_per_method": sum(items.values()), "training_stages": len(trains)}
     job("tables")
-    for shape in config.get("profile", {}).get("shapes", []):
-        job("profile_shape", "profile", _profile_s(config, 2 + len(profiled)) * SHAPE_PARAMS[shape] / SMOLLM2_PARAMS)
+    for shape in config["profile"]["shapes"]:
+        job("profile_shape", "profile", _profile_s(config, variants) * SHAPE_PARAMS[shape] / SMOLLM2_PARAMS)
     return {"models": models, "jobs": dict(jobs), "seconds": dict(seconds), "hours": sum(seconds.values()) / 3600}
 
 
@@ -191,8 +184,8 @@ def _why(kind: str, work: dict) -> str:
         return (f"{jobs['evaluate']} rows x {first['eval_items_per_method']:,} items; MMLU's 5-shot prompts (up to "
                 f"3K tokens, {CPU_EVAL_S['mmlu']} s per item) take most of it")
     if kind == "training":
-        stages = jobs.get("finetune", 0) + jobs.get("transfer", 0)
-        return f"{stages} stages x {first['train_tokens_per_method']:,} tokens at {CPU_TRAIN_TOK_S:.0f} tokens/s"
+        count = sum(jobs.get(stage.command, 0) for stage in STAGES.values())
+        return f"{count} stages x {first['train_tokens_per_method']:,} tokens at {CPU_TRAIN_TOK_S:.0f} tokens/s"
     if kind == "start":
         return (f"{sum(jobs.values())} jobs, each starting Python, importing torch/transformers/lm-eval and loading "
                 "the model")
@@ -201,8 +194,7 @@ def _why(kind: str, work: dict) -> str:
 
 def _cli(args: argparse.Namespace) -> int:
     try:
-        config = read_config(args.configfile)
-        check_config(config, str(args.configfile))
+        config = load_config(args.configfile)
     except ConfigError as e:
         raise LigerError(str(e)) from None
     work = plan(config)

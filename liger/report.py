@@ -1,22 +1,67 @@
-"""Tables and the per-model report: our rows from metrics files, the paper's rows beside them."""
+"""Tables and the per-model report: our rows from metrics files, the paper's rows beside them.
+
+The report rule hands `liger report` its files (`RowFiles`: each row's metrics, training summaries and probe
+results, the coverage table) and the folder of its declared outputs (`OUTPUTS`); which rows are the base, the
+controls, the reference method and the window-only control, and what each control shows, come from the config.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from liger import paired
 from liger.errors import LigerError
+from liger.pipeline import PAPER_TASKS, ROW_FILES, STAGES, TASKS
 
-TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
-HEADERS = {"piqa": "PiQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
-           "winogrande": "WinoGrande", "mmlu": "MMLU"}
+HEADERS = {name: task.header for name, task in TASKS.items()}
 COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %",
            "Chance-corrected recovery %", "train tokens", "train stages", "source"]
 CHANCE = "chance (from the data)"
+# What `write_report` writes in the model's folder (the report rule declares each; the plot's path is given apart).
+OUTPUTS = ("main.csv", "main.md", "paired.csv", "paired.md", "passkey.csv", "passkey.md", "position_loss.csv",
+           "position_loss.md", "position_loss_roles.csv", "report.md")
+
+
+@dataclass
+class RowFiles:
+    """A model's files the report reads, each by row (in the table's order: `metrics`'s)."""
+
+    metrics: dict[str, Path]
+    train: dict[str, Path] = field(default_factory=dict)  # LoRA summaries (trained rows)
+    transfer: dict[str, Path] = field(default_factory=dict)  # attention-transfer summaries (two-stage rows)
+    passkey: dict[str, Path] = field(default_factory=dict)
+    position_loss: dict[str, Path] = field(default_factory=dict)
+    coverage: Path | None = None
+
+    @classmethod
+    def from_paths(cls, metrics: Sequence[Path], train: Sequence[Path] = (), transfer: Sequence[Path] = (),
+                   passkey: Sequence[Path] = (), position_loss: Sequence[Path] = (),
+                   coverage: Path | None = None) -> RowFiles:
+        """The files a rule hands over, each in its row's folder (…/MODEL/ROW/FILE)."""
+        def by_row(paths: Sequence[Path]) -> dict[str, Path]:
+            return {Path(p).parent.name: Path(p) for p in paths}
+
+        return cls(by_row(metrics), by_row(train), by_row(transfer), by_row(passkey), by_row(position_loss),
+                   coverage)
+
+    @classmethod
+    def layout(cls, results: Path, model: str, methods: Sequence[str]) -> RowFiles:
+        """The files under a run's results folder (results/RUN/MODEL/ROW/...) that exist, for callers without a
+        rule."""
+        def found(name: str) -> list[Path]:
+            return [p for m in methods if (p := results / model / m / name).exists()]
+
+        coverage = results / model / "coverage.csv"
+        return cls.from_paths([results / model / m / ROW_FILES["metrics"] for m in methods],
+                              *(found(name) for name in (STAGES["lora"].summary, STAGES["transfer"].summary,
+                                                         ROW_FILES["passkey"], ROW_FILES["position_loss"])),
+                              coverage if coverage.exists() else None)
 
 
 def _read_json(path: Path) -> dict:
@@ -32,9 +77,9 @@ def role_of(method: str, controls: list[str]) -> str:
     return "base" if method == "base" else "control" if method in controls else "method"
 
 
-def our_rows(model: str, methods: list[str], results: Path,
+def our_rows(model: str, files: RowFiles,
              controls: list[str] | None = None) -> tuple[pd.DataFrame, dict | None]:
-    """One row per method from results/{model}/{method}/metrics.json (values in %), and the chance levels.
+    """One row per method from its metrics file (values in %), and the chance levels.
 
     `role` says what a row is: base, method, control (the rows that say what the window and the recurrence
     each do), chance, or paper.
@@ -43,14 +88,16 @@ def our_rows(model: str, methods: list[str], results: Path,
     metrics file, or the first one that has them; they are None when no file records them.
     """
     rows, chance, full_data = [], None, False
-    for method in methods:
-        metrics_file = results / model / method / "metrics.json"
+    for method, metrics_file in files.metrics.items():
         metrics = _read_json(metrics_file)
         row = {"model": model, "method": method, "role": role_of(method, controls or []), "source": str(metrics_file)}
         for task, header in HEADERS.items():
             value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
-        row["train tokens"], row["train stages"] = _train_tokens(results / model / method)
+        row["train tokens"], row["train stages"] = _train_tokens(
+            [(STAGES[stage].label, summaries[method]) for stage, summaries in (("transfer", files.transfer),
+                                                                               ("lora", files.train))
+             if method in summaries])
         rows.append(row)
         if chance is None and metrics.get("chance"):
             chance, full_data = metrics["chance"], metrics.get("limit") is None
@@ -60,14 +107,14 @@ def our_rows(model: str, methods: list[str], results: Path,
                       "source": "1 / number of choices, mean over evaluated items"}
         chance_row |= {h: round(100 * chance[t], 1) if t in chance else None for t, h in HEADERS.items()}
         df = pd.concat([df, pd.DataFrame([chance_row])], ignore_index=True)
-    return _with_averages(df, base="base" if "base" in methods else None), (chance if full_data else None)
+    base = "base" if "base" in files.metrics else None
+    return _with_averages(df, base=base), (chance if full_data else None)
 
 
-def _train_tokens(folder: Path) -> tuple[int | None, str | None]:
+def _train_tokens(summaries: list[tuple[str, Path]]) -> tuple[int | None, str | None]:
     """Tokens trained over every stage of a row (LoLCATs: attention transfer + LoRA), and the split by stage with
-    each stage's wall time where its summary records one."""
-    stages = [(name, _read_json(path)) for name, path in (("attention transfer", folder / "transfer_summary.json"),
-                                                          ("LoRA", folder / "train_summary.json")) if path.exists()]
+    each stage's wall time where its summary records one. `summaries`: (stage label, summary file), in order."""
+    stages = [(name, _read_json(path)) for name, path in summaries]
     stages = [(name, s) for name, s in stages if s.get("tokens_trained")]
     if not stages:
         return None, None
@@ -134,12 +181,13 @@ def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
-    """Two or three sentences on our rows: the full method, the controls beside it, what the recurrence adds."""
+def main_sentences(ours: pd.DataFrame, reference: str | None = None, window_only: str | None = None) -> str:
+    """Two or three sentences on our rows: the reference method (the config's `report.reference`, else the first
+    method row), the controls beside it, what the recurrence adds over the window-only row (`report.window_only`)."""
     rows = ours[ours["role"].isin(["method", "control"])].set_index("method")
     if rows.empty or rows["Avg"].isna().all():
         return ""
-    if reference not in rows.index or rows.loc[reference, "role"] != "method":
+    if reference is None or reference not in rows.index or rows.loc[reference, "role"] != "method":
         methods = rows.index[rows["role"] == "method"]
         if methods.empty:
             return ""
@@ -161,8 +209,8 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
         text.append("Controls: " + "; ".join(f"{m} {r['Avg']:.1f} ({r['Avg'] - ref['Avg']:+.1f} vs {reference}, "
                                              f"{recovery(r)})" for m, r in controls.iterrows()) + ".")
     close = [m for m, r in rows.iterrows() if m != reference and abs(r["Avg"] - ref["Avg"]) <= 1]
-    if "window_only" in rows.index:
-        w = rows.loc["window_only"]
+    if window_only is not None and window_only in rows.index:
+        w = rows.loc[window_only]
         text.append(f"Over the window alone the recurrence adds {ref['Avg'] - w['Avg']:+.1f} points on average and "
                     f"{ref['MMLU'] - w['MMLU']:+.1f} on MMLU (the one task whose prompts outrun the window).")
     text.append(f"Within 1 point of {reference}: {', '.join(close)}." if close
@@ -170,51 +218,79 @@ def main_sentences(ours: pd.DataFrame, reference: str = "liger_gla") -> str:
     return " ".join(text)
 
 
-def probe_sections(model: str, methods: list[str], results: Path, window: int = 64) -> list[str]:
-    """Report sections for the probes whose files exist: coverage, passkey and loss by position.
+def probe_sections(model: str, files: RowFiles, out_dir: Path, plots: Path, window: int = 64) -> list[str]:
+    """Report sections for the probes whose files are given: coverage, passkey and loss by position.
 
-    Also writes `results`/{model}/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets),
+    Also writes `out_dir`/passkey.{csv,md} and position_loss.{csv,md} (methods x lengths / buckets),
     position_loss_roles.csv (the prompt/response split, `position_loss.role_table`) and the loss-by-position plot
-    `results`/plots/{model}_position_loss.png.
+    `plots`/{model}_position_loss.png.
     """
     from liger import coverage, passkey, position_loss
 
-    out_dir, text = results / model, []
-    cov = out_dir / "coverage.csv"
-    if cov.exists():
+    text = []
+    if files.coverage is not None:
         text += ["## Window coverage (request tokens: context + continuation, in this model's tokens)", "",
-                 coverage.markdown(pd.read_csv(cov))]
-    runs = {m: pd.read_csv(out_dir / m / "passkey.csv") for m in methods if (out_dir / m / "passkey.csv").exists()}
+                 coverage.markdown(pd.read_csv(files.coverage))]
+    runs = {m: pd.read_csv(path) for m, path in files.passkey.items()}
     if runs:
         table = passkey.summary_table(runs)
         table.to_csv(out_dir / "passkey.csv")
         md = markdown_table(table.reset_index()) + "\n" + passkey.sentences(table, window) + "\n"
         (out_dir / "passkey.md").write_text(md)
         text += ["## Passkey retrieval (accuracy % per prompt length, over key depths and seeds)", "", md,
-                 f"Heatmaps per length and depth: {results / 'plots'}/{model}_<method>_passkey.png.", ""]
-    files = {m: out_dir / m / "position_loss.json" for m in methods if (out_dir / m / "position_loss.json").exists()}
-    if files:
-        found = position_loss.load_results(files)
+                 f"Heatmaps per length and depth: {plots}/{model}_<method>_passkey.png.", ""]
+    if files.position_loss:
+        found = position_loss.load_results(files.position_loss)
         table = position_loss.summary_table(found)
         table.to_csv(out_dir / "position_loss.csv")
         position_loss.role_table(found).to_csv(out_dir / "position_loss_roles.csv", index=False)
         md = (markdown_table(table.reset_index(), digits=3) + "\n" + position_loss.describe_all(found)
               + " " + position_loss.sentences(table) + "\n\n" + position_loss.role_markdown(found))
         (out_dir / "position_loss.md").write_text(md)
-        position_loss.plot(found, results / "plots" / f"{model}_position_loss.png",
+        position_loss.plot(found, plots / f"{model}_position_loss.png",
                            f"{model}: next-token loss by position (held-out instruction records)")
         text += ["## Loss by position (mean next-token loss in nats per position bucket)", "", md]
     return text
 
 
+@dataclass
+class Roles:
+    """What the config says of the rows (its `control` rows, `about` texts and `report` section)."""
+
+    controls: list[str] = field(default_factory=list)
+    reference: str | None = None  # the method the sentences compare the others with (None: the first method row)
+    window_only: str | None = None  # the control with the window branch alone
+    about: dict[str, str] = field(default_factory=dict)  # row -> what it shows, in the table's legend
+
+
+def controls_legend(controls: Sequence[str], about: Mapping[str, str]) -> str:
+    """The legend's sentence on the control rows, from the config's `about` of each ("" without controls)."""
+    if not controls:
+        return ""
+    rows = ", ".join(f"{m} ({about[m]})" if about.get(m) else m for m in controls)
+    return f"Rows with role `control` say what each branch does alone: {rows}. "
+
+
 def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
                        paper_csv: Path, config_note: str = "", controls: list[str] | None = None,
-                       window: int = 64, resamples: int = paired.RESAMPLES) -> Path:
-    """results/{model}/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from base and
-    window_only with bootstrap intervals) and report.md (with the probes' sections when their files exist)."""
-    ours, chance = our_rows(model, methods, results, controls)
+                       window: int = 64, resamples: int = paired.RESAMPLES, roles: Roles | None = None) -> Path:
+    """`write_report` on the files of `methods` under a run's results folder (results/RUN/MODEL/ROW/...), writing
+    into results/RUN/MODEL and results/RUN/plots."""
+    roles = roles or Roles(controls=controls or [])
+    return write_report(model, RowFiles.layout(results, model, methods), results / model, results / "plots",
+                        paper_name, paper_csv, config_note, roles, window, resamples)
+
+
+def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_name: str | None, paper_csv: Path,
+                 config_note: str = "", roles: Roles | None = None, window: int = 64,
+                 resamples: int = paired.RESAMPLES) -> Path:
+    """`out_dir`/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from the base and the
+    window-only row with bootstrap intervals), the probes' tables when their files are given, and report.md
+    (`OUTPUTS`); the loss-by-position plot in `plots`."""
+    roles = roles or Roles()
+    controls = [m for m in files.metrics if m in roles.controls]
+    ours, chance = our_rows(model, files, controls)
     paper = paper_rows(paper_name, paper_csv, chance)
-    out_dir = results / model
     table = pd.concat([ours, paper], ignore_index=True) if not paper.empty else ours
     table.to_csv(out_dir / "main.csv", index=False)
     (out_dir / "main.md").write_text(markdown_table(table))
@@ -224,23 +300,21 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
             "Rows marked (paper) are the published numbers for the same base model (config/paper_results.csv); "
             "every other cell comes from the metrics file named in main.csv's `source` column. Recovery is the "
             "row's average over the base average; chance-corrected recovery is (row - chance) / (base - chance) "
-            "on the averages, with the chance row computed from the evaluated items. Rows with role `control` "
-            "say what each branch does alone: window_only (the window branch, fine-tuned like the methods), "
-            "liger_gla_no_window (the recurrence alone), base_window (the base model restricted to the window, "
-            "not trained), lolcats_sliding (LoLCATs' model, not retrained, scored with the 64-key sliding window it "
-            "decodes with instead of the terraced one it was trained with). `train tokens` counts every training "
+            "on the averages, with the chance row computed from the evaluated items. "
+            + controls_legend(controls, roles.about) + "`train tokens` counts every training "
             "stage of a row (LoLCATs: attention transfer, then LoRA, as the paper's Table 2 counts 0.02B + 0.02B = "
             "0.04B); `train stages` splits it, with each stage's wall time in the run that trained it (other jobs "
             "may have shared its GPU).", "",
-            main_sentences(ours), ""]
-    metrics = {m: _read_json(out_dir / m / "metrics.json") for m in methods}
-    roles = {m: role_of(m, controls or []) for m in methods}
+            main_sentences(ours, roles.reference, roles.window_only), ""]
+    metrics = {m: _read_json(path) for m, path in files.metrics.items()}
+    row_roles = {m: role_of(m, controls) for m in files.metrics}
     text += ["## Paired differences (bootstrap over the same items)", "",
-             paired.write_tables(out_dir, model, metrics, roles, TASKS, paper_csv, paper_name, resamples)]
-    text += probe_sections(model, methods, results, window)
-    plots = sorted((results / "plots").glob(f"{model}_*.png"))
-    if plots:
-        text += ["## Plots", ""] + [f"![{p.stem}](../plots/{p.name})" for p in plots] + [""]
+             paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
+                                 sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
+    text += probe_sections(model, files, out_dir, plots, window)
+    images = sorted(plots.glob(f"{model}_*.png"))
+    if images:
+        text += ["## Plots", ""] + [f"![{p.stem}](../plots/{p.name})" for p in images] + [""]
     report = out_dir / "report.md"
     report.write_text("\n".join(text))
     return report
@@ -259,23 +333,36 @@ def _cli(args: argparse.Namespace) -> int:
         write_tables(args.tables, args.out)
         print(f"{args.out}/main.csv")
         return 0
-    controls = [m for m in (args.controls or "").split(",") if m]
-    report = write_model_report(args.model, args.methods.split(","), args.results, args.paper_name,
-                                args.paper_csv, args.note, controls=controls, window=args.window,
-                                resamples=args.resamples)
+    if not args.metrics or not args.out_dir or not args.plot:
+        raise LigerError("liger report: give --metrics, --out-dir and --plot (or --tables)")
+    files = RowFiles.from_paths(args.metrics, args.train, args.transfer, args.passkey, args.position_loss,
+                                args.coverage)
+    roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], reference=args.reference or None,
+                  window_only=args.window_only or None, about=json.loads(args.about))
+    report = write_report(args.model, files, args.out_dir, args.plot.parent, args.paper_name, args.paper_csv,
+                          args.note, roles, window=args.window, resamples=args.resamples)
     print(report)
     return 0
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a model's tables and report.md, or stack the models' tables")
-    p.add_argument("--model", help="model name (results/{model}/...)")
-    p.add_argument("--methods", help="comma-separated methods, base first")
-    p.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
+    p.add_argument("--model", help="model name")
+    p.add_argument("--metrics", nargs="+", type=Path, help="each row's metrics.json (…/MODEL/ROW/), base first")
+    p.add_argument("--train", nargs="*", type=Path, default=[], help="the trained rows' LoRA summaries")
+    p.add_argument("--transfer", nargs="*", type=Path, default=[], help="the two-stage rows' transfer summaries")
+    p.add_argument("--passkey", nargs="*", type=Path, default=[], help="the rows' passkey results")
+    p.add_argument("--position-loss", nargs="*", type=Path, default=[], help="the rows' loss-by-position results")
+    p.add_argument("--coverage", type=Path, help="the model's coverage table")
+    p.add_argument("--out-dir", type=Path, help=f"where to write {', '.join(OUTPUTS)}")
+    p.add_argument("--plot", type=Path, help="the loss-by-position plot to write (other plots beside it are shown)")
     p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")
     p.add_argument("--paper-csv", type=Path, default=Path("config/paper_results.csv"))
     p.add_argument("--note", default="", help="a line under the title (config, data source)")
     p.add_argument("--controls", default="", help="comma-separated methods that are control rows")
+    p.add_argument("--reference", default="", help="the method row the sentences compare the others with")
+    p.add_argument("--window-only", default="", help="the control row with the window branch alone")
+    p.add_argument("--about", default="{}", help="JSON {row: what it shows}, for the controls' legend")
     p.add_argument("--window", type=int, default=64, help="the methods' window (for the probes' sentences)")
     p.add_argument("--resamples", type=int, default=paired.RESAMPLES,
                    help=f"paired bootstrap resamples (default {paired.RESAMPLES:,})")

@@ -1,4 +1,4 @@
-"""The config check shared by `liger plan` and the Snakefile (liger/config.py): one line naming file and key."""
+"""The pipeline's vocabulary and the config check shared by `liger plan` and the Snakefile (liger/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from liger.config import ConfigError, check_config, read_config, run_dirs
+from liger.pipeline import (
+    BASE,
+    TRAINED,
+    UNTRAINED,
+    WEIGHTS_OF,
+    ConfigError,
+    check_config,
+    load_config,
+    read_config,
+    rows,
+    run_dirs,
+    stage_train,
+    windows,
+)
 from tests.conftest import ROOT
 
 SMOKE = ROOT / "config" / "smoke.yaml"
@@ -53,9 +66,15 @@ BAD = {
     "weights_of base": (_set("methods", "x", value={"weights_of": "base"}),
                         "methods.x.weights_of: 'base' is not a converted method"),
     "weights_of with options": (_set("methods", "x", value={"weights_of": "lolcats", "window": 8}),
-                                "methods.x: a `weights_of` row takes only layer_options and control"),
+                                "methods.x: a `weights_of` row takes only layer_options, control and about"),
     "profile of an untrained row": (_set("profile", "methods", value=["base_window"]),
                                     "profile.methods: ['base_window'] are not trained Liger methods"),
+    "unknown task": (_set("eval", "tasks", value=["piqa", "squad"]),
+                     "eval.tasks.1: 'squad' is not one of piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu"),
+    "no tasks": (_pop("eval", "tasks"), "eval: `tasks` is missing; add it"),
+    "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
+                                 "methods.x: a `weights_of` row takes only layer_options, control and about (it has "
+                                 "['finetune'])"),
 }
 
 
@@ -127,3 +146,31 @@ def test_the_window_minimum_is_the_layers():
     LigerOptions(window=1)
     with pytest.raises(LigerError, match="window"):
         LigerOptions(window=0)
+
+
+def test_a_config_that_gives_only_the_required_keys_gets_the_schemas_defaults(tmp_path):
+    """The schema holds the defaults: a config of required keys alone runs `liger plan`, and what the rules read
+    comes filled in; a LoLCATs stage gets no training default (its recipe has its own)."""
+    from liger.plan import plan
+
+    path = tmp_path / "min.yaml"
+    path.write_text(yaml.safe_dump({"run": "min", "models": {"m": {"embedded": "smollm2-135m"}},
+                                    "data": {"source": "alpaca.json"}, "methods": {"base": {}, "lolcats": {
+                                        "method": "lolcats"}}, "train": {}, "eval": {"tasks": ["piqa"]}}))
+    config = load_config(path)
+    assert config["probes"]["passkey"]["seeds"] == 5 and config["profile"]["new_tokens"] == 128
+    assert config["train"] == {"epochs": 2, "max_tokens": None, "max_steps": None, "micro_batch": 1, "grad_accum": 8}
+    assert config["data"]["seq_len"] == 1024 and config["resources"]["gpus"] == 0 and config["reuse"] is None
+    assert config["methods"]["lolcats"]["finetune"] and config["lolcats_train"] == {"transfer": {}, "lora": {}}
+    assert stage_train(config, "lolcats", "transfer") == {"epochs": 2, "max_tokens": None, "max_steps": None,
+                                                          "micro_batch": 1, "grad_accum": 8}
+    assert plan(config, workdir=tmp_path)["jobs"]["transfer"] == 1
+
+
+def test_row_kinds_and_windows_of_the_shipped_configs():
+    smoke = load_config(SMOKE)
+    assert rows(smoke, BASE) == ["base"] and rows(smoke, UNTRAINED) == ["base_window"]
+    assert rows(smoke, TRAINED) == ["liger_gla", "window_only", "lolcats"] and rows(smoke, WEIGHTS_OF) == [
+        "lolcats_sliding"]
+    assert windows(smoke) == [16, 64]  # lolcats' window and the Liger rows' default
+    assert windows(load_config(ROOT / "config" / "config.yaml")) == [64]  # liger_gla_no_window has none

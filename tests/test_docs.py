@@ -26,8 +26,6 @@ PENDING: dict[str, tuple[str, ...]] = {
     "liger/options.py": ("docs/method.md#the-liger-layer",),
     "liger/train.py": ("docs/method.md#fine-tuning-recipe", "docs/method.md#lora-optimizer-and-schedule"),
     "liger/transfer.py": ("docs/lolcats.md#stage-1-attention-transfer",),
-    "workflow/rules/probes.smk": ("docs/method.md#controls",),
-    "workflow/schemas/config.schema.yaml": ("docs/lolcats.md#the-two-variants",),
 }  # fmt: skip
 DOC_REF = re.compile(r"docs/([\w.-]+\.md)(?:#([\w-]+))?")
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")

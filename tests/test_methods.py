@@ -188,6 +188,7 @@ def half_window():
 
 def test_a_registered_method_converts_saves_loads_and_trains(half_window, tmp_path):
     from liger.decode import GraphDecoder
+    from liger.pipeline import check_config
     from liger.plan import plan
     from liger.train import default_train_config
 
@@ -212,9 +213,9 @@ def test_a_registered_method_converts_saves_loads_and_trains(half_window, tmp_pa
     with torch.no_grad():
         assert torch.equal(liger.load(tmp_path / "m")(ids).logits, model(ids).logits)
     assert default_train_config({"method": "half_window"}).lr == 3e-4
-    config = {"data": {}, "eval": {"tasks": ["piqa"]}, "models": {"tiny": {}},
-              "methods": {"base": {}, "half": {"method": "half_window"}}}
-    assert plan(config)["tiny"]["training_stages"] == 1
+    config = {"run": "t", "models": {"tiny": {"embedded": "smollm2-135m"}}, "data": {"source": "alpaca.json"},
+              "methods": {"base": {}, "half": {"method": "half_window"}}, "train": {}, "eval": {"tasks": ["piqa"]}}
+    assert plan(check_config(config, "test"))["models"]["tiny"]["training_stages"] == 1
     with pytest.raises(LigerError, match="not HalfWindowAttention"):
         GraphDecoder(model)
     with pytest.raises(LigerError, match="already registered"):

@@ -21,7 +21,8 @@ from liger.paired import (
     resampled_difference,
     task_rng,
 )
-from liger.report import TASKS, write_model_report
+from liger.pipeline import PAPER_TASKS as TASKS
+from liger.report import Roles, write_model_report
 from tests.conftest import ROOT
 
 PAPER_CSV = ROOT / "config" / "paper_results.csv"
@@ -172,7 +173,8 @@ def test_report_writes_paired_differences_and_tests_the_papers_claim(tmp_path):
     _write(tmp_path, "lolcats", {t: outcomes(0.5) for t in TASKS}, {"method": "lolcats"}, docs="e" * 64)
     _write(tmp_path, "window_only", window, gla_options | {"alpha": 1.0, "beta": 0.0})
     methods = ["base", "liger_gla", "liger_hgrn2", "lolcats", "window_only"]
-    report = write_model_report("m", methods, tmp_path, "Llama-3-8B", PAPER_CSV, controls=["window_only"],
+    roles = Roles(controls=["window_only"], reference="liger_gla", window_only="window_only")
+    report = write_model_report("m", methods, tmp_path, "Llama-3-8B", PAPER_CSV, roles=roles,
                                 resamples=2_000).read_text()  # fmt: skip
 
     table = pd.read_csv(tmp_path / "m" / "paired.csv")
@@ -209,7 +211,8 @@ def test_report_writes_paired_differences_and_tests_the_papers_claim(tmp_path):
 def test_report_without_items_or_without_window_only_still_writes_the_tables(tmp_path):
     for method in ("base", "liger_gla"):
         _write(tmp_path, method, None, {"method": "liger_gla"} if method != "base" else "base")
-    write_model_report("m", ["base", "liger_gla"], tmp_path, None, PAPER_CSV, resamples=100)
+    write_model_report("m", ["base", "liger_gla"], tmp_path, None, PAPER_CSV, resamples=100,
+                       roles=Roles(reference="liger_gla", window_only="window_only"))
     table = pd.read_csv(tmp_path / "m" / "paired.csv")
     assert list(table["reference"]) == ["base", "base"] and set(table["note"]) == {NO_ITEMS}
     md = (tmp_path / "m" / "paired.md").read_text()
@@ -233,26 +236,27 @@ def test_malformed_items_name_the_file_and_key(tmp_path):
 
 
 def test_paper_claim_comes_from_the_paper_csv(tmp_path):
-    claim = paper_recurrence_gain(PAPER_CSV, "Llama-3.2-1B")  # no window-only row there: the model that has one
-    assert claim == {"model": "Llama-3-8B", "liger_gla": 43.4, "window_only": 37.0}
+    claim = paper_recurrence_gain(PAPER_CSV, "liger_gla", "window_only", "Llama-3.2-1B")  # the model that has both
+    assert claim == {"model": "Llama-3-8B", "reference": 43.4, "window_only": 37.0}
     bad = tmp_path / "paper.csv"
     pd.read_csv(PAPER_CSV).drop(columns="config_method").to_csv(bad, index=False)
     with pytest.raises(LigerError, match="paper.csv: no config_method column"):
-        paper_recurrence_gain(bad)
+        paper_recurrence_gain(bad, "liger_gla", "window_only")
 
 
 def test_sentence_says_where_the_interval_lies():
     from liger.paired import sentences
 
-    claim = {"model": "Llama-3-8B", "liger_gla": 43.4, "window_only": 37.0}
+    claim = {"model": "Llama-3-8B", "reference": 43.4, "window_only": 37.0}
     table = pd.DataFrame([
         {"method": m, "reference": "window_only", "measure": "MMLU", "difference": d, "low": lo, "high": hi,
          "note": ""} for m, d, lo, hi in [("a", 0.5, -1.0, 2.0), ("b", -3.0, -5.0, -1.0), ("c", 7.0, 5.0, 9.0)]
     ])  # fmt: skip
-    text = sentences(table, ["a", "b", "c"], claim, "1.5b")
+    text = sentences(table, ["a", "b", "c"], claim, "1.5b", "window_only")
     assert "a - window_only on MMLU: +0.5 [-1.0, +2.0] points (95% interval), which includes 0: 1.5b shows no " \
            "measurable gain; the paper's +6.4 lies above it." in text
     assert "which lies below 0: the window alone scores higher at 1.5b; the paper's +6.4 lies above it." in text
     assert "c - window_only on MMLU: +7.0 [+5.0, +9.0] points (95% interval), which lies above 0: 1.5b shows a " \
            "gain; the paper's +6.4 lies inside it." in text
-    assert sentences(table, [], None, "1.5b") == "No Liger row beside window_only here, so 1.5b cannot test it."
+    assert sentences(table, [], None, "1.5b", "window_only") == ("No Liger row beside window_only here, so 1.5b "
+                                                                "cannot test it.")

@@ -147,10 +147,10 @@ def test_plan_estimates_the_smoke_run(smoke_run):
     """`liger plan`'s estimate (wall time on an otherwise idle 2-core CPU) against this run's CPU time, which other
     load on the machine hardly changes: on 2 cores the wall time lies between half the CPU time and all of it. The
     estimate must too, give or take 1.5x; above only where the rates were measured (a 2-core machine)."""
-    from liger.config import read_config
+    from liger.pipeline import load_config
     from liger.plan import plan
 
-    estimate = plan(read_config(Path(smoke_run.config)), workdir=smoke_run.work)["hours"] * 3600
+    estimate = plan(load_config(Path(smoke_run.config)), workdir=smoke_run.work)["hours"] * 3600
     measured = f"estimate {estimate:.0f} s, CPU {smoke_run.cpu_s:.0f} s, wall {smoke_run.wall_s:.0f} s"
     assert estimate >= smoke_run.cpu_s / 2 / 1.5, measured
     if (os.cpu_count() or 1) <= 2:
@@ -251,12 +251,30 @@ def test_paper_config_builds_the_dag(tmp_path):
             assert f"resources/paper/transferred/{name}/{method}/summary.json" in proc.stdout
 
 
-def test_rules_know_the_recipe_fields():
-    from liger.train import RECIPE_FIELDS
+def test_a_lolcats_stage_takes_its_recipe_not_trains(tmp_path):
+    """The rules give the Liger rows every key of `train`; a LoLCATs stage only the keys its recipe does not set,
+    then its `lolcats_train` overrides (its recipe, liger.methods.lolcats.RECIPES, sets the others)."""
+    from liger.methods.lolcats import RECIPES
 
-    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    start = common.index("RECIPE_FIELDS = ")
-    assert eval(common[start + len("RECIPE_FIELDS = "):common.index(")", start) + 1]) == RECIPE_FIELDS
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(ROOT / "config" / "smoke.yaml"))
+    commands = {c.split("--out ")[1].split()[0]: c for c in shell_commands(proc) if "--data " in c}
+    assert "--lr 0.001 --lora-r 8" in commands["resources/smoke/finetuned/smollm2-135m/liger_gla"]
+    for stage, folder in (("transfer", "transferred"), ("lora", "finetuned")):
+        command = commands[f"resources/smoke/{folder}/smollm2-135m/lolcats"]
+        recipe = {f"--{key.replace('_', '-')} " for key in RECIPES["original"][stage]}
+        assert "--max-steps 2 " in command and "--eval-every 2" in command  # train's, and lolcats_train's
+        assert not [flag for flag in recipe - {"--eval-every "} if flag in command], command
+
+
+def test_snakefile_and_the_vocabulary_load_without_torch(tmp_path):
+    """The Snakefile (a dry run of the smoke DAG) and liger/pipeline.py run where torch cannot load."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / "smoke.yaml"), env=env)
+    assert proc.returncode == 0 and "report" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+    proc = subprocess.run([sys.executable, "-c", "import liger.pipeline, liger.plan"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 FAKE_CONDA = """#!/bin/sh
@@ -295,7 +313,7 @@ def test_rules_run_the_snakemake_interpreter_or_the_conda_envs_python(tmp_path):
 
 def test_plan_counts_the_jobs_snakemake_runs(tmp_path):
     """`liger plan` counts, per rule, the jobs of the DAG (untrained and weights_of rows included)."""
-    from liger.config import read_config
+    from liger.pipeline import load_config
     from liger.plan import plan
 
     for name in ("smoke", "config"):
@@ -304,7 +322,7 @@ def test_plan_counts_the_jobs_snakemake_runs(tmp_path):
         table = out[out.index("job "):out.index("total")]
         counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[2:] if line.strip()}
         counts.pop("all")
-        assert plan(read_config(ROOT / "config" / f"{name}.yaml"), workdir=tmp_path)["jobs"] == counts, name
+        assert plan(load_config(ROOT / "config" / f"{name}.yaml"), workdir=tmp_path)["jobs"] == counts, name
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "model without a source", "unknown method option",
@@ -374,12 +392,13 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
 
     import liger
     from liger.convert import save_added
+    from liger.methods import options_from_dict
 
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("*.log", "*.tsv", "*.png"))
     torch.manual_seed(0)
     for adapter in out.glob("finetuned/*/*/adapter"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((adapter / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((adapter / "liger_options.json").read_text())).to_dict())
         config = json.loads((adapter / "adapter_config.json").read_text())
         lora = get_peft_model(model, LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
                                                 target_modules=config["target_modules"]))  # fmt: skip
@@ -391,7 +410,7 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
         shutil.rmtree(out / "made")
     for added in out.glob("transferred/*/*/added"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((added / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((added / "liger_options.json").read_text())).to_dict())
         save_added(model, added)
     return out
 

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 import liger
-from liger.config import liger_options
 from liger.errors import LigerError
 from liger.layers.liger import LigerAttention
+from liger.pipeline import liger_options
 from tests.conftest import ROOT, SHARED_DATA, tiny_model
 
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -53,10 +53,12 @@ def _save(model, tokenizer, out: Path) -> Path:
 
 
 def test_config_defines_the_three_controls():
-    methods = CONFIG["methods"]
+    methods = {name: {k: v for k, v in row.items() if k != "about"} for name, row in CONFIG["methods"].items()}
     assert methods["window_only"] == {"method": "liger_gla", "alpha": 1.0, "beta": 0.0, "control": True}
     assert methods["base_window"] == {**methods["window_only"], "finetune": False}
     assert methods["liger_gla_no_window"] == {"method": "liger_gla", "hybrid": "none", "control": True}
+    assert CONFIG["report"] == {"reference": "liger_gla", "window_only": "window_only"}
+    methods = CONFIG["methods"]
     for name in ("window_only", "base_window", "liger_gla_no_window"):
         assert yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())["methods"][name] == methods[name]
 
@@ -403,18 +405,21 @@ def _fake_results(root: Path) -> list[str]:
 
 
 def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
-    from liger.report import write_model_report
+    from liger.report import Roles, write_model_report
 
     methods = _fake_results(tmp_path)
-    controls = ["window_only", "liger_gla_no_window", "base_window"]
+    roles = Roles(controls=["window_only", "liger_gla_no_window", "base_window"], reference="liger_gla",
+                  window_only="window_only", about={"window_only": "the window alone"})
     report = write_model_report("m", methods, tmp_path, None, ROOT / "config" / "paper_results.csv",
-                                controls=controls).read_text()  # fmt: skip
+                                roles=roles).read_text()  # fmt: skip
     table = pd.read_csv(tmp_path / "m" / "main.csv").set_index("method")
     assert list(table["role"]) == ["base", "method", "control", "control", "control", "chance"]
     assert table.loc["window_only", "Chance-corrected recovery %"] == pytest.approx(
         round(100 * (table.loc["window_only", "Avg"] - table.loc["chance (from the data)", "Avg"])
               / (table.loc["base", "Avg"] - table.loc["chance (from the data)", "Avg"]), 1), abs=0.15)
     assert "Within 1 point of liger_gla: window_only." in report
+    assert ("Rows with role `control` say what each branch does alone: window_only (the window alone), "
+            "liger_gla_no_window, base_window. `train tokens`") in report
     assert "the recurrence adds +0.5 points on average and +3.0 on MMLU" in report
     assert "## Window coverage" in report and "## Passkey retrieval" in report and "## Loss by position" in report
     assert "The base model retrieves the key in 100% of prompts" in report

@@ -28,15 +28,16 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_plan_counts_the_work(tmp_path):
+    from liger.pipeline import load_config
     from liger.plan import FIXED_S, plan
 
-    smoke = plan(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text()), workdir=tmp_path)
+    smoke = plan(load_config(ROOT / "config" / "smoke.yaml"), workdir=tmp_path)
     work = smoke["models"]["smollm2-135m"]
     assert work["train_tokens_per_method"] == 2 * 128 * 2  # max_steps x seq_len x grad_accum
     assert work["eval_items_per_method"] == 5 * 4 + 57  # 4 per task, 1 per MMLU subject
     # every row is evaluated and probed, the untrained base_window and the weights_of row lolcats_sliding too
     assert smoke["jobs"]["evaluate"] == smoke["jobs"]["passkey"] == smoke["jobs"]["position_loss"] == 6
     assert smoke["seconds"]["start"] == sum(FIXED_S[rule] * n for rule, n in smoke["jobs"].items())
-    full = plan(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), workdir=tmp_path)
+    full = plan(load_config(ROOT / "config" / "config.yaml"), workdir=tmp_path)
     assert full["models"]["smollm2-135m"]["train_tokens_per_method"] == 2 * 51_802 * 112
     assert full["hours"] > 100 and max(full["seconds"], key=full["seconds"].get) == "training"

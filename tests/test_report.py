@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from liger.errors import LigerError
-from liger.report import paper_rows, write_model_report, write_tables
+from liger.report import Roles, paper_rows, write_model_report, write_tables
 from tests.conftest import ROOT
 
 PAPER_CSV = ROOT / "config" / "paper_results.csv"
@@ -47,7 +47,8 @@ def test_lolcats_rows_count_both_stages_beside_the_papers_lolcats_rows(tmp_path)
     write_metrics(tmp_path, "m", "liger_gla", dict.fromkeys(tasks, 0.55), tokens=2_000_000)
     (tmp_path / "m" / "lolcats" / "transfer_summary.json").write_text(
         json.dumps({"tokens_trained": 1_500_000, "wall_time_s": 630.0}))
-    report = write_model_report("m", ["base", "lolcats", "liger_gla"], tmp_path, "Llama-3-8B", PAPER_CSV)
+    report = write_model_report("m", ["base", "lolcats", "liger_gla"], tmp_path, "Llama-3-8B", PAPER_CSV,
+                                roles=Roles(reference="liger_gla"))
     text = report.read_text()
     assert "liger_gla averages 55.0" in text and "Other methods: lolcats 50.0 (-5.0 vs liger_gla)." in text
     table = pd.read_csv(tmp_path / "m" / "main.csv")

@@ -1,5 +1,4 @@
 # Shared values and helpers of the rules.
-import importlib.util
 import json
 import re
 import os
@@ -10,20 +9,16 @@ from types import SimpleNamespace
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
-from liger import methods as method_registry  # torch-free: the conversion methods and their training stages
+# The pipeline's vocabulary and the config check shared with `liger plan`; torch-free, as is the method registry it
+# asks what a method needs (liger.methods).
+from liger import pipeline
 
-
-# liger/config.py, loaded by path: the config check shared with `liger plan`, without importing the package (torch,
-# transformers) into Snakemake.
-_spec = importlib.util.spec_from_file_location("liger_config", os.path.join(workflow.basedir, "liger", "config.py"))
-liger_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(liger_config)
-try:
-    liger_config.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
-except liger_config.ConfigError as e:
+try:  # also fills in the schema's defaults: the rules read every key directly
+    pipeline.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
+except pipeline.ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-# A run writes only under results/RUN, resources/RUN and logs/RUN (liger/config.py run_dirs): every path of a
+# A run writes only under results/RUN, resources/RUN and logs/RUN (liger/pipeline.py run_dirs): every path of a
 # run's files has the wildcard {run}, which matches this config's `run` alone. Base models are shared by all runs.
 RUN = config["run"]
 # The rules' interpreter: with --use-conda / --sdm conda the `python` of the rule's env, else the one running
@@ -41,34 +36,22 @@ WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weigh
 
 def liger_options(method: str) -> dict:
     """The Liger options of a method entry (empty for the untouched base)."""
-    return liger_config.liger_options(config["methods"][method])
+    return pipeline.liger_options(config["methods"][method])
 
 
-def is_finetuned(method: str) -> bool:
-    return liger_config.is_finetuned(config["methods"][method])
-
-
-TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
-UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
-CONTROLS = [m for m in METHODS if config["methods"][m].get("control")]
-# Window sizes of the rows that have a window branch, for `liger coverage --windows`, which counts the keys before
-# the query: 64 is the Liger methods' default window (65 keys, its own included). An explicit `window` (keys, its
-# own included, every method) is passed as written: coverage's count is one less (left to coverage's convention).
-WINDOWS = sorted({liger_options(m).get("window", 64) for m in METHODS
-                  if liger_options(m) and liger_options(m).get("hybrid", "liger_attention") != "none"}) or [64]
-PROBES = config.get("probes", {})
-PROBE_FILES = ["metrics.json", "passkey.csv", "position_loss.json"]  # per model and method, in rule all
-# Rows whose method trains in two stages, attention transfer then LoRA (LoLCATs)
-LOLCATS = [m for m in TRAINED if "transfer" in method_registry.stages(liger_options(m).get("method"))]
-# TrainConfig fields that a LoLCATs variant's recipe sets (liger.train.RECIPE_FIELDS, tested equal): config `train`
-# gives them to the Liger methods only; `lolcats_train: {transfer: ..., lora: ...}` overrides the recipe.
-RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                 "eval_every")
-GPUS = config.get("resources", {}).get("gpus", 0)
-PROFILE = liger_config.PROFILE | config.get("profile", {})
+TRAINED = pipeline.rows(config, pipeline.TRAINED)  # converted and fine-tuned
+UNTRAINED = pipeline.rows(config, pipeline.UNTRAINED)  # converted only (base_window)
+CONTROLS = pipeline.controls(config)
+ABOUT = {m: e["about"] for m, e in config["methods"].items() if "about" in e}  # what each control row shows
+WINDOWS = pipeline.windows(config)  # the windows of the rows that have a window branch
+PROBE_FILES = [pipeline.ROW_FILES[job] for job in ("metrics", "passkey", "position_loss")]  # per row, in rule all
+# Rows trained in two stages, attention transfer then LoRA (LoLCATs)
+TRANSFERRED = [m for m in TRAINED if "transfer" in pipeline.stages(config["methods"][m])]
+GPUS = config["resources"]["gpus"]
+PROFILE = config["profile"]
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
-PROFILED = PROFILE.get("methods", [m for m in TRAINED if m not in CONTROLS])
-SHAPES = PROFILE.get("shapes", [])  # random-weight model shapes profiled as well (liger.shapes)
+PROFILED = pipeline.profiled(config)
+SHAPES = PROFILE["shapes"]  # random-weight model shapes profiled as well (liger.shapes)
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
@@ -92,7 +75,7 @@ def data_source():
 
 def eval_data_dir():
     """Benchmark mirrors: $LIGER_EVAL_DATA wins over config eval.data_dir (None: lm-eval's hub datasets)."""
-    return os.environ.get("LIGER_EVAL_DATA") or config["eval"].get("data_dir")
+    return os.environ.get("LIGER_EVAL_DATA") or config["eval"]["data_dir"]
 
 
 def flags(section: dict) -> str:
@@ -107,56 +90,59 @@ def flags(section: dict) -> str:
     return shlex.join(out)
 
 
-def train_flags(method, stage="lora"):
-    """The training flags of a method's stage: config `train`, or for lolcats its shared keys plus overrides."""
-    if method not in LOLCATS:
-        return flags(config["train"])
-    shared = {k: v for k, v in config["train"].items() if k not in RECIPE_FIELDS}
-    return flags({**shared, **config.get("lolcats_train", {}).get(stage, {})})
+def row_file(name: str) -> str:
+    """The pattern of a row's file, results/{run}/{model}/{method}/NAME."""
+    return f"results/{{run}}/{{model}}/{{method}}/{name}"
+
+
+def stage_folder(stage: str, name: str | None = None) -> str:
+    """The pattern of a training stage's folder (its model/, summary.json, train_log.csv), or of its file `name`."""
+    folder = f"resources/{{run}}/{pipeline.STAGES[stage].folder}/{{model}}/{{method}}"
+    return os.path.join(folder, name) if name else folder
+
+
+def stage_dir(wc, stage):
+    """This row's folder of `stage`."""
+    return stage_folder(stage).format(run=wc.run, model=wc.model, method=wc.method)
+
+
+def previous_stage(wc, stage):
+    """The stage this row trains before `stage` (its model is where `stage` starts), or None for the first."""
+    order = pipeline.stages(config["methods"][wc.method])
+    return order[order.index(stage) - 1] if order.index(stage) else None
 
 
 # Published runs' folders (finetuned/ and transferred/ laid out as under resources/RUN/), a list or comma-separated.
-REUSE = liger_config.reuse_dirs(config)
+REUSE = pipeline.reuse_dirs(config)
 
 
-def reused_run(wc, stage_dir):
-    """This model and method's published run, the first `reuse` folder that has it (stage_dir: finetuned |
-    transferred), or None."""
-    runs = [os.path.join(r, stage_dir, wc.model, wc.method) for r in REUSE]
+def reused_run(wc, stage):
+    """This model and method's published run of `stage`, the first `reuse` folder that has it, or None."""
+    runs = [os.path.join(r, pipeline.STAGES[stage].folder, wc.model, wc.method) for r in REUSE]
     return next((run for run in runs if os.path.isfile(os.path.join(run, "summary.json"))), None)
 
 
-def stage_inputs(wc, stage_dir):
+def stage_inputs(wc, stage):
     """A training stage's inputs: the model it starts from and the packed data, or the published run it restores."""
-    if stage_dir == "transferred" or wc.method not in LOLCATS:
-        start = f"resources/models/{wc.model}/config.json"
-    else:
-        start = f"resources/{wc.run}/transferred/{wc.model}/{wc.method}/summary.json"
-    run = reused_run(wc, stage_dir)
+    before = previous_stage(wc, stage)
+    start = f"{stage_dir(wc, before)}/summary.json" if before else f"resources/models/{wc.model}/config.json"
+    run = reused_run(wc, stage)
     if run:
         return {"model": start, "run": os.path.join(run, "summary.json")}
     return {"model": start, "data": f"resources/{wc.run}/data/{wc.model}/meta.json"}
 
 
-def stage_command(wc, stage_dir):
+def stage_command(wc, stage):
     """`liger finetune` / `liger transfer`, or `liger restore` of the published run under `reuse`."""
-    out = f"resources/{wc.run}/{stage_dir}/{wc.model}/{wc.method}"
-    model = f"resources/models/{wc.model}" if stage_dir == "transferred" else finetune_input(wc)
-    run = reused_run(wc, stage_dir)
+    out, before = stage_dir(wc, stage), previous_stage(wc, stage)
+    model = f"{stage_dir(wc, before)}/model" if before else f"resources/models/{wc.model}"
+    run = reused_run(wc, stage)
     if run:
         return f"{LIGER} restore --model {model} --run {shlex.quote(run)} --out {out}"
-    command = "transfer" if stage_dir == "transferred" else "finetune"
     options = shlex.quote(json.dumps(liger_options(wc.method)))
-    train = train_flags(wc.method, "transfer" if stage_dir == "transferred" else "lora")
-    return (f"{LIGER} {command} --model {model} --data resources/{wc.run}/data/{wc.model} --out {out} "
-            f"--options {options} {train}")
-
-
-def finetune_input(wc):
-    """Stage 2 of lolcats starts from its stage-1 model; the Liger methods from the base model."""
-    if wc.method in LOLCATS:
-        return f"resources/{wc.run}/transferred/{wc.model}/{wc.method}/model"
-    return f"resources/models/{wc.model}"
+    train = flags(pipeline.stage_train(config, wc.method, stage))
+    return (f"{LIGER} {pipeline.STAGES[stage].command} --model {model} --data resources/{wc.run}/data/{wc.model} "
+            f"--out {out} --options {options} {train}")
 
 
 def weights(wc):
@@ -169,7 +155,7 @@ def evaluated_model(wc):
     untrained model (finetune: false), the untouched base model, or for a `weights_of` row that row's model."""
     wc = weights(wc)
     if wc.method in TRAINED:
-        return f"resources/{wc.run}/finetuned/{wc.model}/{wc.method}/model"
+        return f"{stage_dir(wc, 'lora')}/model"
     if wc.method in UNTRAINED:
         return f"resources/{wc.run}/converted/{wc.model}/{wc.method}/model"
     return f"resources/models/{wc.model}"
@@ -179,7 +165,7 @@ def model_ready(wc):
     """The file that says `evaluated_model` is complete (the rule that makes it)."""
     wc = weights(wc)
     if wc.method in TRAINED:
-        return f"resources/{wc.run}/finetuned/{wc.model}/{wc.method}/summary.json"
+        return f"{stage_dir(wc, 'lora')}/summary.json"
     return f"{evaluated_model(wc)}/config.json"
 
 
@@ -191,8 +177,8 @@ def layer_flag(wc):
 
 def eval_flags(wc):
     e = config["eval"]
-    opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e.get("limit"),
-                  "batch_size": e.get("batch_size"), "mmlu_batch_size": e.get("mmlu_batch_size")})
+    opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e["limit"],
+                  "batch_size": e["batch_size"], "mmlu_batch_size": e["mmlu_batch_size"]})
     return f"{opts} {layer_flag(wc)}"
 
 
@@ -201,5 +187,5 @@ def run_note():
     src, ev = data_source(), eval_data_dir()
     mirror = " (the original Stanford Alpaca, not the cleaned set the paper used)" if "alpaca_data" in src else ""
     return (f"Instruction data: {src}{mirror}. Benchmarks: {ev or 'the Hugging Face hub (lm-eval defaults)'}."
-            f" Config: data seq_len {config['data'].get('seq_len', 1024)}, limit {config['data'].get('limit')};"
-            f" eval limit {config['eval'].get('limit')}.")
+            f" Config: data seq_len {config['data']['seq_len']}, limit {config['data']['limit']};"
+            f" eval limit {config['eval']['limit']}.")

@@ -3,7 +3,7 @@ rule evaluate:
     input:
         model_ready,
     output:
-        "results/{run}/{model}/{method}/metrics.json",
+        row_file(pipeline.ROW_FILES["metrics"]),
     params:
         liger=LIGER,
         model=evaluated_model,

@@ -1,7 +1,7 @@
-# What the recovery means (issue #11): window coverage of the benchmarks, passkey retrieval and loss by
+# What the recovery means (docs/method.md#controls): window coverage of the benchmarks, passkey retrieval and loss by
 # position, for the base model and every method (controls included).
-PASSKEY = liger_config.PASSKEY | PROBES.get("passkey", {})
-POSITION_LOSS = liger_config.POSITION_LOSS | PROBES.get("position_loss", {})
+PASSKEY = config["probes"]["passkey"]
+POSITION_LOSS = config["probes"]["position_loss"]
 
 
 rule coverage:
@@ -17,7 +17,7 @@ rule coverage:
             {
                 "tasks": config["eval"]["tasks"],
                 "data_dir": eval_data_dir(),
-                "limit": config["eval"].get("limit"),
+                "limit": config["eval"]["limit"],
                 "windows": WINDOWS,
             }
         ),
@@ -40,7 +40,7 @@ rule passkey:
     input:
         model_ready,
     output:
-        csv="results/{run}/{model}/{method}/passkey.csv",
+        csv=row_file(pipeline.ROW_FILES["passkey"]),
         heatmap=report("results/{run}/plots/{model}_{method}_passkey.png", category="probes"),
     params:
         liger=LIGER,
@@ -74,8 +74,8 @@ rule position_loss:
     input:
         model_ready,
     output:
-        json="results/{run}/{model}/{method}/position_loss.json",
-        csv="results/{run}/{model}/{method}/position_loss.csv",
+        json=row_file(pipeline.ROW_FILES["position_loss"]),
+        csv=row_file(pipeline.ROW_FILES["position_loss_csv"]),
     params:
         liger=LIGER,
         model=evaluated_model,
@@ -83,7 +83,7 @@ rule position_loss:
         source=lambda wc: shlex.quote(data_source()),
         opts=flags(
             {
-                "n_val": config["data"].get("n_val", 200),
+                "n_val": config["data"]["n_val"],
                 "seq_len": POSITION_LOSS["seq_len"],
                 "sequences": POSITION_LOSS["sequences"],
             }

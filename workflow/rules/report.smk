@@ -1,15 +1,16 @@
 rule report:
-    """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from base and
-    window_only with bootstrap intervals (paired.csv, paired.md) and report.md."""
+    """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from the base
+    and the config's window-only row with bootstrap intervals (paired.csv, paired.md), the probes' tables and
+    report.md. `liger report` reads its inputs and writes its declared outputs, no other file."""
     input:
-        metrics=expand("results/{{run}}/{{model}}/{method}/metrics.json", method=METHODS),
-        train=expand("results/{{run}}/{{model}}/{method}/train_summary.json", method=TRAINED),
-        transfer=expand("results/{{run}}/{{model}}/{method}/transfer_summary.json", method=LOLCATS),
+        metrics=expand(row_file(pipeline.ROW_FILES["metrics"]), method=METHODS, allow_missing=True),
+        train=expand(row_file(pipeline.STAGES["lora"].summary), method=TRAINED, allow_missing=True),
+        transfer=expand(row_file(pipeline.STAGES["transfer"].summary), method=TRANSFERRED, allow_missing=True),
         paper=PAPER_CSV,
         profile="results/{run}/{model}/profile.csv",
         coverage="results/{run}/{model}/coverage.csv",
-        passkey=expand("results/{{run}}/{{model}}/{method}/passkey.csv", method=METHODS),
-        position_loss=expand("results/{{run}}/{{model}}/{method}/position_loss.json", method=METHODS),
+        passkey=expand(row_file(pipeline.ROW_FILES["passkey"]), method=METHODS, allow_missing=True),
+        position_loss=expand(row_file(pipeline.ROW_FILES["position_loss"]), method=METHODS, allow_missing=True),
     output:
         table=report("results/{run}/{model}/main.csv", category="tables"),
         markdown="results/{run}/{model}/main.md",
@@ -17,16 +18,19 @@ rule report:
         paired=report("results/{run}/{model}/paired.csv", category="tables"),
         paired_markdown="results/{run}/{model}/paired.md",
         passkey="results/{run}/{model}/passkey.csv",
+        passkey_markdown="results/{run}/{model}/passkey.md",
         position_loss="results/{run}/{model}/position_loss.csv",
+        position_loss_markdown="results/{run}/{model}/position_loss.md",
         position_roles="results/{run}/{model}/position_loss_roles.csv",
         position_plot=report("results/{run}/plots/{model}_position_loss.png", category="probes"),
     params:
         liger=LIGER,
-        results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),  # results/RUN
-        methods=",".join(METHODS),
+        out_dir=lambda wc, output: os.path.dirname(output.table),
         controls=",".join(CONTROLS) or "''",
+        roles=flags({"reference": config["report"]["reference"], "window_only": config["report"]["window_only"],
+                     "about": json.dumps(ABOUT) if ABOUT else None}),
         window=WINDOWS[0],
-        paper=lambda wc: shlex.quote(config["models"][wc.model].get("paper_name", "")),
+        paper=lambda wc: shlex.quote(config["models"][wc.model]["paper_name"] or ""),
         note=lambda wc: shlex.quote(run_note()),
     log:
         "logs/{run}/{model}/report.log",
@@ -38,9 +42,11 @@ rule report:
     conda:
         ENV
     shell:
-        "{params.liger} report --results {params.results} --model {wildcards.model} --methods {params.methods} "
+        "{params.liger} report --model {wildcards.model} --metrics {input.metrics} --train {input.train} "
+        "--transfer {input.transfer} --passkey {input.passkey} --position-loss {input.position_loss} "
+        "--coverage {input.coverage} --out-dir {params.out_dir} --plot {output.position_plot} "
         "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} --controls {params.controls} "
-        "--window {params.window} > {log} 2>&1"
+        "{params.roles} --window {params.window} > {log} 2>&1"
 
 
 rule tables:

@@ -1,0 +1,294 @@
+"""The pipeline's vocabulary and its config check, in one torch-free module.
+
+What a row of `methods` is (its kind, role, layer options, training stages, window), the training keys a stage
+takes, the paper's tasks with their metrics and shots, and the files a row's jobs write; then reading a config
+file and checking it (workflow/schemas/config.schema.yaml, then what a schema cannot say). What a method needs
+(its training stages, their recipes) is the method registry's answer (`liger.methods`), not a list kept here. The
+Snakefile (workflow/rules/common.smk) and `liger plan` import this module: it needs yaml, jsonschema and the
+torch-free registry, not torch. Every config problem is one line, `FILE: key: what is wrong and what to do`. The
+config's defaults live in the schema alone: `check_config` fills them in, so the functions here and the rules read
+every key directly. docs/pipeline.md describes the pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from liger import methods as registry
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+DOCS = "config/README.md"
+# results/published/ holds the committed reproduction: no run may write there.
+PUBLISHED = "published"
+
+# ----------------------------------------------------------------------------------------- rows
+
+# A row's keys that are the pipeline's; its other keys are options of its layer.
+PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options")
+# The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
+# row's model scored with other runtime layer options (`weights_of`).
+BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
+# The window of a row that sets none, in `liger coverage`'s count (the keys before the query): the Liger methods'
+# default window, 65 keys with the query's own (liger.methods.liger). A row's explicit `window` (keys with the query's
+# own, every method) is passed as written: coverage's count is one less (left to coverage's convention).
+METHOD_WINDOW = 64
+
+
+def liger_options(entry: Mapping) -> dict:
+    """The layer options of a method row (empty for the untouched base)."""
+    return {k: v for k, v in entry.items() if k not in PIPELINE_KEYS}
+
+
+def kind(entry: Mapping) -> str:
+    """BASE, TRAINED, UNTRAINED or WEIGHTS_OF."""
+    if "weights_of" in entry:
+        return WEIGHTS_OF
+    if not liger_options(entry):
+        return BASE
+    return TRAINED if entry["finetune"] else UNTRAINED
+
+
+def is_finetuned(entry: Mapping) -> bool:
+    """A converted row that is trained (`finetune: false` rows are converted only)."""
+    return kind(entry) == TRAINED
+
+
+def rows(config: Mapping, *kinds: str) -> list[str]:
+    """The names of the rows of these kinds, in the config's order."""
+    return [name for name, entry in config["methods"].items() if kind(entry) in kinds]
+
+
+def controls(config: Mapping) -> list[str]:
+    """The rows marked `control: true`."""
+    return [name for name, entry in config["methods"].items() if entry["control"]]
+
+
+def profiled(config: Mapping) -> list[str]:
+    """The rows in the efficiency profile: `profile.methods`, by default every trained row but the controls."""
+    default = [m for m in rows(config, TRAINED) if m not in controls(config)]
+    return config["profile"].get("methods", default)
+
+
+def window(entry: Mapping) -> int | None:
+    """The keys a row's window branch sees, or None when it has none (the base, `hybrid: none`, `weights_of`)."""
+    options = liger_options(entry)
+    if not options or options.get("hybrid") == "none":
+        return None
+    return options.get("window", METHOD_WINDOW)
+
+
+def windows(config: Mapping) -> list[int]:
+    """The rows' windows, smallest first ([METHOD_WINDOW] when no row has one)."""
+    found = {window(entry) for entry in config["methods"].values()} - {None}
+    return sorted(found) or [METHOD_WINDOW]
+
+
+# ----------------------------------------------------------------------------------------- training stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: the `liger` command that runs it, its folder under resources/RUN/ (model, summary.json,
+    train_log.csv), the copies of its summary and log in the row's results folder, and its name in the tables."""
+
+    command: str
+    folder: str
+    summary: str
+    log: str
+    label: str
+
+
+STAGES = {
+    "transfer": Stage("transfer", "transferred", "transfer_summary.json", "transfer_log.csv", "attention transfer"),
+    "lora": Stage("finetune", "finetuned", "train_summary.json", "train_log.csv", "LoRA"),
+}
+# The family whose recipe is the trainer's default, so that `train` sets all of it (liger.methods.liger RECIPE).
+LIGER_FAMILY = "liger"
+
+
+def stages(entry: Mapping) -> tuple[str, ...]:
+    """A converted row's training stages, in order, as its method registers them (liger.methods): LoRA
+    fine-tuning, after an attention transfer for LoLCATs (docs/lolcats.md)."""
+    return registry.stages(entry["method"])
+
+
+def stage_train(config: Mapping, name: str, stage: str) -> dict:
+    """The training keys of row `name`'s `stage`: all of `train` for a row of the Liger family; for a row that
+    trains on its method's own recipes (LoLCATs) the keys of `train` no recipe sets (registry.RECIPE_FIELDS), then
+    `lolcats_train[stage]`."""
+    if registry.get(config["methods"][name]["method"]).family == LIGER_FAMILY:
+        return dict(config["train"])
+    shared = {k: v for k, v in config["train"].items() if k not in registry.RECIPE_FIELDS}
+    return shared | config["lolcats_train"][stage]
+
+
+# ----------------------------------------------------------------------------------------- tasks and files
+
+
+@dataclass(frozen=True)
+class Task:
+    """One of the paper's benchmarks: its column in the tables, the lm-eval metric the paper reports, its shots,
+    and the items of its evaluated split (lm-eval's datasets and the offline mirrors agree)."""
+
+    header: str
+    metric: str
+    shots: int
+    items: int
+
+
+TASKS = {
+    "piqa": Task("PiQA", "acc", 0, 1838),
+    "arc_easy": Task("ARC-e", "acc", 0, 2376),
+    "arc_challenge": Task("ARC-c", "acc_norm", 0, 1172),
+    "hellaswag": Task("HellaSwag", "acc_norm", 0, 10042),
+    "winogrande": Task("WinoGrande", "acc", 0, 1267),
+    "mmlu": Task("MMLU", "acc", 5, 14042),
+}
+PAPER_TASKS = tuple(TASKS)
+PAPER_METRIC = {name: task.metric for name, task in TASKS.items()}
+
+# What a row's jobs write in results/RUN/MODEL/ROW/ (with the stages' copies, STAGES), by job.
+ROW_FILES = {"metrics": "metrics.json", "passkey": "passkey.csv", "position_loss": "position_loss.json",
+             "position_loss_csv": "position_loss.csv"}
+
+
+# ----------------------------------------------------------------------------------------- the config file
+
+
+class ConfigError(ValueError):
+    """A config problem, said on one line: `FILE: key: what is wrong and what to do`."""
+
+
+def read_config(path: Path) -> dict:
+    """A config file's mapping; a missing file, broken YAML (with its line) or an empty file is a ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror}); give an existing config, e.g. config/smoke.yaml") \
+            from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: {where}not valid YAML ({what}); fix the syntax there") from None
+    if config is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs run, models, data, methods, train and eval "
+                          f"({DOCS})")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level is a {type(config).__name__}, not a mapping of keys; start from "
+                          "config/smoke.yaml")
+    return config
+
+
+def check_config(config: dict, source: str, schema: Path = SCHEMA) -> dict:
+    """Check `config` and fill in the schema's defaults (in place, as Snakemake's `validate` does); returns it.
+
+    Raises ConfigError naming `source` and the key of the first problem (and how many more there are).
+    """
+    problems = schema_problems(config, schema)
+    if not problems:
+        from snakemake.utils import validate
+
+        given = copy.deepcopy(config)
+        validate(config, str(schema), set_default=True)
+        problems = row_problems(config, given)
+    if problems:
+        more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: {problems[0]}{more}")
+    return config
+
+
+def load_config(path: Path) -> dict:
+    """A config file, checked, with the schema's defaults filled in (`read_config`, then `check_config`)."""
+    return check_config(read_config(path), str(path))
+
+
+def schema_problems(config: dict, schema: Path = SCHEMA) -> list[str]:
+    """`key: what is wrong and what to do` for each violation of the schema, in key order."""
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(schema.read_text()))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    return [_describe(e) for e in errors]
+
+
+def _describe(e: jsonschema.ValidationError) -> str:
+    key = ".".join(map(str, e.absolute_path)) or "(top level)"
+    value, arg = e.instance, e.validator_value
+    if e.validator == "additionalProperties":
+        known = sorted(e.schema.get("properties", {}))
+        for extra in sorted(set(value) - set(known)):
+            name = f"{key}.{extra}" if e.absolute_path else extra
+            return f"{name}: unknown key; the keys here are {', '.join(known)} ({DOCS})"
+    if e.validator == "required":
+        missing = next(k for k in arg if k not in value)
+        return f"{key}: `{missing}` is missing; add it ({DOCS})"
+    if e.validator == "oneOf" and e.absolute_path and e.absolute_path[0] == "models":
+        return f"{key}: needs exactly one source: `embedded: NAME` or `hf_id: ORG/NAME`"
+    if e.validator == "type":
+        kinds = " or ".join(arg) if isinstance(arg, list) else arg
+        return f"{key}: {value!r} is not of type {kinds}; give a {kinds}"
+    if e.validator == "enum":
+        return f"{key}: {value!r} is not one of {', '.join(map(str, arg))}; pick one"
+    if e.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        bound = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[e.validator]
+        return f"{key}: {value!r} is out of range; give a value {bound} {arg}"
+    return f"{key}: {e.message}; see {DOCS}"
+
+
+def row_problems(config: dict, given: dict) -> list[str]:
+    """What the schema cannot say: the run name, the tasks, each method row's shape and method (one of the
+    registry's), the rows `report` names, and `profile.methods`.
+    `config` has the schema's defaults; `given` is the config as written."""
+    problems = []
+    if config["run"] == PUBLISHED:
+        problems.append(f"run: {PUBLISHED!r} is reserved: results/{PUBLISHED}/ holds the committed reproduction; "
+                        "pick another name")
+    problems += [f"eval.tasks.{i}: {task!r} is not one of {', '.join(TASKS)}; pick one"
+                 for i, task in enumerate(config["eval"]["tasks"]) if task not in TASKS]
+    methods = config["methods"]
+    for name, entry in methods.items():
+        if "weights_of" in entry:
+            of = entry["weights_of"]
+            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control", "about"})
+            if of not in methods or "weights_of" in methods[of] or not liger_options(methods[of]):
+                problems.append(f"methods.{name}.weights_of: {of!r} is not a converted method of `methods`; name a "
+                                "row that has a `method`")
+            elif other:
+                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control and about "
+                                f"(it has {other}); move the other keys to the row it scores")
+        elif "method" in entry and entry["method"] not in registry.names():
+            problems.append(f"methods.{name}.method: {entry['method']!r} is not one of {', '.join(registry.names())}; "
+                            "pick one")
+        elif liger_options(entry) and "method" not in entry:
+            first, *others = registry.names()
+            problems.append(f"methods.{name}: options {sorted(liger_options(entry))} but no `method`; add `method: "
+                            f"{first}` (or {', '.join(others)}), or leave the row empty for the base")
+    for role, name in config["report"].items():
+        if name is not None and name not in methods:
+            problems.append(f"report.{role}: {name!r} is not a row of `methods`; name one")
+    trained = rows(config, TRAINED)
+    stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
+    if stray:
+        problems.append(f"profile.methods: {stray} are not trained Liger methods of `methods`; pick from "
+                        f"{', '.join(trained)}")
+    return problems
+
+
+def run_dirs(config: dict) -> dict[str, str]:
+    """Where a run writes, each folder its own: results/RUN (tables, plots, reports), resources/RUN (data and
+    trained, converted models), logs/RUN. Base models (resources/models/MODEL) are shared by every run."""
+    return {folder: f"{folder}/{config['run']}" for folder in ("results", "resources", "logs")}
+
+
+def reuse_dirs(config: dict) -> list[str]:
+    """The published runs' folders of `reuse` (a list, or comma-separated): finetuned/ and transferred/ laid out as
+    under resources/RUN/."""
+    reuse = config["reuse"] or []
+    return [r.strip() for r in (reuse.split(",") if isinstance(reuse, str) else reuse) if r.strip()]
