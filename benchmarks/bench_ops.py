@@ -1,7 +1,8 @@
 """Prefill throughput of each liger.ops implementation (tokens/s, forward only, batch 1).
 
 SmolLM2-135M shapes: 9 query heads, 3 kv heads, head dim 64; the recurrences run on the 9 query heads
-(keys/values repeated, as Liger does), GSA with 64 slots, the window is 64 tokens.
+(keys/values repeated, as Liger does), GSA with 64 slots, the window looks back 64 tokens (65 keys per query with
+its own: a Liger layer's default `window`).
 
     python benchmarks/bench_ops.py                 # CUDA: 1K, 4K, 16K tokens; CPU: 256, 1K (says so)
     python benchmarks/bench_ops.py --lengths 1024 2048 --dtype float32 --backward

@@ -143,9 +143,10 @@ def evaluate(
     `limit`: at most N items per task for smoke runs; MMLU's is spread over its 57 subjects (ceil(N/57)
     each, lm-eval's per-task limit). MMLU runs `num_fewshot_mmlu`-shot, the others 0-shot. All lm-eval
     seeds are `seed`. `layer_options` evaluates a converted model's weights with other runtime layer settings
-    (`liger.convert.RUNTIME_OPTIONS`, e.g. {"window_shape": "sliding"}). `batch_size`: at most that many requests'
-    inputs per forward (None: no cap); `mmlu_batch_size` (default `batch_size`) is MMLU's alone; `batch_tokens`:
-    padded tokens per forward (None: `default_batch_tokens`). Input errors raise LigerError before the model loads.
+    (its method's `runtime_options` in `liger.methods`, e.g. {"window_shape": "sliding"}). `batch_size`: at most
+    that many requests' inputs per forward (None: no cap); `mmlu_batch_size` (default `batch_size`) is MMLU's
+    alone; `batch_tokens`: padded tokens per forward (None: `default_batch_tokens`). Input errors raise LigerError
+    before the model loads.
     """
     from lm_eval import simple_evaluate
 

@@ -4,9 +4,9 @@ The prompt is built from separately tokenized pieces so its length is exact: the
 tokenizer's special tokens), filler sentences repeated (the last one cut) to fill the length, the key sentence
 inserted at the sentence boundary nearest to `depth` (0: right after the introduction, 1: right before the
 question) and the question. The filler holds no digit, so the key appears once. The model answers by greedy
-decoding through `generate`: a Liger model's layers keep the constant-memory state (recurrent state plus the
-last `window` keys/values, liger/cache.py), the base model the ordinary growing key/value cache. An answer is
-right when the first number it contains is the key.
+decoding through `generate`: a converted model's layers keep their constant-memory state (a Liger layer: the
+recurrent state plus the window's last `window - 1` keys and values, liger/cache.py), the base model the
+ordinary growing key/value cache. An answer is right when the first number it contains is the key.
 """
 
 from __future__ import annotations

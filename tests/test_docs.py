@@ -19,11 +19,6 @@ EXEMPT = ("tests/test_docs.py", "results/published/smollm2-135m/report.md")
 # that replace its citations. Remove a file once its citations point at docs/.
 PENDING: dict[str, tuple[str, ...]] = {
     "liger/data.py": ("docs/method.md#fine-tuning-recipe",),
-    "liger/lolcats.py": ("docs/lolcats.md#the-hybrid-layer", "docs/lolcats.md#hedgehog-feature-map",
-                         "docs/lolcats.md#the-two-variants"),
-    "liger/ops/hybrid.py": ("docs/lolcats.md#the-hybrid-layer",),
-    "liger/ops/reference.py": ("docs/lolcats.md#the-hybrid-layer", "docs/lolcats.md#windows-terraced-and-sliding"),
-    "liger/options.py": ("docs/method.md#the-liger-layer",),
     "liger/train.py": ("docs/method.md#fine-tuning-recipe", "docs/method.md#lora-optimizer-and-schedule"),
     "liger/transfer.py": ("docs/lolcats.md#stage-1-attention-transfer",),
 }  # fmt: skip

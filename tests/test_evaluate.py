@@ -2,7 +2,8 @@
 official templates, the `liger` lm-eval model's log-likelihoods vs a plain forward pass, end-to-end runs on tiny
 mirrors, and input errors.
 
-The tiny mirrors copy the first records of ../shared/data when it exists (hand-written records otherwise).
+The tiny mirrors copy the first records of the benchmark mirrors at SHARED_DATA (tests/conftest.py; set by
+LIGER_SHARED_DATA) when they exist, hand-written records otherwise.
 The fast tests use a byte-level BPE tokenizer trained here (vocab 512) and tiny random Llamas, so they need
 neither the network nor the embedded SmolLM2; the slow test runs SmolLM2 on the real mirrors.
 """
@@ -47,7 +48,7 @@ N_MMLU_TEST = 2  # per subject
 
 
 def _handwritten(rel: str, n: int) -> list[dict]:
-    """Records in the mirror layout, for machines without ../shared/data."""
+    """Records in the mirror layout, for machines without the mirrors at SHARED_DATA."""
     make = {
         "piqa/validation.jsonl": lambda i: {
             "goal": f"How do I keep bread fresh for {i + 2} days?", "sol1": "Wrap it in a cloth bag.",
@@ -556,7 +557,7 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
     assert all(report["tasks"][t]["chance"] == report["chance"][t] for t in PAPER_TASKS)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file(), reason="needs ../shared/data")
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file(), reason="needs the mirrors at SHARED_DATA")
 def test_fast_path_equals_lm_evals_own_path_on_real_mirrors(base_dir, tmp_path, monkeypatch):
     """On the real mirrors, first 10 items of the five 0-shot tasks and of three MMLU subjects (5-shot): `evaluate`'s
     path (the local tasks of `loaded_tasks`, templates compiled once, MMLU cut by subject once, `LigerLM`'s
@@ -841,7 +842,7 @@ def test_malformed_mirror_line_is_named(no_model_load, tmp_path, capsys, task, r
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "mmlu/test.jsonl").is_file() or not (SMOLLM2 / "config.json").is_file(),
-                    reason="needs ../shared/data and resources/models/smollm2-135m")  # fmt: skip
+                    reason="needs the mirrors at SHARED_DATA and resources/models/smollm2-135m")  # fmt: skip
 def test_smollm2_on_real_mirrors(tmp_path):
     """SmolLM2-135M base, 20 items per task (MMLU: 1 per subject, 5-shot), on the real mirrors."""
     report = evaluate(SMOLLM2, tmp_path / "eval.json", data_dir=SHARED_DATA, limit=20)

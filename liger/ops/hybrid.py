@@ -1,6 +1,6 @@
 """The LoLCATs hybrid: softmax over a window of keys plus linear attention over the older keys, one normaliser.
 
-docs/lolcats.md. For query position p (head h), with s_pj = q_p.k_j * scale:
+docs/lolcats.md#the-hybrid-layer. For query position p (head h), with s_pj = q_p.k_j * scale:
 
     y_p = (sum_{j in W(p)} a_pj v_j + sum_{j in L(p)} b_pj v_j) / (sum_W a_pj + sum_L b_pj + eps)
     a_pj = gamma_h exp(s_pj - m_p),  m_p = max_{j in W(p)} s_pj,   b_pj = phi_q(q_p) . phi_k(k_j)

@@ -134,7 +134,8 @@ def naive_hedgehog(x: Tensor, weight: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def lolcats_sets(length: int, window: int, shape: str) -> list[tuple[list[int], list[int]]]:
-    """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists (docs/lolcats.md)."""
+    """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists
+    (docs/lolcats.md#windows-terraced-and-sliding)."""
     sets = []
     offset = (-length) % window  # terraced blocks are aligned to the end of the sequence
     for i in range(length):
@@ -152,7 +153,7 @@ def naive_lolcats_attention(
     scale: float | None = None,
     eps: float = 0.0,
 ) -> Tensor:
-    """The LoLCATs hybrid in float64, term by term for every (batch, head, query) (docs/lolcats.md).
+    """The LoLCATs hybrid in float64, term by term for every (batch, head, query) (docs/lolcats.md#the-hybrid-layer).
 
     q, k, v: (B, T, H, D) with k and v already expanded to the query heads; fq, fk: (B, T, H, F); gamma: (H,).
     y_i = (sum_W gamma exp(s_ij - m_i) v_j + sum_L fq_i.fk_j v_j) / (sum_W gamma exp(s_ij - m_i) + sum_L fq_i.fk_j
