@@ -22,6 +22,7 @@ import pandas as pd
 
 from liger.errors import LigerError
 from liger.fileio import write_text_atomic
+from liger.markdown import markdown_table
 from liger.pipeline import PAPER_TASKS, TASKS
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,6 @@ def sentences(df: pd.DataFrame) -> str:
 
 def markdown(df: pd.DataFrame) -> str:
     """The table and its sentences."""
-    from liger.report import markdown_table
 
     return markdown_table(df) + "\n" + sentences(df) + "\n"
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from liger import methods
 from liger.errors import LigerError
+from liger.markdown import markdown_table
 
 RESAMPLES = 10_000
 SEED = 0
@@ -187,13 +188,12 @@ def markdown(table: pd.DataFrame, references: Sequence[str] = (BASE,)) -> str:
     present = set(zip(table["reference"], table["measure"], strict=True))
     keys = [(r, m) for r in references for m in dict.fromkeys(table["measure"]) if (r, m) in present]
     header = ["row", "role", *(f"{m} - {r}" for r, m in keys), "note"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []
     for method, rows in table.groupby("method", sort=False):
         cells = {(r["reference"], r["measure"]): _interval(r) for _, r in rows.iterrows()}
         notes = "; ".join(dict.fromkeys(n for n in rows.loc[rows["measure"] == "Avg", "note"] if n))
-        lines.append("| " + " | ".join([method, rows["role"].iloc[0], *(cells.get(k, "-") for k in keys), notes])
-                     + " |")
-    return "\n".join(lines) + "\n"
+        lines.append([method, rows["role"].iloc[0], *(cells.get(k, "-") for k in keys), notes])
+    return markdown_table(pd.DataFrame(lines, columns=header))
 
 
 def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None, model: str,

@@ -34,9 +34,9 @@ PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
-# The window of a row that sets none, in `liger coverage`'s count (the keys before the query): the Liger methods'
-# default window, 65 keys with the query's own (liger.methods.liger). A row's explicit `window` (keys with the query's
-# own, every method) is passed as written: coverage's count is one less (left to coverage's convention).
+# Windows here are in `liger coverage`'s count, the keys before the query. A row that sets none: the Liger methods'
+# default window, 65 keys with the query's own (liger.methods.liger); a row's explicit `window` counts the query's own
+# too (every method), so it is one more than its count here.
 METHOD_WINDOW = 64
 
 
@@ -76,11 +76,12 @@ def profiled(config: Mapping) -> list[str]:
 
 
 def window(entry: Mapping) -> int | None:
-    """The keys a row's window branch sees, or None when it has none (the base, `hybrid: none`, `weights_of`)."""
+    """The keys before the query that a row's window branch sees (for a terraced window: at least), or None when it
+    has none (the base, `hybrid: none`, `weights_of`)."""
     options = liger_options(entry)
     if not options or options.get("hybrid") == "none":
         return None
-    return options.get("window", METHOD_WINDOW)
+    return options["window"] - 1 if "window" in options else METHOD_WINDOW
 
 
 def windows(config: Mapping) -> list[int]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from liger.convert import add_layer_options_arg
 from liger.errors import LigerError
 from liger.fileio import atomic_target, check_not_input, write_json_atomic, write_text_atomic
+from liger.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,6 @@ def role_sentences(overview: pd.DataFrame) -> str:
 def role_markdown(results: dict[str, dict]) -> str:
     """The report's prompt/response part: the overall table, a bucket table per role (with its token counts when
     every split row has the same), a sentence, and the rows to rerun."""
-    from liger.report import markdown_table
 
     overview = role_overview(results)
     text = ["### Prompt and response tokens", "",

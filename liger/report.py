@@ -17,6 +17,7 @@ import pandas as pd
 
 from liger import paired
 from liger.errors import LigerError
+from liger.markdown import markdown_table
 from liger.pipeline import PAPER_TASKS, ROW_FILES, STAGES, TASKS
 
 HEADERS = {name: task.header for name, task in TASKS.items()}
@@ -164,21 +165,6 @@ def paper_rows(paper_name: str | None, paper_csv: Path, chance: dict | None = No
         out = pd.concat([out, pd.DataFrame([row | {h: round(100 * chance[t], 1) for t, h in HEADERS.items()}])])
     base = out["method"].str.startswith("Base (Transformer)")
     return _with_averages(out.reset_index(drop=True), base=out.loc[base, "method"].iloc[0] if base.any() else None)
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
-    """A Markdown table of `df` (without its `source` column); floats with `digits` decimals, "-" for missing."""
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and pd.isna(v)):
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.{digits}f}"
-        return str(v)
-
-    cols = [c for c in df.columns if c != "source"]
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
-    return "\n".join(lines) + "\n"
 
 
 def main_sentences(ours: pd.DataFrame, reference: str | None = None, window_only: str | None = None) -> str:

@@ -1,0 +1,20 @@
+"""Markdown tables of the results (the report, the paired differences, the probes, the coverage)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
+    """A Markdown table of `df` (without its `source` column); floats with `digits` decimals, "-" for missing."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.{digits}f}"
+        return str(v)
+
+    cols = [c for c in df.columns if c != "source"]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines) + "\n"
