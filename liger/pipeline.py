@@ -30,7 +30,7 @@ PUBLISHED = "published"
 # ----------------------------------------------------------------------------------------- rows
 
 # A row's keys that are the pipeline's; its other keys are options of its layer.
-PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options")
+PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options", "train")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
@@ -122,11 +122,12 @@ def stages(entry: Mapping) -> tuple[str, ...]:
 def stage_train(config: Mapping, name: str, stage: str) -> dict:
     """The training keys of row `name`'s `stage`: all of `train` for a row of the Liger family; for a row that
     trains on its method's own recipes (LoLCATs) the keys of `train` no recipe sets (registry.RECIPE_FIELDS), then
-    `lolcats_train[stage]`."""
-    if registry.get(config["methods"][name]["method"]).family == LIGER_FAMILY:
-        return dict(config["train"])
+    `lolcats_train[stage]`; last, the row's own `train` keys (an extra row beside the recipe's, e.g. more epochs)."""
+    entry = config["methods"][name]
+    if registry.get(entry["method"]).family == LIGER_FAMILY:
+        return dict(config["train"]) | entry.get("train", {})
     shared = {k: v for k, v in config["train"].items() if k not in registry.RECIPE_FIELDS}
-    return shared | config["lolcats_train"][stage]
+    return shared | config["lolcats_train"][stage] | entry.get("train", {})
 
 
 # ----------------------------------------------------------------------------------------- tasks and files
@@ -264,6 +265,9 @@ def row_problems(config: dict, given: dict) -> list[str]:
             elif other:
                 problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control and about "
                                 f"(it has {other}); move the other keys to the row it scores")
+        elif "train" in entry and kind(entry) != TRAINED:
+            problems.append(f"methods.{name}.train: this row trains nothing (no `method`, or `finetune: false`); "
+                            "remove `train` or make it a trained row")
         elif "method" in entry and entry["method"] not in registry.names():
             problems.append(f"methods.{name}.method: {entry['method']!r} is not one of {', '.join(registry.names())}; "
                             "pick one")

@@ -28,6 +28,7 @@ from liger.pipeline import (
     reuse_dirs,
     rows,
     run_dirs,
+    stage_train,
     stages,
 )
 
@@ -76,9 +77,9 @@ def _params(model: dict) -> float:
     return SMOLLM2_PARAMS
 
 
-def _train_tokens(config: dict, meta: Path) -> int:
-    """Tokens one training stage sees: epochs of the packed data, cut by max_tokens / max_steps."""
-    data, train = config["data"], config["train"]
+def _train_tokens(config: dict, meta: Path, train: dict) -> int:
+    """Tokens one training stage sees (`train`: its keys): epochs of the packed data, cut by max_tokens / max_steps."""
+    data = config["data"]
     if meta.exists():
         tokens_epoch = json.loads(meta.read_text())["tokens_per_epoch"]
     else:
@@ -138,13 +139,16 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
     variants = 2 + len(profiled(config))  # the base with eager attention and with SDPA, and each profiled row
     for name, model in config["models"].items():
         scale = _params(model) / SMOLLM2_PARAMS
-        tokens = _train_tokens(config, resources / "data" / name / "meta.json")
+        meta = resources / "data" / name / "meta.json"
+        tokens = _train_tokens(config, meta, config["train"])
         items = _eval_items(config)
         zero_shot = sum(n for t, n in items.items() if t != "mmlu") * CPU_EVAL_S["zero_shot"]
         eval_s = (zero_shot + items.get("mmlu", 0) * CPU_EVAL_S["mmlu"]) * scale  # per row
         if not (workdir / "resources" / "models" / name / "config.json").exists():
             job("model")
         trains = [(m, STAGES[stage]) for m in trained for stage in stages(methods[m])]
+        stage_tokens = {(m, stage): _train_tokens(config, meta, stage_train(config, m, key))
+                        for m in trained for key, stage in ((k, STAGES[k]) for k in stages(methods[m]))}
         restored = [(m, stage) for m, stage in trains if any(
             (workdir / r / stage.folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
         if len(restored) < len(trains):
@@ -153,7 +157,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             if (m, stage) in restored:
                 job("restore")
             else:
-                job(stage.command, "training", tokens / CPU_TRAIN_TOK_S * scale)
+                job(stage.command, "training", stage_tokens[m, stage] / CPU_TRAIN_TOK_S * scale)
         for _ in untrained:
             job("convert")
         for _ in methods:  # every row: the base, trained, untrained (base_window) and weights_of rows

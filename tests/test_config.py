@@ -14,6 +14,7 @@ from liger.pipeline import (
     WEIGHTS_OF,
     ConfigError,
     check_config,
+    liger_options,
     load_config,
     read_config,
     rows,
@@ -72,6 +73,10 @@ BAD = {
     "unknown task": (_set("eval", "tasks", value=["piqa", "squad"]),
                      "eval.tasks.1: 'squad' is not one of piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu"),
     "no tasks": (_pop("eval", "tasks"), "eval: `tasks` is missing; add it"),
+    "train on an untrained row": (_set("methods", "base_window", "train", value={"epochs": 4}),
+                                  "methods.base_window.train: this row trains nothing"),
+    "unknown row train key": (_set("methods", "liger_gla", "train", value={"epoch": 4}),
+                              "methods.liger_gla.train.epoch: unknown key"),
     "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
                                  "methods.x: a `weights_of` row takes only layer_options, control and about (it has "
                                  "['finetune'])"),
@@ -174,3 +179,30 @@ def test_row_kinds_and_windows_of_the_shipped_configs():
         "lolcats_sliding"]
     assert windows(smoke) == [15, 64]  # lolcats' `window: 16` (16 keys with the query's own) and the Liger default
     assert windows(load_config(ROOT / "config" / "config.yaml")) == [64]  # liger_gla_no_window has none
+
+
+def test_a_row_of_its_own_training_keys_trains_beside_the_recipe(tmp_path):
+    """An extra row (more epochs, LoRA on o too) takes its `train` keys over `train` and its method's recipe; the
+    other rows and the plan's token count of the recipe's rows stay as they were."""
+    from liger.plan import plan
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["methods"]["liger_gla_4ep"] = {"method": "liger_gla", "train": {"epochs": 4, "lora_targets": [
+        "q_proj", "k_proj", "v_proj", "o_proj"]}}
+    config["methods"]["lolcats_4ep"] = {"method": "lolcats", "window": 16, "train": {"epochs": 4}}
+    check_config(config, "c.yaml")
+    assert stage_train(config, "liger_gla_4ep", "lora") == {**config["train"], "epochs": 4,
+                                                            "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert stage_train(config, "liger_gla", "lora") == config["train"]
+    for stage in ("transfer", "lora"):
+        assert stage_train(config, "lolcats_4ep", stage) == stage_train(config, "lolcats", stage) | {"epochs": 4}
+    assert "train" not in liger_options(config["methods"]["liger_gla_4ep"])
+    def alone(row: str) -> dict:
+        return check_config(yaml.safe_load(SMOKE.read_text()) | {"methods": {"base": {}, row: config["methods"][row]},
+                                                                  "report": {}}, "c.yaml")
+
+    base, more = plan(alone("liger_gla"), workdir=tmp_path), plan(alone("liger_gla_4ep"), workdir=tmp_path)
+    assert more["seconds"]["training"] == pytest.approx(base["seconds"]["training"])  # both cut by max_steps: 2
+    config["methods"]["liger_gla_4ep"]["train"]["max_steps"] = 4
+    more = plan(alone("liger_gla_4ep"), workdir=tmp_path)
+    assert more["seconds"]["training"] == pytest.approx(2 * base["seconds"]["training"])
