@@ -1,14 +1,13 @@
 """Data preparation: Alpaca records -> prompt/response tokens -> packed, masked training chunks.
 
-The recipe (LIGER.md section 4): each record is rendered with the Alpaca template; the prompt is
+The recipe (docs/method.md): each record is rendered with the Alpaca template; the prompt is
 tokenized with the tokenizer's special tokens, the response without them and followed by EOS; only the
 response and its EOS are training targets. Records are concatenated and cut into ``seq_len`` chunks
 (the tail is dropped, as are chunks without any target). Records ``0..n_val-1`` are the validation
 split, the rest the training split, whose chunks are shuffled with a seeded numpy Generator.
 
-Output folder: ``{train,val}_{ids,mask}.npy`` (ids uint16/uint32, mask bool, shape (n_chunks, seq_len))
-and ``meta.json``. It is written to a temporary sibling folder and renamed into place at the end; an existing
-folder that is not an earlier prepare-data output is refused (`liger.fileio`).
+The output folder is in the packed-data format (`liger.packed`, which writes it atomically); an existing folder
+that is not an earlier prepare-data output is refused (`liger.fileio`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from liger.errors import LigerError
-from liger.fileio import atomic_dir, check_output, sha256_file
+from liger.fileio import check_output, sha256_file
+from liger.models import load_tokenizer
+from liger.packed import ARRAYS, FORMAT, id_dtype, write_packed
 
 DEFAULT_SOURCE = "yahma/alpaca-cleaned"
 CLEANED_HUB_ID = "yahma/alpaca-cleaned"
@@ -284,29 +285,14 @@ def pack(
     )
 
 
-def id_dtype(vocab_size: int) -> type[np.unsignedinteger]:
-    """uint16 when every id fits (vocab <= 65536), else uint32."""
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
-
-
 # ------------------------------------------------------------------------------------------- prepare
 
 
-def _load_tokenizer(tokenizer_path_or_obj: Any) -> tuple[Any, str]:
+def _tokenizer(tokenizer_path_or_obj: Any) -> tuple[Any, str]:
+    """The tokenizer (a model folder's, `liger.models.load_tokenizer`, or the object given) and its name."""
     if isinstance(tokenizer_path_or_obj, str | os.PathLike):
-        from transformers import AutoTokenizer
-
         path = Path(tokenizer_path_or_obj).expanduser()
-        if not path.exists():
-            raise DataError(f"tokenizer folder {path} not found; give a model folder (with tokenizer.json etc.)")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except Exception as e:
-            raise DataError(
-                f"could not load a tokenizer from {path} ({type(e).__name__}: {e}); "
-                "give a model folder holding tokenizer files"
-            ) from e
-        return tok, str(path)
+        return load_tokenizer(path), str(path)
     tok = tokenizer_path_or_obj
     return tok, str(getattr(tok, "name_or_path", "") or type(tok).__name__)
 
@@ -347,18 +333,6 @@ def _bos_added(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write arrays and meta.json into a temp sibling folder, then swap it into place (`fileio.atomic_dir`)."""
-    with atomic_dir(out_dir, COMMAND) as tmp:
-        hashes: dict[str, str] = {}
-        for name, arr in arrays.items():
-            file = tmp / f"{name}.npy"
-            np.save(file, arr, allow_pickle=False)
-            hashes[file.name] = sha256_file(file)
-        meta["sha256"] = hashes
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def prepare_data(
     source: str | os.PathLike[str],
     tokenizer_path_or_obj: Any,
@@ -392,7 +366,7 @@ def prepare_data(
             f"{os.fspath(source)}: {len(records)} records but n_val={n_val} validation records plus at least one "
             "training record are needed; lower --n-val or raise --limit"
         )
-    tokenizer, tok_name = _load_tokenizer(tokenizer_path_or_obj)
+    tokenizer, tok_name = _tokenizer(tokenizer_path_or_obj)
     eos = _eos_id(tokenizer)
     vocab = len(tokenizer)
     dtype = id_dtype(vocab)
@@ -426,11 +400,10 @@ def prepare_data(
             "dropped_no_target_chunks": int(n_full - len(c_ids)),
             "shuffled": split == "train",
         }
-    # keep the files in a fixed order: train first
-    arrays = {k: arrays[k] for k in ("train_ids", "train_mask", "val_ids", "val_mask")}
+    arrays = {k: arrays[k] for k in ARRAYS}  # the files in a fixed order: train first
     train_tokens = splits["train"]["chunk_tokens"]
     meta: dict[str, Any] = {
-        "format": "liger-alpaca-packed/1",
+        "format": FORMAT,
         "source": _source_info(source, n_total_source),
         "tokenizer": {
             "name_or_path": tok_name,
@@ -460,8 +433,7 @@ def prepare_data(
     }
     if splits["val"]["chunks"] == 0:
         warnings.warn("no validation chunks (n_val=0)", stacklevel=2)
-    _write_atomically(out, arrays, meta)
-    return meta
+    return write_packed(out, arrays, meta, COMMAND)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -19,6 +19,7 @@ from liger import data as D
 from liger.cli import main
 from liger.data import DataError, format_prompt, load_records, pack, prepare_data, tokenize_record
 from liger.fileio import OUTPUT_MARKER
+from liger.packed import id_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = REPO / "resources" / "models" / "smollm2-135m"
@@ -212,10 +213,10 @@ def test_pack_exact_multiple_and_short() -> None:
 
 
 def test_id_dtype() -> None:
-    assert D.id_dtype(49152) is np.uint16
-    assert D.id_dtype(65536) is np.uint16
-    assert D.id_dtype(65537) is np.uint32
-    assert D.id_dtype(128256) is np.uint32
+    assert id_dtype(49152) is np.uint16
+    assert id_dtype(65536) is np.uint16
+    assert id_dtype(65537) is np.uint32
+    assert id_dtype(128256) is np.uint32
 
 
 # ------------------------------------------------------------------------------------------- prepare
