@@ -20,14 +20,9 @@ from pathlib import Path
 
 import torch
 
-from liger.evaluate import (
-    PAPER_METRIC,
-    PAPER_TASKS,
-    LigerLM,
-    check_tasks,
-    lm_eval_name,
-    loaded_tasks,
-)
+from liger.eval_model import LigerLM
+from liger.evaluate import PAPER_METRIC, PAPER_TASKS, check_tasks
+from liger.tasks.loading import lm_eval_name, loaded_tasks
 
 
 def run(lm, task: str, top: dict, manager, limit: int | None, shots: int) -> tuple[float, float]:

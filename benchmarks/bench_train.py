@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liger.cli_args import json_object_arg
 from liger.packed import load_packed
 from liger.stages import build_model, device_and_dtype
 from liger.steps import batch, make_optimizer, train_step
-from liger.train import TrainConfig
+from liger.train_config import TrainConfig
 
 LIGER = {"method": "liger_gla", "hybrid": "liger_attention"}
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed optimizer steps")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--micro-batch", type=int, default=1, help="chunks per forward/backward pass")
-    p.add_argument("--options", type=json.loads, default=LIGER, help=f"Liger options (default {json.dumps(LIGER)})")
+    p.add_argument("--options", type=json_object_arg(null=True), default=LIGER,
+                   help=f"Liger options (default {json.dumps(LIGER)})")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of --model's shape (only its config.json is read): throughput only")

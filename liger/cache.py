@@ -1,8 +1,8 @@
-"""Constant-memory decoding state: per Liger layer, the recurrent state plus the last `window` keys and values.
+"""Constant-memory decoding state of one converted layer: the method's state plus the last keys and values.
 
 `LigerCacheLayer` is a transformers cache layer, so it lives inside any `Cache` (the `DynamicCache` that
-`generate` makes, or `LigerCache`): a Liger layer swaps it in for the plain layer at its index on first use.
-Layers kept as softmax attention (inter-layer hybrid) keep ordinary growing key/value layers.
+`generate` makes, or `liger.decode.LigerCache`): a converted layer swaps it in for the plain layer at its index
+on first use. Layers kept as softmax attention (inter-layer hybrid) keep ordinary growing key/value layers.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def _map(x: Any, fn) -> Any:
 
 @dataclass
 class StepBuffers:
-    """Fixed-size decoding buffers of one Liger layer, updated in place by `LigerAttention.step`.
+    """Fixed-size decoding buffers of one converted layer, updated in place by its `step` (liger.decode).
 
     state: the recurrent state (a tensor, or a tuple for GSA; None without the recurrent branch); win_k, win_v
-    (B, window, Hkv, D) and win_mask (B, window): a ring buffer of the last keys and values (None without the
+    (B, kept, Hkv, D) and win_mask (B, kept): a ring buffer of the last keys and values (None without the
     window branch); slot: the ring's next write position (a one-element long tensor).
     """
 
@@ -80,35 +80,35 @@ class StepBuffers:
 
 
 class LigerCacheLayer(CacheLayerMixin):
-    """Recurrent state (tensor or tuple of tensors) and a window of the last `window` rotary keys and values."""
+    """Recurrent state (tensor or tuple of tensors) and the last `kept` rotary keys and values."""
 
     is_sliding = False
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, kept: int) -> None:
         super().__init__()
-        self.window = window
+        self.kept = kept
         self.state: Any = None
-        self.win_k: torch.Tensor | None = None  # (B, window, Hkv, D)
+        self.win_k: torch.Tensor | None = None  # (B, kept, Hkv, D)
         self.win_v: torch.Tensor | None = None
-        self.win_mask: torch.Tensor | None = None  # (B, window) bool: slot holds a real token
+        self.win_mask: torch.Tensor | None = None  # (B, kept) bool: slot holds a real token
         self.seen = 0
 
     def extend_window(
         self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys/values/mask of the window followed by the new tokens; keeps the last `window` of them."""
+        """Keys/values/mask of the kept ones followed by the new tokens; keeps the last `kept` of them."""
         B, T = k.shape[:2]
         if self.win_k is None:
-            self.win_k = k.new_zeros(B, self.window, *k.shape[2:])
-            self.win_v = v.new_zeros(B, self.window, *v.shape[2:])
-            self.win_mask = torch.zeros(B, self.window, dtype=torch.bool, device=k.device)
+            self.win_k = k.new_zeros(B, self.kept, *k.shape[2:])
+            self.win_v = v.new_zeros(B, self.kept, *v.shape[2:])
+            self.win_mask = torch.zeros(B, self.kept, dtype=torch.bool, device=k.device)
         new_mask = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=k.device)
         keys = torch.cat([self.win_k, k], dim=1)
         values = torch.cat([self.win_v, v], dim=1)
         mask = torch.cat([self.win_mask, new_mask], dim=1)
-        start = keys.shape[1] - self.window
+        start = keys.shape[1] - self.kept
         self.win_k, self.win_v, self.win_mask = keys[:, start:], values[:, start:], mask[:, start:]
         return keys, values, mask
 
@@ -162,8 +162,9 @@ class LigerCacheLayer(CacheLayerMixin):
         pass
 
 
-def liger_cache_layer(cache: Cache | None, layer_idx: int, window: int) -> LigerCacheLayer | None:
-    """The Liger layer at `layer_idx` of `cache`, swapped in for whatever plain layer was there."""
+def liger_cache_layer(cache: Cache | None, layer_idx: int, kept: int) -> LigerCacheLayer | None:
+    """The converted layer's state at `layer_idx` of `cache` (keeping `kept` keys), swapped in for whatever plain
+    layer was there."""
     if cache is None:
         return None
     layers = cache.layers
@@ -173,26 +174,5 @@ def liger_cache_layer(cache: Cache | None, layer_idx: int, window: int) -> Liger
     if not isinstance(layer, LigerCacheLayer):
         if layer.get_seq_length() > 0:
             raise ValueError(f"layer {layer_idx} of the cache already holds softmax keys/values; start a new cache")
-        layer = layers[layer_idx] = LigerCacheLayer(window)
+        layer = layers[layer_idx] = LigerCacheLayer(kept)
     return layer
-
-
-class LigerCache(Cache):
-    """A cache for a converted model: Liger layers where the model has them, growing layers elsewhere."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        from liger.attention import LigerAttention
-
-        attns = [layer.self_attn for layer in model.get_decoder().layers]
-        layers = [LigerCacheLayer(a.options.window) if isinstance(a, LigerAttention) else DynamicLayer() for a in attns]
-        super().__init__(layers=layers)
-
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state (the growing key/value layers included)."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, LigerCacheLayer):
-                total += layer.nbytes()
-            elif layer.keys is not None:
-                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
-        return total

@@ -53,10 +53,20 @@ def add_probe_parser(sub: Any, name: str, help: str, doc: str,
     return p
 
 
+def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
+    """`--layer-options JSON`: score a converted model's weights with other runtime layer settings."""
+    from liger import methods
+
+    runtime = {m: ", ".join(methods.get(m).runtime_options) for m in methods.names()}
+    parser.add_argument("--layer-options", type=json_object_arg('{"window_shape": "sliding"}'), metavar="JSON",
+                        help="other runtime options of a converted model's method ("
+                             + "; ".join(f"{m}: {o}" for m, o in runtime.items() if o)
+                             + "), e.g. '{\"window_shape\": \"sliding\"}' (LoLCATs: the window it decodes with); "
+                             "the weights are unchanged")
+
+
 def add_inference_flags(p: argparse.ArgumentParser) -> None:
     """--device, --dtype and --layer-options: how a probe loads its model (`liger.device.load_for_inference`)."""
-    from liger.convert import add_layer_options_arg
-
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     add_layer_options_arg(p)

@@ -1,15 +1,15 @@
 """`linearize` any Llama-family causal LM in place; save and load converted models.
 
 A converted model's config is the original config under a `liger_<type>` model type with a `liger` entry
-(the method and its options). Importing `liger` registers those types with transformers' Auto classes, so
-`AutoModelForCausalLM.from_pretrained(dir)` rebuilds the original architecture, converts it again, and loads
-the weights: a Liger conversion adds no parameters, so the state dicts have the same keys (a LoLCATs one adds
-its feature maps and window factors, which the saved weights then hold).
+(the method and its options, `liger.methods`). Importing this module (as `liger.linearize` and `liger.load` do)
+registers those types with transformers' Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` rebuilds
+the original architecture, converts it again, and loads the weights: a Liger conversion adds no parameters, so
+the state dicts have the same keys (a LoLCATs one adds its feature maps and window factors, which the saved
+weights then hold).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from liger.attention import LigerAttention, PaddingContext
+from liger import methods
 from liger.errors import LigerError
-from liger.options import build_options, options_from_dict
+from liger.layers.base import LinearizedAttention, PaddingContext
+from liger.methods import build_options, options_from_dict
 
 
 def _architectures() -> dict[str, tuple[type, type]]:
@@ -63,8 +64,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def is_linearized(model: PreTrainedModel) -> bool:
-    """Whether any attention layer of `model` is a Liger or LoLCATs layer (its config may say otherwise)."""
-    return any(isinstance(layer.self_attn, LigerAttention) for layer in model.get_decoder().layers)
+    """Whether any attention layer of `model` is a converted one (its config may say otherwise)."""
+    return any(isinstance(layer.self_attn, LinearizedAttention) for layer in model.get_decoder().layers)
 
 
 def _convert_layers(model: PreTrainedModel, options) -> None:
@@ -78,9 +79,7 @@ def _convert_layers(model: PreTrainedModel, options) -> None:
                          "to convert (method base keeps the model as it is)")
     if is_linearized(model):
         raise LigerError("the model is already linearized")
-    layer_cls = LigerAttention
-    if options.method == "lolcats":
-        from liger.lolcats import LolcatsAttention as layer_cls
+    layer_cls = methods.get(options.method).layer_class()
     padding = PaddingContext()
     backbone.register_forward_pre_hook(padding.hook, with_kwargs=True)
     for i, layer in enumerate(backbone.layers):
@@ -89,20 +88,17 @@ def _convert_layers(model: PreTrainedModel, options) -> None:
 
 
 def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> PreTrainedModel:
-    """Convert every attention layer of `model` (except `softmax_layers`) into a Liger layer, in place.
+    """Convert every attention layer of `model` (except `softmax_layers`) into the layer of `method`, in place.
 
-    `method` is one of liger_gla, liger_hgrn2, liger_gsa (`options`: the fields of `LigerOptions`; the parameter
-    count does not change, asserted) or lolcats (`options`: the fields of `liger.lolcats.LolcatsOptions`; it adds
-    the feature maps and window factors, and the count grows by exactly `liger.lolcats.added_parameters`).
-    The converted model gets its own copy of the config, which records the conversion; the caller's is unchanged.
+    `method` is a registered method (`liger.methods.names()`: liger_gla, liger_hgrn2, liger_gsa, lolcats) and
+    `options` the fields of its options (e.g. `liger.methods.liger.LigerOptions`). The parameter count grows by
+    exactly the method's `added_parameters` (asserted): not at all for the Liger methods, by the feature maps and
+    window factors for lolcats. The converted model gets its own copy of the config, which records the conversion;
+    the caller's is unchanged.
     """
     model_type = check_supported(model.config)
     opts = build_options(method, **options)
-    expected = 0
-    if opts.method == "lolcats":
-        from liger.lolcats import added_parameters
-
-        expected = added_parameters(model.config, opts)
+    expected = methods.added_parameters(model.config, opts)
     before = count_parameters(model)
     _convert_layers(model, opts)
     after = count_parameters(model)
@@ -117,13 +113,13 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
 
 
 def options_of(model: PreTrainedModel):
-    """The options (`LigerOptions` or `LolcatsOptions`) of a converted model, None for an unconverted one."""
+    """The options (of its method, `liger.methods`) of a converted model, None for an unconverted one."""
     d = getattr(model.config, "liger", None)
     return options_from_dict(d) if d else None
 
 
 def _register() -> None:
-    """Register `liger_<type>` configs and models with the Auto classes (once, at import)."""
+    """Register `liger_<type>` configs and models with the Auto classes (once, at import of this module)."""
     for model_type, (config_cls, model_cls) in SUPPORTED.items():
         liger_type = f"liger_{model_type}"
         config_sub = type(f"Liger{config_cls.__name__}", (config_cls,), {"model_type": liger_type})
@@ -132,7 +128,9 @@ def _register() -> None:
             if not getattr(config, "liger", None):
                 raise LigerError(_unrecorded(config.name_or_path or "the config", config.model_type))
             base.__init__(self, config, *args, **kwargs)
-            _convert_layers(self, options_from_dict(config.liger))
+            options = options_from_dict(config.liger)
+            config.liger = options.to_dict()  # the current convention: a model saved again records it
+            _convert_layers(self, options)
 
         model_sub = type(f"Liger{model_cls.__name__}", (model_cls,), {"config_class": config_sub, "__init__": __init__})
         AutoConfig.register(liger_type, config_sub, exist_ok=True)
@@ -172,7 +170,7 @@ _register()
 
 
 ADAPTER_OPTIONS = "liger_options.json"  # written beside a fine-tuned adapter: the conversion it was trained on
-ADDED_WEIGHTS = "added.safetensors"  # the parameters a conversion adds (LoLCATs' feature maps, window factors)
+ADDED_WEIGHTS = "added.safetensors"  # the parameters a conversion adds (e.g. LoLCATs' feature maps, window factors)
 
 
 def save_added(model: PreTrainedModel, folder: str | Path) -> Path:
@@ -216,16 +214,19 @@ def _convert_as(model: PreTrainedModel, want, path: Path, source: Path) -> None:
 
 
 def layer_config(path: Path, layer_options: dict):
-    """The config of the converted model in `path` with some runtime layer settings replaced (validated)."""
-    bad = sorted(set(layer_options) - set(RUNTIME_OPTIONS))
-    if bad:
-        raise LigerError(f"layer options {bad}: only {', '.join(RUNTIME_OPTIONS)} can be changed on a trained model "
-                         "(the others change its parameters)")
+    """The config of the converted model in `path` with some of its method's runtime options replaced (validated:
+    they change how attention is computed, not which parameters exist)."""
     saved = saved_conversion(path)
     if not saved:
-        raise LigerError(f"{path}: not a converted model; layer options apply to Liger and LoLCATs models only")
+        raise LigerError(f"{path}: not a converted model; layer options apply to converted models only")
+    options = options_from_dict(saved)
+    runtime = methods.get(options.method).runtime_options
+    bad = sorted(set(layer_options) - set(runtime))
+    if bad:
+        raise LigerError(f"layer options {bad}: only {', '.join(runtime) or 'none'} can be changed on a trained "
+                         f"{options.method} model (the others change its parameters)")
     config = AutoConfig.from_pretrained(path)
-    config.liger = options_from_dict({**saved, **layer_options}).to_dict()
+    config.liger = build_options(**{**options.to_dict(), **layer_options}).to_dict()
     return config
 
 
@@ -260,29 +261,6 @@ def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-# Layer settings that a saved converted model may be loaded with instead of its own: they change how attention is
-# computed, not which parameters exist (e.g. LoLCATs' terraced window evaluated as the sliding window it decodes with).
-RUNTIME_OPTIONS = ("window", "window_shape", "chunk_size")
-
-
-def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
-    """`--layer-options JSON`: score a converted model's weights with other runtime layer settings."""
-    parser.add_argument("--layer-options", type=_json_object, metavar="JSON",
-                        help=f"other runtime layer settings ({', '.join(RUNTIME_OPTIONS)}) for a converted model, e.g. "
-                             "'{\"window_shape\": \"sliding\"}' (LoLCATs: the window it decodes with); the weights are "
-                             "unchanged")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"window_shape\": \"sliding\"}}': {text}")
-    return value
-
-
 def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, added: str | Path | None = None,
          layer_options: dict | None = None, **kwargs) -> PreTrainedModel:
     """Load a saved model (converted or not); optionally attach a peft LoRA adapter and merge it.
@@ -290,7 +268,7 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
     An adapter trained on a converted model carries its conversion (``liger_options.json``): given the base
     model folder, the model is converted with those options before the adapter is attached. `added` (a folder of
     `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
-    `layer_options` replaces some of a converted folder's `RUNTIME_OPTIONS` (the same weights, computed otherwise).
+    `layer_options` replaces some of its method's `runtime_options` (the same weights, computed otherwise).
     """
     from safetensors import SafetensorError
 

@@ -1,4 +1,5 @@
-"""Fast greedy decoding of a converted model: fixed-size buffers, one CUDA graph per token.
+"""Decoding a converted model: `LigerCache` (constant-size state per layer) and `GraphDecoder` (fast greedy
+decoding: fixed-size buffers, one CUDA graph per token).
 
 At batch 1 a decoding step is a few matrix-vector products per layer plus a state update, so Python and
 kernel-launch overhead, not arithmetic, dominates HF's eager loop. `GraphDecoder` prefills through the model's
@@ -16,10 +17,32 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
 
-from liger.attention import LigerAttention
-from liger.cache import LigerCache, LigerCacheLayer, StepBuffers
+from liger import methods
+from liger.cache import LigerCacheLayer, StepBuffers
 from liger.errors import LigerError
+from liger.layers.base import LinearizedAttention
+
+
+class LigerCache(Cache):
+    """A cache for a converted model: each converted layer's constant-size state, growing layers elsewhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        attns = [layer.self_attn for layer in model.get_decoder().layers]
+        layers = [LigerCacheLayer(a.cached_keys) if isinstance(a, LinearizedAttention) else DynamicLayer()
+                  for a in attns]
+        super().__init__(layers=layers)
+
+    def nbytes(self) -> int:
+        """Bytes held by every layer's state (the growing key/value layers included)."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, LigerCacheLayer):
+                total += layer.nbytes()
+            elif layer.keys is not None:
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
+        return total
 
 
 def _block_step(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -30,7 +53,8 @@ def _block_step(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch
 
 
 class GraphDecoder:
-    """Greedy decoding of a model whose every layer is a Liger layer, for a fixed batch size.
+    """Greedy decoding of a model whose every layer is converted by a method with `step_decoding` (the Liger
+    methods), for a fixed batch size.
 
     `graph` (default: on CUDA) captures a step as a CUDA graph; `compile` (default: on CUDA) compiles the
     decoder block with torch.compile (one compilation serves every layer). `prefill_chunk` bounds the tokens
@@ -40,14 +64,16 @@ class GraphDecoder:
     def __init__(self, model: nn.Module, batch_size: int = 1, *, graph: bool | None = None,
                  compile: bool | None = None, prefill_chunk: int | None = 4096) -> None:
         layers = model.get_decoder().layers
-        plain = [i for i, layer in enumerate(layers) if not isinstance(layer.self_attn, LigerAttention)]
+        plain = [i for i, layer in enumerate(layers) if not isinstance(layer.self_attn, LinearizedAttention)]
         if plain:
             raise LigerError(f"graph decoding needs every layer converted; layers {plain} keep softmax attention "
                              "(softmax_layers): decode with model.generate instead")
-        other = {type(layer.self_attn).__name__ for layer in layers if not layer.self_attn.supports_step}
+        other = {type(layer.self_attn).__name__ for layer in layers
+                 if not methods.get(layer.self_attn.options.method).step_decoding}
         if other:
-            raise LigerError(f"graph decoding implements the Liger layers, not {', '.join(sorted(other))}: "
-                             "decode with model.generate instead")
+            stepped = ", ".join(m for m in methods.names() if methods.get(m).step_decoding)
+            raise LigerError(f"graph decoding needs a fixed-buffer step, which the layers of {stepped} have, not "
+                             f"{', '.join(sorted(other))}: decode with model.generate instead")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise LigerError(f"prefill_chunk must be >= 1 or None, got {prefill_chunk}")
         self.model = model

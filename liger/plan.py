@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from liger import methods as registry
 from liger.config import (
     PASSKEY,
     POSITION_LOSS,
@@ -130,7 +131,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
     """
     methods = config["methods"]
     trained = [m for m, e in methods.items() if is_finetuned(e)]
-    lolcats = [m for m in trained if methods[m].get("method") == "lolcats"]
+    two_stage = [m for m in trained if "transfer" in registry.stages(methods[m]["method"])]
     untrained = [m for m, e in methods.items() if liger_options(e) and not is_finetuned(e)]
     jobs, seconds, models = Counter(), Counter(), {}
 
@@ -150,7 +151,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
         eval_s = (zero_shot + items.get("mmlu", 0) * CPU_EVAL_S["mmlu"]) * scale  # per row
         if not (workdir / "resources" / "models" / name / "config.json").exists():
             job("model")
-        stages = [(m, "transfer", "transferred") for m in lolcats] + [(m, "finetune", "finetuned") for m in trained]
+        stages = [(m, "transfer", "transferred") for m in two_stage] + [(m, "finetune", "finetuned") for m in trained]
         restored = [(m, rule) for m, rule, folder in stages
                     if any((workdir / r / folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
         if len(restored) < len(stages):

@@ -21,7 +21,7 @@ from liger.models import save_model_dir
 from liger.packed import PackedData
 
 if TYPE_CHECKING:
-    from liger.train import TrainConfig
+    from liger.train_config import TrainConfig
 
 
 def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -39,7 +39,7 @@ def load_converted(model_dir: str | os.PathLike[str], options: dict | None, devi
     A folder that holds an already converted model is accepted when its options are the requested ones.
     """
     import liger
-    from liger.options import build_options
+    from liger.methods import build_options
 
     model = liger.load(model_dir, dtype=dtype)
     if options is not None:
@@ -101,7 +101,7 @@ class Stage:
     data: Callable[[PackedData], PackedData] = lambda data: data
     save: Callable[[torch.nn.Module, Path, Any], None] = save_lora_outputs
     extra: Callable[[torch.nn.Module], dict[str, Any]] = lambda model: {}
-    recipe: str = "lora"  # the LoLCATs stage whose recipe is the default TrainConfig of a lolcats method
+    recipe: str = "lora"  # the method's stage whose recipe (liger.methods.stage_recipe) is the default TrainConfig
 
 
 LORA = Stage("finetune", build_model)

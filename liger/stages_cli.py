@@ -1,6 +1,6 @@
 """`liger finetune` and `liger transfer`: the training stages' subcommands, one flag per `TrainConfig` field.
 
-A flag not given leaves its field to the method's recipe (`liger.train.default_train_config`).
+A flag not given leaves its field to the method's recipe (`liger.train_config.default_train_config`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 
 from liger.cli_args import json_object_arg
 from liger.loop import fmt_loss
-from liger.train import RECIPE_FIELDS, TrainConfig, default_train_config, finetune
+from liger.methods import RECIPE_FIELDS
+from liger.train import finetune
+from liger.train_config import TrainConfig, default_train_config
 from liger.transfer import transfer
 
 

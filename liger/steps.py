@@ -20,7 +20,7 @@ import torch
 from liger.packed import PackedData
 
 if TYPE_CHECKING:
-    from liger.train import TrainConfig
+    from liger.train_config import TrainConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, labels (-100 where the token is no target)
 

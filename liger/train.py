@@ -1,16 +1,17 @@
-"""LoRA fine-tuning of a linearized model on the packed Alpaca chunks (docs/method.md): its settings (`TrainConfig`,
-each method's recipe) and `run_stage`, which runs any training stage (`liger.stages`: this fine-tune, or LoLCATs'
-attention transfer in `liger.transfer`) in the pieces of `liger.loop`.
+"""LoRA fine-tuning of a linearized model on the packed Alpaca chunks (docs/method.md#fine-tuning-recipe), and
+`run_stage`, which runs any training stage (`liger.stages`: this fine-tune, or attention transfer in
+`liger.transfer`) in the pieces of `liger.loop`, with the settings of `liger.train_config`.
 
 `finetune(model_dir, data_dir, out_dir, options=..., train=TrainConfig(...))` loads the base model, converts
 it with `liger.linearize(model, **options)`, attaches LoRA (peft) to the attention projections with everything
 else frozen, and trains on the packed chunks of `liger.data.prepare_data` (`liger.packed`).
 
-Recipe: AdamW (betas 0.9/0.999, weight decay 0.01), lr 1e-3 without warm-up, ReduceLROnPlateau(factor 0.1,
-patience 10, min_lr 1e-5) stepped on the validation loss measured every `eval_every` optimizer steps, micro
-batch 1 and global batch 8 by gradient accumulation, gradient clipping at 1.0, 2 epochs. The loss of one
-optimizer step is the mean over all its target tokens (token-weighted across the accumulated micro-batches);
-the validation loss is the mean over all target tokens of the validation chunks (`liger.steps`).
+Recipe (docs/method.md#lora-optimizer-and-schedule): AdamW (betas 0.9/0.999, weight decay 0.01), lr 1e-3
+without warm-up, ReduceLROnPlateau(factor 0.1, patience 10, min_lr 1e-5) stepped on the validation loss measured
+every `eval_every` optimizer steps, micro batch 1 and global batch 8 by gradient accumulation, gradient clipping
+at 1.0, 2 epochs. The loss of one optimizer step is the mean over all its target tokens (token-weighted across the
+accumulated micro-batches); the validation loss is the mean over all target tokens of the validation chunks
+(`liger.steps`).
 
 Outputs in `out_dir`: ``adapter/`` (peft), ``model/`` (LoRA merged into the converted model, with the
 tokenizer; `liger.load` opens it), ``train_log.csv``, ``checkpoints/`` (the last checkpoint, `liger.checkpoints`;
@@ -35,90 +36,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from liger.errors import NonFiniteLossError, TrainError
 from liger.fileio import claim_dir, write_json_atomic
 from liger.loop import VERSIONS, StageRun
 from liger.provenance import versions
 from liger.stages import LORA, Stage
+from liger.train_config import TrainConfig, default_train_config, is_base
 
 log = logging.getLogger("liger.train")
 
-# TrainConfig fields that a LoLCATs recipe sets (liger.lolcats.RECIPES); the other fields are shared by all methods.
-RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                 "eval_every")
 # The commands besides this stage's own whose output folder a training stage may write over
 STAGE_ACCEPTS = ("restore",)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one LoRA fine-tuning run; defaults are the paper's recipe (docs/method.md)."""
-
-    lora_r: int = 8
-    lora_alpha: int = 8
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    micro_batch: int = 1
-    grad_accum: int = 8
-    epochs: int = 2
-    max_tokens: int | None = None  # stop once this many micro-batch tokens were seen
-    max_steps: int | None = None  # stop after this many optimizer steps
-    eval_every: int = 200  # optimizer steps between validation losses (0: only at the start and the end)
-    val_limit: int | None = None  # use only the first N validation chunks
-    ckpt_every: int = 200  # optimizer steps between checkpoints (0: only at the end)
-    lr_factor: float = 0.1  # ReduceLROnPlateau
-    lr_patience: int = 10
-    min_lr: float = 1e-5
-    seed: int = 0
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
-    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
-    progress: bool = True  # tqdm progress bar
-
-    def __post_init__(self) -> None:
-        self.lora_targets = list(self.lora_targets)
-        positive = {"lora_r": self.lora_r, "micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
-                    "epochs": self.epochs, "lr": self.lr, "lora_alpha": self.lora_alpha}
-        bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
-        for name in ("max_tokens", "max_steps", "val_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                bad.append(f"{name}={value}")
-        for name in ("eval_every", "ckpt_every", "max_grad_norm", "weight_decay", "min_lr", "lr_patience"):
-            if getattr(self, name) < 0:
-                bad.append(f"{name}={getattr(self, name)}")
-        if not 0 <= self.lora_dropout < 1 or not 0 < self.lr_factor < 1:
-            bad.append(f"lora_dropout={self.lora_dropout} (0 <= p < 1), lr_factor={self.lr_factor} (0 < f < 1)")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            bad.append(f"dtype={self.dtype!r} (auto, float32 or bfloat16)")
-        if not self.lora_targets:
-            bad.append("lora_targets is empty")
-        if bad:
-            raise TrainError(f"invalid training settings: {', '.join(bad)}")
-
-    @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.grad_accum
-
-
-def default_train_config(options: dict | None, stage: str = "lora") -> TrainConfig:
-    """The paper's recipe: Liger's for Liger methods, the variant's stage recipe for lolcats (liger.lolcats)."""
-    if options and options.get("method") == "lolcats":
-        from liger.lolcats import recipe
-
-        return TrainConfig(**recipe(options.get("variant", "original"), stage))
-    return TrainConfig()
-
-
-def is_base(options: dict | None) -> bool:
-    """Whether `options` ask for the unconverted model (None or method base): nothing to train."""
-    return options is None or options.get("method") == "base"
 
 
 def finetune(
@@ -182,5 +113,4 @@ def _skip(name: str, model_dir: Path, data_dir: Path, out: Path, options: dict |
     return summary
 
 
-__all__: Sequence[str] = ["TrainConfig", "TrainError", "NonFiniteLossError", "finetune", "run_stage",
-                          "default_train_config"]
+__all__: Sequence[str] = ["finetune", "run_stage"]

@@ -1,7 +1,8 @@
-"""LoLCATs stage 1, attention transfer (docs/lolcats.md), a training stage (`liger.stages`) run by `liger.train`.
+"""Attention transfer, stage 1 of the methods that have it (LoLCATs: docs/lolcats.md#stage-1-attention-transfer),
+a training stage (`liger.stages`) run by `liger.train`.
 
-Every attention layer is converted to the LoLCATs layer; only its feature maps (and, in the original, its window
-factors) are trained, to match the softmax attention's per-head outputs (before o_proj) on the packed chunks.
+Every attention layer is converted; only its `transfer_parameters` (LoLCATs: the feature maps and, in the original,
+the window factors) are trained, to match the softmax attention's per-head outputs (before o_proj) on the chunks.
 Each layer passes the softmax output on (teacher forcing), so one forward trains all layers at once and
 independently. Loss: 1000 x the mean over layers of the MSE over every position of the chunk (prompt included).
 
@@ -21,32 +22,36 @@ from typing import Any
 import numpy as np
 import torch
 
+from liger import methods
 from liger.errors import TrainError
 from liger.fileio import atomic_dir
-from liger.lolcats import MSE_FACTOR, LolcatsAttention, added_parameters
+from liger.layers.base import LinearizedAttention
+from liger.methods.lolcats import MSE_FACTOR
 from liger.models import save_model_dir
 from liger.packed import PackedData
 from liger.stages import Stage, load_converted
 from liger.steps import n_targets
-from liger.train import TrainConfig, run_stage
+from liger.train import run_stage
+from liger.train_config import TrainConfig
 
 
-def lolcats_layers(model: torch.nn.Module) -> list[LolcatsAttention]:
-    return [m for m in model.modules() if isinstance(m, LolcatsAttention)]
+def transfer_layers(model: torch.nn.Module) -> list[LinearizedAttention]:
+    """The converted layers that attention transfer trains."""
+    return [m for m in model.modules() if isinstance(m, LinearizedAttention) and m.transfer_parameters()]
 
 
 def build_transfer_model(model_dir: Path, options: dict, cfg: TrainConfig, device: torch.device,
                          dtype: torch.dtype) -> torch.nn.Module:
-    """The converted model with only the feature maps (and window factors, when the options train them) trainable."""
-    if options.get("method") != "lolcats":
-        raise TrainError(f"attention transfer is LoLCATs' stage 1: the method must be lolcats, not "
-                         f"{options.get('method')!r}")
+    """The converted model with only its layers' `transfer_parameters` trainable."""
+    method = options.get("method")
+    if "transfer" not in methods.get(method).stages:
+        with_transfer = [m for m in methods.names() if "transfer" in methods.get(m).stages]
+        raise TrainError(f"attention transfer is a stage of {', '.join(with_transfer)} only: the method must be "
+                         f"{' or '.join(with_transfer)}, not {method!r}")
     model = load_converted(model_dir, options, device, dtype)
-    layers = lolcats_layers(model)
-    for layer in layers:
-        layer.feature_map_q.weight.requires_grad_(True)
-        layer.feature_map_k.weight.requires_grad_(True)
-        layer.window_factors.requires_grad_(layer.options.train_window_factor)
+    for layer in transfer_layers(model):
+        for p in layer.transfer_parameters():
+            p.requires_grad_(True)
     model.train()
     return model
 
@@ -59,9 +64,9 @@ class TransferObjective(torch.nn.Module):
         super().__init__()
         self.model = model
         self.mse_factor = mse_factor
-        self.layers = lolcats_layers(model)
+        self.layers = transfer_layers(model)
         if not self.layers:
-            raise TrainError("the model has no LoLCATs layer to train (all layers kept as softmax attention?)")
+            raise TrainError("the model has no layer to train by attention transfer (all kept as softmax attention?)")
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
                 use_cache: bool = False) -> SimpleNamespace:
@@ -94,7 +99,7 @@ def _save(model: torch.nn.Module, out: Path, tokenizer: Any | None) -> None:
 def _extra(model: torch.nn.Module) -> dict[str, Any]:
     from liger.convert import options_of
 
-    return {"mse_factor": MSE_FACTOR, "added_parameters": added_parameters(model.config, options_of(model))}
+    return {"mse_factor": MSE_FACTOR, "added_parameters": methods.added_parameters(model.config, options_of(model))}
 
 
 TRANSFER = Stage("transfer", build_transfer_model, objective=TransferObjective, data=every_position, save=_save,
@@ -103,8 +108,9 @@ TRANSFER = Stage("transfer", build_transfer_model, objective=TransferObjective, 
 
 def transfer(model_dir, data_dir, out_dir, *, options: dict, train: TrainConfig | None = None,
              callback=None, restart: bool = False) -> dict[str, Any]:
-    """Stage 1 on `data_dir`: convert the model in `model_dir` with lolcats `options`, train the feature maps,
-    write `out_dir`. `train` None: the variant's stage-1 recipe (liger.lolcats.RECIPES); resuming and `restart` as
-    in `liger.train.finetune`. Returns the summary."""
+    """Stage 1 on `data_dir`: convert the model in `model_dir` with `options` (e.g. lolcats), train its transfer
+    parameters, write `out_dir`. `train` None: the method's transfer recipe (liger.methods.stage_recipe); resuming
+    and `restart` as in `liger.train.finetune`. Returns the summary."""
     return run_stage(TRANSFER, model_dir, data_dir, out_dir, options=options, train=train, callback=callback,
                      restart=restart)
+

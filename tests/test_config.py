@@ -120,7 +120,7 @@ def test_several_problems_say_how_many_more():
 def test_the_window_minimum_is_the_layers():
     """The schema's minimum window is what the layers accept: 1 (0 left a layer with no window keys)."""
     from liger.errors import LigerError
-    from liger.options import LigerOptions
+    from liger.methods.liger import LigerOptions
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["methods"]["additionalProperties"]["properties"]["window"]["minimum"] == 1

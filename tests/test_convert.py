@@ -13,7 +13,7 @@ from tests.conftest import ARCHS, LIGER_VARIANTS, tiny_model
 VARIANTS = LIGER_VARIANTS
 # A small window and chunk so that 23 tokens cross chunk boundaries and evict from the window.
 SMALL = {"window": 5, "chunk_size": 8}
-ATOL = 1e-4  # the bound for fp32 decoding vs the parallel forward
+ATOL = 1e-4  # fp32 decoding vs the parallel forward (docs/method.md#decoding-state)
 
 
 def converted(arch: str, method: str, **options):
@@ -275,7 +275,7 @@ def test_truncated_weights_are_named(model_dir, tmp_path, capsys):
 
 
 def test_options_without_a_method():
-    from liger.options import build_options, options_from_dict
+    from liger.methods import build_options, options_from_dict
 
     for make in (lambda: build_options(window=32), lambda: options_from_dict({"window": 32})):
         with pytest.raises(LigerError, match=r"options \{'window': 32\} name no method: add \"method\" \(one of "

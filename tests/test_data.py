@@ -16,10 +16,12 @@ import pytest
 
 from liger import LigerError
 from liger import data as D
+from liger import records as R
 from liger.cli import main
-from liger.data import DataError, format_prompt, load_records, pack, prepare_data, tokenize_record
+from liger.data import pack, prepare_data, tokenize_record
 from liger.fileio import OUTPUT_MARKER
 from liger.packed import id_dtype
+from liger.records import DataError, format_prompt, load_records, source_info
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = REPO / "resources" / "models" / "smollm2-135m"
@@ -31,7 +33,7 @@ WORDS = (
     "nine ten hello world yes no maybe"
 ).split()
 
-# LIGER.md section 4, character for character.
+# docs/method.md#data-and-template, character for character.
 EXPECTED_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd the numbers.\n\n"
@@ -131,26 +133,19 @@ def test_template_without_input_exact(rec: dict) -> None:
     assert format_prompt(rec) == EXPECTED_NO_INPUT
 
 
-def _liger_md_template(lines: list[str], start: str) -> str:
-    """Reassemble a quoted template from the wrapped markdown list item starting with `start`."""
-    i = next(k for k, ln in enumerate(lines) if ln.strip().startswith(start))
-    text = lines[i].strip()[len(start) :].strip()
-    while text.count('"') < 2:
-        i += 1
-        nxt = lines[i].strip()
-        text += nxt if text.endswith("\\n") else " " + nxt  # a wrap after an escaped \n adds no space
-    return text[text.index('"') + 1 : text.rindex('"')].replace("\\n", "\n")
+def _documented_template(markdown: str, info: str) -> str:
+    """The text of the fenced block opened with ```info, with its final newline."""
+    match = re.search(rf"^```{info}\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
+    assert match, f"no ```{info} block"
+    return match.group(1)
 
 
-def test_template_matches_liger_md() -> None:
-    md = _shared_data().parent / "LIGER.md"
-    if not md.is_file():
-        pytest.skip(f"{md} not found")
-    lines = md.read_text(encoding="utf-8").splitlines()
-    with_input = _liger_md_template(lines, "- with input:")
-    no_input = _liger_md_template(lines, "- without input:")
-    assert with_input == D.PROMPT_WITH_INPUT
-    assert no_input == D.PROMPT_NO_INPUT
+def test_template_matches_the_documented_one() -> None:
+    md = (REPO / "docs" / "method.md").read_text(encoding="utf-8")
+    with_input = _documented_template(md, "alpaca-with-input")
+    no_input = _documented_template(md, "alpaca-without-input")
+    assert with_input == R.PROMPT_WITH_INPUT
+    assert no_input == R.PROMPT_NO_INPUT
     rec = {"instruction": "Add the numbers.", "input": "2 and 3"}
     assert with_input.format(**rec) == EXPECTED_WITH_INPUT
 
@@ -371,8 +366,8 @@ def test_hub_id_dispatch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert len(load_records("yahma/alpaca-cleaned")) == 3
     assert len(load_records("hf:tatsu-lab/alpaca")) == 3
     assert calls == [("yahma/alpaca-cleaned", "train"), ("tatsu-lab/alpaca", "train")]
-    assert D._source_info("tatsu-lab/alpaca", 52002)["note"].startswith("original Stanford Alpaca")
-    assert "note" not in D._source_info("yahma/alpaca-cleaned", 51760)
+    assert source_info("tatsu-lab/alpaca", 52002)["note"].startswith("original Stanford Alpaca")
+    assert "note" not in source_info("yahma/alpaca-cleaned", 51760)
     with pytest.raises(DataError, match="no such file"):
         load_records("missing/thing.jsonl")  # a file name, not a hub id
     assert calls == [("yahma/alpaca-cleaned", "train"), ("tatsu-lab/alpaca", "train")]
@@ -586,6 +581,7 @@ def test_prepare_full_alpaca_mirror(tmp_path: Path) -> None:
 
 
 def test_module_has_no_hardcoded_shared_path() -> None:
-    text = Path(D.__file__).read_text(encoding="utf-8")
     here = re.escape(str(Path(__file__).resolve().parents[2]))  # the folder that holds the repo and shared/
-    assert not re.search(here + r"|shared/data|alpaca_data\.jsonl", text)
+    for module in (D, R):
+        text = Path(module.__file__).read_text(encoding="utf-8")
+        assert not re.search(here + r"|shared/data|alpaca_data\.jsonl", text)

@@ -1,5 +1,6 @@
-"""Benchmark evaluation (liger.evaluate): local lm-eval tasks vs the official templates, the `liger` lm-eval
-model's log-likelihoods vs a plain forward pass, end-to-end runs on tiny mirrors, and input errors.
+"""Benchmark evaluation (liger.evaluate, liger.eval_model, liger.tasks.loading): local lm-eval tasks vs the
+official templates, the `liger` lm-eval model's log-likelihoods vs a plain forward pass, end-to-end runs on tiny
+mirrors, and input errors.
 
 The tiny mirrors copy the first records of ../shared/data when it exists (hand-written records otherwise).
 The fast tests use a byte-level BPE tokenizer trained here (vocab 512) and tiny random Llamas, so they need
@@ -20,17 +21,11 @@ import torch
 import yaml
 
 import liger
+from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
-from liger.evaluate import (
-    PAPER_METRIC,
-    PAPER_TASKS,
-    LigerLM,
-    default_batch_tokens,
-    evaluate,
-    resolve_device,
-    resolve_dtype,
-    write_local_tasks,
-)
+from liger.eval_model import LigerLM, default_batch_tokens
+from liger.evaluate import PAPER_METRIC, PAPER_TASKS, evaluate
+from liger.tasks.loading import write_local_tasks
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
 from tests.conftest import ROOT, SHARED_DATA, SMOLLM2, tiny_model
 
@@ -459,12 +454,12 @@ def test_prefix_sharing_encoding_equals_whole_encoding(kind, request_strings, mi
     """`encode_sharing_prefixes` gives every string the tokenizer's own ids for it (with and without special tokens),
     on the requests of real 5-shot MMLU prompts and 0-shot tasks, its own checks refusing the splices that would be
     wrong (the whole-encoding sample never has to step in); splicing does save work for the byte-level BPE."""
-    from liger.evaluate import encode_sharing_prefixes
+    from liger.eval_model import encode_sharing_prefixes
 
     tok = _tokenizer(kind, mirror, tokenizer_dir)
     strings = request_strings
     asked = []
-    caplog.set_level(logging.WARNING, logger="liger.evaluate")
+    caplog.set_level(logging.WARNING, logger="liger.eval_model")
 
     def counting(texts, **kwargs):
         asked.extend(texts)
@@ -484,7 +479,7 @@ def test_prefix_sharing_encoding_equals_whole_encoding(kind, request_strings, mi
 def test_prefix_sharing_falls_back_when_a_splice_is_wrong():
     """A tokenizer whose first token depends on the whole text (no splice can see it): the sampled whole encodings
     differ from the spliced ones, and every string is encoded whole."""
-    from liger.evaluate import encode_sharing_prefixes
+    from liger.eval_model import encode_sharing_prefixes
 
     def tok(texts, add_special_tokens=True, return_attention_mask=False):
         return {"input_ids": [[len(t) % 7] * add_special_tokens + [ord(c) for c in t] for t in texts]}
@@ -571,7 +566,7 @@ def test_fast_path_equals_lm_evals_own_path_on_real_mirrors(base_dir, tmp_path, 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from liger.evaluate import loaded_tasks
+    from liger.tasks.loading import loaded_tasks
 
     subjects = ["abstract_algebra", "high_school_european_history", "world_religions"]  # short to long prompts
     lm = LigerLM(base_dir, device="cpu")
@@ -775,7 +770,7 @@ def no_model_load(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("liger.evaluate.load", fail)
+    monkeypatch.setattr("liger.eval_model.load", fail)
 
 
 def test_unknown_task(no_model_load, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""The LoLCATs layer (liger.lolcats): feature map, the hybrid against a float64 term-by-term reference, decoding,
-padding, parameters, save/load, and the two variants."""
+"""The LoLCATs layer (liger.layers.lolcats, liger.methods.lolcats): feature map, the hybrid against a float64
+term-by-term reference, decoding, padding, parameters, save/load, and the two variants."""
 
 from __future__ import annotations
 
@@ -12,20 +12,14 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
 from liger import LigerError, count_parameters, linearize
-from liger.lolcats import (
-    INIT_WINDOW_FACTOR,
-    HedgehogFeatureMap,
-    LolcatsAttention,
-    LolcatsOptions,
-    added_parameters,
-    init_feature_maps,
-)
+from liger.layers.lolcats import HedgehogFeatureMap, LolcatsAttention, init_feature_maps
+from liger.methods.lolcats import INIT_WINDOW_FACTOR, LolcatsOptions, added_parameters
 from liger.ops.hybrid import absorb, hybrid_attention
 from liger.ops.reference import lolcats_sets, naive_hedgehog, naive_lolcats_attention
 from tests.conftest import ARCHS, tiny_model
 from tests.test_convert import ATOL, cache_sizes, decode_logits, ids, padded_batch
 
-SMALL = {"window": 5, "chunk_size": 8}  # 23 tokens: several query blocks, and keys leave the window
+SMALL = {"window": 5, "query_block": 8}  # 23 tokens: several query blocks, and keys leave the window
 
 
 def lolcats(arch: str = "llama", **options):
@@ -107,7 +101,7 @@ def test_added_parameters_are_the_feature_maps_and_window_factors(variant, softm
 
 
 def test_terraced_sets_match_the_specification_example():
-    # LOLCATS.md 2.4: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
+    # docs/lolcats.md#windows-terraced-and-sliding: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
     sets = lolcats_sets(10, 4, "terraced")
     assert sets[6] == ([2, 3, 4, 5, 6], [0, 1])
     assert sets[5] == ([0, 1, 2, 3, 4, 5], [])
@@ -188,8 +182,8 @@ def test_query_blocks_do_not_change_the_output():
     tokens = ids(length=40)
     for shape in ("sliding", "terraced"):
         with torch.no_grad():
-            one = lolcats("mistral", window_shape=shape, chunk_size=64)(tokens).logits
-            blocks = lolcats("mistral", window_shape=shape, chunk_size=7)(tokens).logits
+            one = lolcats("mistral", window_shape=shape, query_block=64)(tokens).logits
+            blocks = lolcats("mistral", window_shape=shape, query_block=7)(tokens).logits
         assert (one - blocks).abs().max().item() <= ATOL, shape
 
 
@@ -297,7 +291,7 @@ def test_loading_with_other_layer_options_computes_the_same_weights_otherwise(tm
         got, terraced = loaded(tokens).logits, model(tokens).logits
         assert (got - sliding.eval()(tokens).logits).abs().max().item() <= ATOL
         assert (got - terraced).abs().max().item() > 1e-3
-    with pytest.raises(LigerError, match=r"\['feature_dim'\]: only window, window_shape, chunk_size"):
+    with pytest.raises(LigerError, match=r"\['feature_dim'\]: only window, window_shape, query_block"):
         liger.load(tmp_path / "m", layer_options={"feature_dim": 8})
     with pytest.raises(LigerError, match="window_shape='tk'"):
         liger.load(tmp_path / "m", layer_options={"window_shape": "tk"})
@@ -313,7 +307,7 @@ def test_bad_options_are_one_line_errors():
         linearize(tiny_model("llama"), "lolcats", windw=3)
     with pytest.raises(LigerError, match="window_shape='tk'"):
         linearize(tiny_model("llama"), "lolcats", window_shape="tk")
-    with pytest.raises(LigerError, match="window, chunk_size"):
+    with pytest.raises(LigerError, match="window, query_block"):
         linearize(tiny_model("llama"), "lolcats", window=0)
     with pytest.raises(LigerError, match="already linearized"):
         linearize(lolcats(), "lolcats")

@@ -252,7 +252,7 @@ def test_paper_config_builds_the_dag(tmp_path):
 
 
 def test_rules_know_the_recipe_fields():
-    from liger.train import RECIPE_FIELDS
+    from liger.methods import RECIPE_FIELDS
 
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     start = common.index("RECIPE_FIELDS = ")
@@ -374,12 +374,13 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
 
     import liger
     from liger.convert import save_added
+    from liger.methods import options_from_dict  # the published options predate version 2
 
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("*.log", "*.tsv", "*.png"))
     torch.manual_seed(0)
     for adapter in out.glob("finetuned/*/*/adapter"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((adapter / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((adapter / "liger_options.json").read_text())).to_dict())
         config = json.loads((adapter / "adapter_config.json").read_text())
         lora = get_peft_model(model, LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
                                                 target_modules=config["target_modules"]))  # fmt: skip
@@ -391,7 +392,7 @@ def with_weights(run: Path, out: Path, base_dir: Path) -> Path:
         shutil.rmtree(out / "made")
     for added in out.glob("transferred/*/*/added"):
         model = liger.load(base_dir)
-        liger.linearize(model, **json.loads((added / "liger_options.json").read_text()))
+        liger.linearize(model, **options_from_dict(json.loads((added / "liger_options.json").read_text())).to_dict())
         save_added(model, added)
     return out
 

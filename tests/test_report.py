@@ -78,7 +78,7 @@ UNIFORM = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.
 
 
 def test_chance_corrected_recovery_matches_the_worked_example():
-    # LIGER.md section 6: Liger-GLA-Llama-3.2-1B, (52.9 - 33.3) / (55.1 - 33.3) = 90%
+    # docs/method.md#chance-corrected-recovery: Liger-GLA-Llama-3.2-1B, (52.9 - 33.3) / (55.1 - 33.3) = 90%
     df = paper_rows("Llama-3.2-1B", PAPER_CSV, chance=UNIFORM)
     chance = df[df["method"] == "chance (from the data)"].iloc[0]
     assert chance["Avg"] == pytest.approx(33.3)

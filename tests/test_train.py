@@ -15,9 +15,11 @@ import liger
 from liger import LigerError, steps
 from liger.checkpoints import list_checkpoints
 from liger.cli import main
+from liger.errors import NonFiniteLossError
 from liger.fileio import OUTPUT_MARKER
 from liger.stages import LORA
-from liger.train import NonFiniteLossError, TrainConfig, finetune
+from liger.train import finetune
+from liger.train_config import TrainConfig
 from tests.conftest import tiny_model
 
 OPTIONS = {"method": "liger_gla", "hybrid": "liger_attention", "window": 8, "chunk_size": 16}

@@ -1,6 +1,6 @@
 """The LoLCATs hybrid: softmax over a window of keys plus linear attention over the older keys, one normaliser.
 
-LOLCATS.md section 2.3. For query position p (head h), with s_pj = q_p.k_j * scale:
+docs/lolcats.md. For query position p (head h), with s_pj = q_p.k_j * scale:
 
     y_p = (sum_{j in W(p)} a_pj v_j + sum_{j in L(p)} b_pj v_j) / (sum_W a_pj + sum_L b_pj + eps)
     a_pj = gamma_h exp(s_pj - m_p),  m_p = max_{j in W(p)} s_pj,   b_pj = phi_q(q_p) . phi_k(k_j)
@@ -23,8 +23,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SHAPES = ("sliding", "terraced")
-
 
 def window_mask(qpos: Tensor, kpos: Tensor, window: int, shape: str, offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
     """(Tq, Tk) bool masks of the window set and the linear set for queries at `qpos` and keys at `kpos`;
@@ -38,7 +36,7 @@ def window_mask(qpos: Tensor, kpos: Tensor, window: int, shape: str, offset: int
             causal = causal[None]
         win = (kpos[None, :] + offset) // window >= (qpos[:, None] + offset) // window - 1
     else:
-        raise ValueError(f"unknown window shape {shape!r}; expected one of {SHAPES}")
+        raise ValueError(f"unknown window shape {shape!r}; expected sliding or terraced")
     return causal & win, causal & ~win
 
 

@@ -86,15 +86,15 @@ def naive_sliding_window_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: int | None,
+    lookback: int | None,
     *,
     scale: float | None = None,
     key_mask: Tensor | None = None,
 ) -> Tensor:
     """Causal sliding-window softmax attention in float64 with a full (Tq, Tk) mask.
 
-    Query i sits at absolute position Tk - Tq + i and sees keys j with p - window <= j <= p (window None: all
-    j <= p) where key_mask[b, j] is True. Query head h uses kv head h // (H // Hkv). Rows with no visible key
+    Query i sits at absolute position Tk - Tq + i and sees keys j with p - lookback <= j <= p (lookback None:
+    all j <= p) where key_mask[b, j] is True. Query head h uses kv head h // (H // Hkv). Rows with no visible key
     give zeros. Returns float64 (B, Tq, H, Dv).
     """
     q, k, v = (_f64(x) for x in (q, k, v))
@@ -107,8 +107,8 @@ def naive_sliding_window_attention(
     qpos = torch.arange(Tq, device=q.device)[:, None] + (Tk - Tq)
     kpos = torch.arange(Tk, device=q.device)[None, :]
     allowed = kpos <= qpos
-    if window is not None:
-        allowed = allowed & (kpos >= qpos - window)
+    if lookback is not None:
+        allowed = allowed & (kpos >= qpos - lookback)
     allowed = allowed[None, None].expand(B, H, Tq, Tk)  # (B,H,Tq,Tk)
     if key_mask is not None:
         allowed = allowed & key_mask.to(torch.bool)[:, None, None, :]
@@ -134,7 +134,7 @@ def naive_hedgehog(x: Tensor, weight: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def lolcats_sets(length: int, window: int, shape: str) -> list[tuple[list[int], list[int]]]:
-    """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists (LOLCATS.md 2.4)."""
+    """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists (docs/lolcats.md)."""
     sets = []
     offset = (-length) % window  # terraced blocks are aligned to the end of the sequence
     for i in range(length):
@@ -152,7 +152,7 @@ def naive_lolcats_attention(
     scale: float | None = None,
     eps: float = 0.0,
 ) -> Tensor:
-    """The LoLCATs hybrid in float64, term by term for every (batch, head, query) (LOLCATS.md section 2.3).
+    """The LoLCATs hybrid in float64, term by term for every (batch, head, query) (docs/lolcats.md).
 
     q, k, v: (B, T, H, D) with k and v already expanded to the query heads; fq, fk: (B, T, H, F); gamma: (H,).
     y_i = (sum_W gamma exp(s_ij - m_i) v_j + sum_L fq_i.fk_j v_j) / (sum_W gamma exp(s_ij - m_i) + sum_L fq_i.fk_j

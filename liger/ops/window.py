@@ -1,9 +1,9 @@
-"""Causal sliding-window softmax attention (flash-attn's ``window_size=(window, 0)`` convention).
+"""Causal sliding-window softmax attention, sized by its ``lookback`` (flash-attn's ``window_size=(lookback, 0)``).
 
 q: (B,Tq,H,D); k, v: (B,Tk,Hkv,D) with H a multiple of Hkv; the queries are the last Tq positions of the key
-sequence (query i sits at absolute position Tk - Tq + i). The query at position p sees the keys p - window ... p
-(window + 1 keys; ``window=None`` means all keys up to p) for which ``key_mask`` (B,Tk), if given, is True.
-A query with no visible key outputs zeros.
+sequence (query i sits at absolute position Tk - Tq + i). The query at position p sees the keys p - lookback ... p
+(lookback + 1 keys: a layer's ``window`` is lookback + 1; ``lookback=None`` means all keys up to p) for which
+``key_mask`` (B,Tk), if given, is True. A query with no visible key outputs zeros.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def flash_attn_importable() -> bool:
     return True
 
 
-def _effective_window(window: int | None, Tk: int) -> int:
-    """Window clipped to Tk - 1 (a larger one sees the same keys); None -> Tk - 1."""
-    if window is not None and window < 0:
-        raise ValueError(f"window must be >= 0 or None, got {window}")
-    return max(Tk - 1, 0) if window is None else min(window, max(Tk - 1, 0))
+def _effective_lookback(lookback: int | None, Tk: int) -> int:
+    """Lookback clipped to Tk - 1 (a larger one sees the same keys); None -> Tk - 1."""
+    if lookback is not None and lookback < 0:
+        raise ValueError(f"lookback must be >= 0 or None, got {lookback}")
+    return max(Tk - 1, 0) if lookback is None else min(lookback, max(Tk - 1, 0))
 
 
 def _row_has_key(key_mask: Tensor, Tq: int, w: int) -> Tensor:
@@ -183,11 +183,11 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, w: int, scale: float, key_mask: Tenso
     return o.to(q.dtype)
 
 
-def _flash_attn(q: Tensor, k: Tensor, v: Tensor, window: int | None, scale: float) -> Tensor:
-    """flash-attn 2: causal (aligned bottom-right when Tq < Tk) with window_size=(window, 0); native GQA."""
+def _flash_attn(q: Tensor, k: Tensor, v: Tensor, lookback: int | None, scale: float) -> Tensor:
+    """flash-attn 2: causal (aligned bottom-right when Tq < Tk) with window_size=(lookback, 0); native GQA."""
     from flash_attn import flash_attn_func
 
-    left = -1 if window is None else window
+    left = -1 if lookback is None else lookback
     return flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=scale, causal=True, window_size=(left, 0))
 
 
@@ -205,7 +205,7 @@ def sliding_window_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: int | None,
+    lookback: int | None,
     *,
     scale: float | None = None,
     key_mask: Tensor | None = None,
@@ -231,16 +231,16 @@ def sliding_window_attention(
                          f"k {tuple(k.shape)}")
     if key_mask is not None and tuple(key_mask.shape) != (B, Tk):
         raise ValueError(f"key_mask must be (B, Tk) = {(B, Tk)}, got {tuple(key_mask.shape)}")
-    w = _effective_window(window, Tk)
+    w = _effective_lookback(lookback, Tk)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if impl == "auto":
         impl = _pick(q, key_mask)
     if impl == "reference":
-        return naive_sliding_window_attention(q, k, v, window, scale=scale, key_mask=key_mask).to(q.dtype)
+        return naive_sliding_window_attention(q, k, v, lookback, scale=scale, key_mask=key_mask).to(q.dtype)
     if impl == "flash_attn":
         if key_mask is not None:
             raise ValueError("impl='flash_attn' does not take a key_mask")
-        return _flash_attn(q, k, v, window, scale)
+        return _flash_attn(q, k, v, lookback, scale)
     if impl == "flex":
         try:
             return _flex(q, k, v, w, scale, key_mask)

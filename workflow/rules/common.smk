@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
+from liger import methods as method_registry  # torch-free: the conversion methods and their training stages
+
 
 # liger/config.py, loaded by path: the config check shared with `liger plan`, without importing the package (torch,
 # transformers) into Snakemake.
@@ -49,13 +51,16 @@ def is_finetuned(method: str) -> bool:
 TRAINED = [m for m in METHODS if is_finetuned(m)]  # converted and fine-tuned
 UNTRAINED = [m for m in METHODS if liger_options(m) and not is_finetuned(m)]  # converted only (base_window)
 CONTROLS = [m for m in METHODS if config["methods"][m].get("control")]
-# Window sizes of the rows that have a window branch (LigerOptions' default window is 64).
+# Window sizes of the rows that have a window branch, for `liger coverage --windows`, which counts the keys before
+# the query: 64 is the Liger methods' default window (65 keys, its own included). An explicit `window` (keys, its
+# own included, every method) is passed as written: coverage's count is one less (left to coverage's convention).
 WINDOWS = sorted({liger_options(m).get("window", 64) for m in METHODS
                   if liger_options(m) and liger_options(m).get("hybrid", "liger_attention") != "none"}) or [64]
 PROBES = config.get("probes", {})
 PROBE_FILES = ["metrics.json", "passkey.csv", "position_loss.json"]  # per model and method, in rule all
-LOLCATS = [m for m in TRAINED if liger_options(m).get("method") == "lolcats"]  # two stages: transfer, LoRA
-# TrainConfig fields that a LoLCATs variant's recipe sets (liger.train.RECIPE_FIELDS, tested equal): config `train`
+# Rows whose method trains in two stages, attention transfer then LoRA (LoLCATs)
+LOLCATS = [m for m in TRAINED if "transfer" in method_registry.stages(liger_options(m).get("method"))]
+# TrainConfig fields that a LoLCATs variant's recipe sets (liger.methods.RECIPE_FIELDS, tested equal): config `train`
 # gives them to the Liger methods only; `lolcats_train: {transfer: ..., lora: ...}` overrides the recipe.
 RECIPE_FIELDS = ("lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                  "eval_every")

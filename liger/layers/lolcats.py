@@ -1,0 +1,171 @@
+"""The LoLCATs layer (docs/lolcats.md; declared in `liger.methods.lolcats`): Hedgehog feature maps for q and k and a
+window factor per head on the layer's own projections; its output is the hybrid of `liger.ops.hybrid` (a softmax
+window and linear attention over older keys, one shared normaliser), over the rotated q and k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from liger.cache import LigerCacheLayer
+from liger.errors import LigerError
+from liger.layers.base import LinearizedAttention, PaddingContext, repeat_heads, rotate
+from liger.methods.lolcats import LolcatsOptions
+from liger.ops.hybrid import absorb, hybrid_attention
+
+FEATURE_EPS = 1e-12  # clamp of the Hedgehog features (LoLCATs' SoftmaxDim feature map)
+
+
+class HedgehogFeatureMap(nn.Module):
+    """phi(x) = max([softmax(x W_h), softmax(-x W_h)], 1e-12) per head h: (B, T, H, D) -> (B, T, H, 2F), fp32."""
+
+    def __init__(self, num_heads: int, head_dim: int, feature_dim: int, device=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_heads, head_dim, feature_dim, device=device, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        u = torch.einsum("bthd,hdf->bthf", x.to(dt), self.weight.to(dt))
+        return torch.cat([u.softmax(dim=-1), (-u).softmax(dim=-1)], dim=-1).clamp(min=FEATURE_EPS)
+
+    def extra_repr(self) -> str:
+        h, d, f = self.weight.shape
+        return f"heads={h}, head_dim={d}, features=2x{f}"
+
+
+@torch.no_grad()
+def init_feature_maps(fq: HedgehogFeatureMap, fk: HedgehogFeatureMap, how: str) -> None:
+    """identity: W_h = eye(D, F) for q and k (LoLCATs' zero_init_ without skip connection, as in its README runs);
+    normal: N(0, 0.02) drawn for q and k independently (the re-run's Hugging Face init);
+    kaiming: kaiming_uniform_ on the (H, D, F) tensor of q, k a copy of it (LoLCATs' constructor default)."""
+    w = fq.weight
+    if how == "identity":
+        w.copy_(torch.eye(w.shape[1], w.shape[2], dtype=w.dtype, device=w.device).expand_as(w))
+        fk.weight.copy_(w)
+    elif how == "normal":
+        w.normal_(0.0, 0.02)
+        fk.weight.normal_(0.0, 0.02)
+    else:
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        fk.weight.copy_(w)
+
+
+class LolcatsAttention(LinearizedAttention):
+    """The LoLCATs layer. Its decoding state: the last `window` keys and values and (S, z) over every older key.
+
+    `transfer = True` (stage 1) computes the softmax teacher and the hybrid student, keeps their MSE in
+    `transfer_mse` and returns the teacher's output, so every layer sees the original hidden states.
+    """
+
+    def __init__(self, attn: nn.Module, options: LolcatsOptions, padding: PaddingContext) -> None:
+        super().__init__(attn, options, padding)
+        H, D = self.num_heads, self.head_dim
+        f = options.features(D)
+        device = attn.q_proj.weight.device
+        self.feature_map_q = HedgehogFeatureMap(H, D, f, device=device)
+        self.feature_map_k = HedgehogFeatureMap(H, D, f, device=device)
+        self.window_factors = nn.Parameter(torch.full((H,), float(options.init_window_factor), device=device,
+                                                      dtype=torch.float32))
+        if device.type != "meta":
+            init_feature_maps(self.feature_map_q, self.feature_map_k, options.feature_init)
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return f"lolcats {o.variant}, window={o.window} ({o.window_shape}), eps={o.eps}"
+
+    @property
+    def cached_keys(self) -> int:
+        return self.options.window
+
+    def transfer_parameters(self) -> list[nn.Parameter]:
+        """The feature maps, and the window factors when the options train them."""
+        extra = [self.window_factors] if self.options.train_window_factor else []
+        return [self.feature_map_q.weight, self.feature_map_k.weight, *extra]
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            position_embeddings: tuple[torch.Tensor, torch.Tensor], valid: torch.Tensor | None,
+            cache: LigerCacheLayer | None) -> torch.Tensor:
+        cos, sin = position_embeddings
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # the feature maps act on the rotated q and k
+        if self.transfer:
+            y = self.attention_transfer(q, k, v, valid)
+        elif cache is None or cache.seen == 0:
+            y = self.parallel(q, k, v, valid, cache)
+        else:
+            y = self.continued(q, k, v, valid, cache)
+        return y.to(v.dtype)
+
+    def _kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys and values expanded to the query heads (before the feature map, as LoLCATs does) and phi_k(k)."""
+        k, v = repeat_heads(k, self.n_rep), repeat_heads(v, self.n_rep)
+        return k, v, self.feature_map_k(k)
+
+    def _hybrid(self, q, k, v, fq, fk, qpos, kpos, key_mask, state, shape, offset=0) -> torch.Tensor:
+        o = self.options
+        return hybrid_attention(q, k, v, fq, fk, torch.sigmoid(self.window_factors), window=o.window, qpos=qpos,
+                                kpos=kpos, shape=shape, offset=offset, scale=self.scaling, eps=o.eps,
+                                key_mask=key_mask, state=state)
+
+    def parallel(self, q, k, v, valid, cache: LigerCacheLayer | None) -> torch.Tensor:
+        """The hybrid over a whole sequence (no earlier state), in query blocks of `query_block`; then, with a
+        cache, its decoding state: the last `window` keys and values, and (S, z) over every older key."""
+        o = self.options
+        B, T = q.shape[:2]
+        kr, vr, fk = self._kv(k, v)
+        fq = self.feature_map_q(q)
+        pos = torch.arange(T, device=q.device)
+        offset = 0
+        if o.window_shape == "terraced":  # blocks end at each sequence's last real token (right padding: per row)
+            last = T if valid is None else (valid * torch.arange(1, T + 1, device=q.device)).amax(dim=1)
+            offset = (-last) % o.window
+        outs, state, absorbed = [], None, 0
+        for s in range(0, T, o.query_block):
+            e = min(T, s + o.query_block)
+            first = max(0, s - 2 * o.window)  # every key before it is in L(p) of every query p >= s (both shapes)
+            if first > absorbed:
+                mask = valid[:, absorbed:first] if valid is not None else None
+                state = absorb(state, fk[:, absorbed:first], vr[:, absorbed:first], mask)
+                absorbed = first
+            outs.append(self._hybrid(q[:, s:e], kr[:, first:e], vr[:, first:e], fq[:, s:e], fk[:, first:e],
+                                     pos[s:e], pos[first:e], valid[:, first:e] if valid is not None else None,
+                                     state, o.window_shape, offset))
+        if cache is not None:
+            cache.extend_window(k, v, valid)
+            old = max(0, T - o.window)
+            cache.state = absorb(None, fk[:, :old], vr[:, :old], valid[:, :old] if valid is not None else None)
+        return torch.cat(outs, dim=1)
+
+    def continued(self, q, k, v, valid, cache: LigerCacheLayer) -> torch.Tensor:
+        """New tokens after a cached prefix, `query_block` at a time: softmax over the cached window and the new
+        keys, linear attention through (S, z) and over the window keys that fell out of a query's window. Always
+        the sliding window (the state holds exactly its split), so decoding equals the sliding parallel form."""
+        o = self.options
+        outs = []
+        for s in range(0, q.shape[1], o.query_block):
+            e = min(q.shape[1], s + o.query_block)
+            keys, values, mask = cache.extend_window(k[:, s:e], v[:, s:e], valid[:, s:e] if valid is not None else None)
+            kr, vr, fk = self._kv(keys, values)
+            n, t = keys.shape[1], e - s
+            kpos = torch.arange(n, device=q.device)
+            outs.append(self._hybrid(q[:, s:e], kr, vr, self.feature_map_q(q[:, s:e]), fk, kpos[n - t:], kpos, mask,
+                                     cache.state, "sliding"))
+            old = n - o.window  # keys now older than the kept window: into the state
+            cache.state = absorb(cache.state, fk[:, :old], vr[:, :old], mask[:, :old])
+        return torch.cat(outs, dim=1)
+
+    def attention_transfer(self, q, k, v, valid) -> torch.Tensor:
+        """Stage 1: the MSE between the hybrid's and softmax attention's head outputs; returns softmax's."""
+        if valid is not None:
+            raise LigerError("attention transfer takes unpadded sequences (the packed training chunks)")
+        n_rep = self.n_rep
+        with torch.no_grad():
+            teacher = nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), repeat_heads(k, n_rep).transpose(1, 2), repeat_heads(v, n_rep).transpose(1, 2),
+                is_causal=True, scale=self.scaling,
+            ).transpose(1, 2)
+        student = self.parallel(q, k, v, None, None)
+        self.transfer_mse = nn.functional.mse_loss(student, teacher.to(student.dtype))
+        return teacher

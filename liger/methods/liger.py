@@ -1,0 +1,104 @@
+"""The Liger methods (docs/method.md): liger_gla, liger_hgrn2 and liger_gsa.
+
+Each turns a pretrained attention layer into Liger Attention: a sliding-window softmax branch beside a gated
+recurrence built from the layer's own q/k/v projections (no new parameters), trained in one LoRA stage with the
+paper's recipe, and decoded token by token (also by `liger.decode.GraphDecoder`'s fixed-buffer step), exactly.
+The three share their options, recipe and layer machinery and differ in two defaults and the recurrence, so they
+are declared together here; their layers are in `liger.layers.liger`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from liger.errors import LigerError
+from liger.methods.spec import Method, MethodOptions
+
+HYBRIDS = ("liger_attention", "none")
+FEATURE_MAPS = ("softmax", "none")
+GATE_SOURCES = ("k", "q", "v")
+IMPLS = ("auto", "chunk", "recurrent", "fla")
+# What differs between the methods: the gate normaliser and the feature map of q and k (docs/method.md).
+DEFAULTS = {
+    "liger_gla": dict(gate_normalizer=16.0, feature_map="softmax"),
+    "liger_hgrn2": dict(gate_normalizer=1.0, feature_map="softmax"),
+    "liger_gsa": dict(gate_normalizer=16.0, feature_map="none"),
+}
+# The paper's LoRA recipe (docs/method.md): the default TrainConfig of `liger finetune`.
+RECIPE = dict(lr=1e-3, weight_decay=0.01, max_grad_norm=1.0, lora_r=8, lora_alpha=8, lora_dropout=0.0,
+              lora_targets=["q_proj", "k_proj", "v_proj"], eval_every=200)
+
+
+@dataclass
+class LigerOptions(MethodOptions):
+    """Settings of the Liger layer. `None` means the method's default (DEFAULTS)."""
+
+    method: str = "liger_gla"
+    hybrid: str = "liger_attention"  # intra-layer hybrid: sliding-window softmax attention beside the recurrence
+    window: int = 65  # softmax keys per query, its own included: itself and the 64 before it (the paper's window 64)
+    alpha: float = 0.5  # weight of the sliding-window branch
+    beta: float = 0.5  # weight of the recurrent branch (0: window only)
+    gate_normalizer: float | None = None  # g = logsigmoid(Pool(k)) / normalizer; 16 for GLA/GSA, 1 for HGRN2
+    feature_map: str | None = None  # softmax over the head dim (GLA, HGRN2); none for GSA
+    gate_source: str = "k"  # the projection pooled into the gate (the paper's ablation also tries q and v)
+    num_slots: int = 64  # GSA slots per head
+    softmax_layers: list[int] = field(default_factory=list)  # inter-layer hybrid: layers kept as softmax attention
+    chunk_size: int = 16  # chunk length of the PyTorch chunked recurrence
+    impl: str = "auto"  # recurrence implementation: auto | chunk | recurrent | fla
+
+    def __post_init__(self) -> None:
+        if self.method not in DEFAULTS:
+            raise LigerError(f"LigerOptions is for the Liger methods ({', '.join(DEFAULTS)}), not {self.method!r}")
+        for name, value in DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, value, allowed in [
+            ("hybrid", self.hybrid, HYBRIDS),
+            ("feature_map", self.feature_map, FEATURE_MAPS),
+            ("gate_source", self.gate_source, GATE_SOURCES),
+            ("impl", self.impl, IMPLS),
+        ]:
+            if value not in allowed:
+                raise LigerError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.window < 1 or self.num_slots < 1 or self.chunk_size < 1 or self.gate_normalizer <= 0:
+            raise LigerError("window (keys per query, its own included), num_slots and chunk_size must be >= 1, "
+                             "gate_normalizer > 0")
+        if self.hybrid == "none" and self.beta == 0:
+            raise LigerError("hybrid=none with beta=0 leaves no branch: the layer would output zeros")
+        self.softmax_layers = sorted(int(i) for i in self.softmax_layers)
+
+    @classmethod
+    def upgrade(cls, options: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 counted the window's keys before the query: one fewer than now."""
+        options = dict(options)
+        if version < 2 and "window" in options:
+            options["window"] = options["window"] + 1
+        return options
+
+    @property
+    def lookback(self) -> int:
+        """Keys before the query in its window (what the decoding state keeps)."""
+        return self.window - 1
+
+    @property
+    def uses_window(self) -> bool:
+        return self.hybrid == "liger_attention" and self.alpha != 0
+
+    @property
+    def uses_recurrence(self) -> bool:
+        return self.beta != 0 or self.hybrid == "none"
+
+
+def _recipes(options: LigerOptions) -> dict[str, dict]:
+    return {"lora": RECIPE}
+
+
+def _method(name: str, layer: str) -> Method:
+    return Method(name=name, family="liger", options=LigerOptions, layer=f"liger.layers.liger:{layer}",
+                  recipes=_recipes, stages=("lora",), step_decoding=True, runtime_options=("window", "chunk_size"))
+
+
+GLA = _method("liger_gla", "GLAAttention")
+HGRN2 = _method("liger_hgrn2", "HGRN2Attention")
+GSA = _method("liger_gsa", "GSAAttention")
