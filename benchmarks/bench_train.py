@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liger.train import TrainConfig, _batch, build_model, device_and_dtype, load_data, make_optimizer, train_step
+from liger.cli_args import json_object_arg
+from liger.packed import load_packed
+from liger.stages import build_model, device_and_dtype
+from liger.steps import batch, make_optimizer, train_step
+from liger.train_config import TrainConfig
 
 LIGER = {"method": "liger_gla", "hybrid": "liger_attention"}
 
@@ -30,7 +34,7 @@ LIGER = {"method": "liger_gla", "hybrid": "liger_attention"}
 def chunks(args: argparse.Namespace, vocab: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """`n` training chunks (ids, mask): from the data folder when given, else random ids."""
     if args.data:
-        data = load_data(args.data)
+        data = load_packed(args.data)
         rows = np.arange(n) % data.train_ids.shape[0]
         return np.asarray(data.train_ids[rows]), np.asarray(data.train_mask[rows])
     rng = np.random.default_rng(0)
@@ -58,7 +62,7 @@ def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: 
     losses, times = [], []
     for step in range(n_steps):
         first = step * per_step
-        batches = [_batch(ids, mask, np.arange(first + i, first + i + cfg.micro_batch), device)
+        batches = [batch(ids, mask, np.arange(first + i, first + i + cfg.micro_batch), device)
                    for i in range(0, per_step, cfg.micro_batch)]
         t0 = time.perf_counter()
         losses.append(train_step(model, params, opt, batches, cfg.max_grad_norm))
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed optimizer steps")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--micro-batch", type=int, default=1, help="chunks per forward/backward pass")
-    p.add_argument("--options", type=json.loads, default=LIGER, help=f"Liger options (default {json.dumps(LIGER)})")
+    p.add_argument("--options", type=json_object_arg(null=True), default=LIGER,
+                   help=f"Liger options (default {json.dumps(LIGER)})")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of --model's shape (only its config.json is read): throughput only")
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model = random_model(args.model)
 
     if args.data:
-        seq_len = load_data(args.data).seq_len
+        seq_len = load_packed(args.data).seq_len
         if seq_len != args.seq_len:
             print(f"note: the data has {seq_len}-token chunks; using that length", file=sys.stderr)
             args.seq_len = seq_len

@@ -14,8 +14,7 @@ from liger.errors import LigerError
 COMMAND_MODULES = [
     "liger.cli_model",
     "liger.data",
-    "liger.train",
-    "liger.transfer",
+    "liger.stages_cli",
     "liger.evaluate",
     "liger.coverage",
     "liger.passkey",

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from liger.cli_args import json_object
 from liger.convert import ADDED_WEIGHTS
 from liger.errors import LigerError
 from liger.fileio import atomic_dir, atomic_target, check_output, claim_dir, write_json_atomic
-from liger.models import EMBEDDED, fetch_embedded, is_fetched, load_hub, save_model_dir
+from liger.models import EMBEDDED, fetch_embedded, is_fetched, load_hub, load_tokenizer, save_model_dir
 
 
 def fetch_model(args: argparse.Namespace) -> None:
@@ -41,8 +42,6 @@ def fetch_model(args: argparse.Namespace) -> None:
 
 def convert(model_dir: Path, options: dict, out: Path) -> Path:
     """Linearize the base model in `model_dir` with `options` and save it (weights in their stored dtype)."""
-    from transformers import AutoTokenizer
-
     import liger
 
     options = dict(options)
@@ -55,17 +54,12 @@ def convert(model_dir: Path, options: dict, out: Path) -> Path:
     if liger.options_of(model) is not None:
         raise LigerError(f"{model_dir}: already converted; give the base model folder")
     liger.linearize(model, method, **options)
-    save_model_dir(model, out, AutoTokenizer.from_pretrained(model_dir), "convert", inputs=inputs)
+    save_model_dir(model, out, load_tokenizer(model_dir), "convert", inputs=inputs)
     return out
 
 
 def _convert_cli(args: argparse.Namespace) -> None:
-    try:
-        options = json.loads(args.options)
-    except json.JSONDecodeError as e:
-        raise LigerError(f"--options {args.options!r}: not JSON ({e.msg})") from e
-    if not isinstance(options, dict):
-        raise LigerError(f"--options {args.options!r}: expected a JSON object such as '{{\"method\": \"liger_gla\"}}'")
+    options = json_object(args.options, flag="--options")
     print(f"{convert(args.model, options, args.out)}: converted with {options}, not trained")
 
 
@@ -77,8 +71,6 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
     """The base model in `model_dir`, converted and given the `added` parameters and/or the LoRA `adapter`
     (merged), saved as a model folder at `out` (what `finetune` / `transfer` write as OUT/model). `command`: whose
     output `out` is (`liger.fileio.atomic_dir`; None: a part of an output folder the caller claimed)."""
-    from transformers import AutoTokenizer
-
     import liger
 
     if adapter is None and added is None:
@@ -91,8 +83,8 @@ def merge(model_dir: Path, out: Path, adapter: Path | None = None, added: Path |
         check_output(out, command, inputs=inputs)
     model = liger.load(model_dir, adapter=adapter, added=added, dtype=DTYPES[dtype])
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError):
+        tokenizer = load_tokenizer(model_dir, required=False)
+    except LigerError:  # a broken tokenizer: the weights alone, as without one
         tokenizer = None
     save_model_dir(model, out, tokenizer, command, inputs=inputs)
     return out

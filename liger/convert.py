@@ -10,7 +10,6 @@ weights then hold).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -260,26 +259,6 @@ def _load_added(model: PreTrainedModel, path: Path, folder: Path) -> None:
             raise LigerError(f"{folder / ADDED_WEIGHTS}: {name} has shape {tuple(tensor.shape)}, the model's is "
                              f"{tuple(state[name].shape)}")
     model.load_state_dict(tensors, strict=False)
-
-
-def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
-    """`--layer-options JSON`: score a converted model's weights with other runtime layer settings."""
-    runtime = {m: ", ".join(methods.get(m).runtime_options) for m in methods.names()}
-    parser.add_argument("--layer-options", type=_json_object, metavar="JSON",
-                        help="other runtime options of a converted model's method ("
-                             + "; ".join(f"{m}: {o}" for m, o in runtime.items() if o)
-                             + "), e.g. '{\"window_shape\": \"sliding\"}' (LoLCATs: the window it decodes with); "
-                             "the weights are unchanged")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"window_shape\": \"sliding\"}}': {text}")
-    return value
 
 
 def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True, added: str | Path | None = None,

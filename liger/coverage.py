@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liger.cli_args import add_probe_parser
 from liger.errors import LigerError
 from liger.fileio import write_text_atomic
 from liger.markdown import markdown_table
+from liger.models import load_tokenizer
 from liger.pipeline import PAPER_TASKS, TASKS
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,6 @@ def coverage(
     `tasks`, `data_dir`, `limit` (MMLU: ceil(limit/57) per subject), `num_fewshot_mmlu` and `seed` (the
     few-shot sampler's) mean what they mean for `liger evaluate`, so the requests are the evaluated ones.
     """
-    from transformers import AutoTokenizer
-
     from liger.evaluate import check_tasks
     from liger.tasks.loading import check_data, leaf_task_names, loaded_tasks
     from liger.tasks.utils import MMLU_SUBJECTS
@@ -93,12 +93,9 @@ def coverage(
         raise LigerError(f"windows {windows}: give at least one window >= 0")
     if limit is not None and limit < 1:
         raise LigerError(f"--limit {limit}: must be a positive number of items")
-    model_dir = Path(model_dir)
-    if not any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise LigerError(f"{model_dir}: no tokenizer (tokenizer.json / tokenizer_config.json)")
+    tokenizer = load_tokenizer(model_dir)
     if data_dir is not None:
         check_data(data_dir, task_list)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
     with loaded_tasks(task_list, data_dir) as (_, _, leaves):
         for task in task_list:
@@ -165,9 +162,8 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("coverage", help="request lengths per benchmark in a model's tokens; share beyond the window",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, type=Path, help="model folder (its tokenizer is used)")
+    p = add_probe_parser(sub, "coverage", "request lengths per benchmark in a model's tokens; share beyond the window",
+                         __doc__, model_help="model folder (its tokenizer is used)")
     p.add_argument("--tasks", default=",".join(PAPER_TASKS), help="comma-separated paper tasks")
     p.add_argument("--data-dir", type=Path, help="offline mirrors folder; default: lm-eval's hub datasets")
     p.add_argument("--windows", default="64", help="comma-separated window sizes (default 64)")

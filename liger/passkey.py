@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from liger.convert import add_layer_options_arg
+from liger.cli_args import add_inference_flags, add_probe_parser
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_text_atomic
+from liger.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,13 @@ def run_passkey(
 ) -> pd.DataFrame:
     """One row per (length, depth, seed): the key, the model's answer and whether it is right."""
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
     from liger.device import load_for_inference
 
     if seeds < 1 or new_tokens < 1 or not lengths or not depths:
         raise LigerError("passkey: give lengths and depths, seeds >= 1 and new_tokens >= 1")
     model, dev = load_for_inference(model_dir, device, dtype, layer_options)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     limit = int(getattr(model.config, "max_position_embeddings", 0) or max(lengths) + new_tokens)
     cells = [(n, d, s) for n in usable_lengths(lengths, limit, new_tokens) for d in depths for s in range(seeds)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -202,18 +202,14 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("passkey", help="passkey retrieval accuracy per prompt length and key depth",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, type=Path, help="saved model folder (base or Liger)")
+    p = add_probe_parser(sub, "passkey", "passkey retrieval accuracy per prompt length and key depth", __doc__)
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)),
                    help="prompt lengths in tokens, capped at the model's position limit")
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="key depths, 0 (start) .. 1 (end)")
     p.add_argument("--seeds", type=int, default=5, help="prompts (keys) per length and depth")
     p.add_argument("--new-tokens", type=int, default=10, help="greedy decoding steps")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_inference_flags(p)
     p.add_argument("--out", required=True, type=Path, help="output CSV, one row per prompt")
-    add_layer_options_arg(p)
     p.add_argument("--plot", type=Path, help="heatmap PNG (accuracy per length and depth)")
     p.add_argument("--title", help="heatmap title")
     p.set_defaults(func=_cli)

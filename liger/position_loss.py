@@ -34,10 +34,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from liger.convert import add_layer_options_arg
+from liger.cli_args import add_inference_flags, add_probe_parser
 from liger.errors import LigerError
 from liger.fileio import atomic_target, check_not_input, write_json_atomic, write_text_atomic
 from liger.markdown import markdown_table
+from liger.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,14 @@ def position_loss(
 ) -> dict:
     """Bucketed next-token loss of the model in `model_dir` on held-out instruction records; a JSON-able dict."""
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
-    from liger.data import load_records
     from liger.device import load_for_inference
+    from liger.records import load_records
 
     if n_val < 1 or sequences < 1 or first_bucket < 1:
         raise LigerError("position loss: n_val, sequences and first_bucket must be >= 1")
     records = load_records(source)[:n_val]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     stream, target, starts = heldout_stream(tokenizer, records)
     model, dev = load_for_inference(model_dir, device, dtype, layer_options)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -358,16 +358,13 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("position-loss", help="mean next-token loss per position bucket on held-out long sequences",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, type=Path, help="saved model folder (base or Liger)")
+    p = add_probe_parser(sub, "position-loss", "mean next-token loss per position bucket on held-out long sequences",
+                         __doc__)
     p.add_argument("--source", required=True, help="instruction data (as prepare-data --source)")
     p.add_argument("--n-val", type=int, default=200, help="held-out leading records (as prepare-data)")
     p.add_argument("--seq-len", type=int, default=8192, help="sequence length (capped at the position limit)")
     p.add_argument("--sequences", type=int, default=8, help="number of sequences")
     p.add_argument("--first-bucket", type=int, default=64, help="end of the first bucket; later ones double")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    add_layer_options_arg(p)
+    add_inference_flags(p)
     p.add_argument("--out", required=True, type=Path, help="output JSON (a CSV of the buckets beside it)")
     p.set_defaults(func=_cli)

@@ -8,7 +8,6 @@ An out-of-memory point is recorded as OOM. Real weights, or random weights of a 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from liger.cli_args import json_object_arg
 from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_text_atomic
@@ -252,10 +252,9 @@ def plot(csv: Path, out_prefix: Path) -> list[Path]:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    methods = json.loads(args.methods) if args.methods else None
     df = profile(args.out, model_dir=args.model, shape=args.shape, variants=args.variants.split(","),
                  lengths=[int(x) for x in args.lengths.split(",")], new_tokens=args.new_tokens,
-                 batch=args.batch_size, methods=methods, liger_decoder=args.liger_decoder,
+                 batch=args.batch_size, methods=args.methods, liger_decoder=args.liger_decoder,
                  prefill_chunk=args.prefill_chunk or None)
     if args.plot:
         plot(args.out, args.plot)
@@ -274,7 +273,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--shape", help="random weights of a named shape (liger.shapes: smollm2-135m, llama3-8b)")
     p.add_argument("--variants", default="base_eager,base_sdpa,liger_gla",
                    help="comma-separated: base_eager (w/o FA2), base_sdpa (w/ FA2), Liger method names")
-    p.add_argument("--methods", help="JSON {variant: Liger options} for variants named other than their method")
+    p.add_argument("--methods", type=json_object_arg('{"gla64": {"method": "liger_gla", "window": 64}}'),
+                   help="JSON {variant: Liger options} for variants named other than their method")
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=1)

@@ -1,4 +1,5 @@
-"""Attention transfer, stage 1 of the methods that have it (LoLCATs: docs/lolcats.md), on the loop of `liger.train`.
+"""Attention transfer, stage 1 of the methods that have it (LoLCATs: docs/lolcats.md#stage-1-attention-transfer),
+a training stage (`liger.stages`) run by `liger.train`.
 
 Every attention layer is converted; only its `transfer_parameters` (LoLCATs: the feature maps and, in the original,
 the window factors) are trained, to match the softmax attention's per-head outputs (before o_proj) on the chunks.
@@ -13,7 +14,6 @@ fine-tune and the Liger authors' re-run (the original code reloads the best vali
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,22 +23,16 @@ import numpy as np
 import torch
 
 from liger import methods
+from liger.errors import TrainError
 from liger.fileio import atomic_dir
 from liger.layers.base import LinearizedAttention
 from liger.methods.lolcats import MSE_FACTOR
-from liger.train import (
-    PackedData,
-    Stage,
-    TrainConfig,
-    TrainError,
-    _fmt,
-    add_stage_cli,
-    config_from_args,
-    load_converted,
-    n_targets,
-    run_stage,
-    save_model_folder,
-)
+from liger.models import save_model_dir
+from liger.packed import PackedData
+from liger.stages import Stage, load_converted
+from liger.steps import n_targets
+from liger.train import run_stage
+from liger.train_config import TrainConfig
 
 
 def transfer_layers(model: torch.nn.Module) -> list[LinearizedAttention]:
@@ -93,11 +87,11 @@ def every_position(data: PackedData) -> PackedData:
     return dataclasses.replace(data, **ones)
 
 
-def _save(model: torch.nn.Module, out: Path, tokenizer: Any | None, model_dir: Path) -> None:
+def _save(model: torch.nn.Module, out: Path, tokenizer: Any | None) -> None:
     """``model/`` and ``added/``: the trained feature maps and window factors alone (``liger merge --added``)."""
     from liger.convert import save_added
 
-    save_model_folder(model, out, tokenizer, model_dir)
+    save_model_dir(model, out / "model", tokenizer)
     with atomic_dir(out / "added") as tmp:
         save_added(model, tmp)
 
@@ -120,25 +114,3 @@ def transfer(model_dir, data_dir, out_dir, *, options: dict, train: TrainConfig 
     return run_stage(TRANSFER, model_dir, data_dir, out_dir, options=options, train=train, callback=callback,
                      restart=restart)
 
-
-def _cli(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args, args.options, "transfer")
-    summary = transfer(args.model, args.data, args.out, options=args.options, train=cfg, restart=args.restart)
-    print(f"{args.out}: {summary['optimizer_steps']} steps, {summary['tokens_trained']} tokens, "
-          f"val loss {_fmt(summary['initial_val_loss'])} -> {_fmt(summary['final_val_loss'])}")
-    return 0
-
-
-def add_cli(sub: Any) -> argparse.ArgumentParser:
-    """Add the `transfer` subcommand."""
-    return add_stage_cli(
-        sub, "transfer", _cli,
-        help="LoLCATs stage 1: train the feature maps to match softmax attention (attention transfer)",
-        description="Convert with lolcats --options, train the feature maps (and window factors) on the packed "
-                    "chunks; resumes from OUT/checkpoints. Writes OUT/{model,added,train_log.csv,summary.json} "
-                    "(added: the trained parameters alone); stage 2 is `liger finetune --model OUT/model` with the "
-                    "same --options.",
-        options_help='LoLCATs options as JSON, e.g. \'{"method": "lolcats"}\' or '
-                     '\'{"method": "lolcats", "variant": "liger"}\' (or a JSON file)',
-        recipe_note="; lolcats: its variant's stage-1 recipe",
-    )

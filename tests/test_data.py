@@ -16,9 +16,12 @@ import pytest
 
 from liger import LigerError
 from liger import data as D
+from liger import records as R
 from liger.cli import main
-from liger.data import DataError, format_prompt, load_records, pack, prepare_data, tokenize_record
+from liger.data import pack, prepare_data, tokenize_record
 from liger.fileio import OUTPUT_MARKER
+from liger.packed import id_dtype
+from liger.records import DataError, format_prompt, load_records, source_info
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = REPO / "resources" / "models" / "smollm2-135m"
@@ -141,8 +144,8 @@ def test_template_matches_the_documented_one() -> None:
     md = (REPO / "docs" / "method.md").read_text(encoding="utf-8")
     with_input = _documented_template(md, "alpaca-with-input")
     no_input = _documented_template(md, "alpaca-without-input")
-    assert with_input == D.PROMPT_WITH_INPUT
-    assert no_input == D.PROMPT_NO_INPUT
+    assert with_input == R.PROMPT_WITH_INPUT
+    assert no_input == R.PROMPT_NO_INPUT
     rec = {"instruction": "Add the numbers.", "input": "2 and 3"}
     assert with_input.format(**rec) == EXPECTED_WITH_INPUT
 
@@ -205,10 +208,10 @@ def test_pack_exact_multiple_and_short() -> None:
 
 
 def test_id_dtype() -> None:
-    assert D.id_dtype(49152) is np.uint16
-    assert D.id_dtype(65536) is np.uint16
-    assert D.id_dtype(65537) is np.uint32
-    assert D.id_dtype(128256) is np.uint32
+    assert id_dtype(49152) is np.uint16
+    assert id_dtype(65536) is np.uint16
+    assert id_dtype(65537) is np.uint32
+    assert id_dtype(128256) is np.uint32
 
 
 # ------------------------------------------------------------------------------------------- prepare
@@ -363,8 +366,8 @@ def test_hub_id_dispatch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert len(load_records("yahma/alpaca-cleaned")) == 3
     assert len(load_records("hf:tatsu-lab/alpaca")) == 3
     assert calls == [("yahma/alpaca-cleaned", "train"), ("tatsu-lab/alpaca", "train")]
-    assert D._source_info("tatsu-lab/alpaca", 52002)["note"].startswith("original Stanford Alpaca")
-    assert "note" not in D._source_info("yahma/alpaca-cleaned", 51760)
+    assert source_info("tatsu-lab/alpaca", 52002)["note"].startswith("original Stanford Alpaca")
+    assert "note" not in source_info("yahma/alpaca-cleaned", 51760)
     with pytest.raises(DataError, match="no such file"):
         load_records("missing/thing.jsonl")  # a file name, not a hub id
     assert calls == [("yahma/alpaca-cleaned", "train"), ("tatsu-lab/alpaca", "train")]
@@ -578,6 +581,7 @@ def test_prepare_full_alpaca_mirror(tmp_path: Path) -> None:
 
 
 def test_module_has_no_hardcoded_shared_path() -> None:
-    text = Path(D.__file__).read_text(encoding="utf-8")
     here = re.escape(str(Path(__file__).resolve().parents[2]))  # the folder that holds the repo and shared/
-    assert not re.search(here + r"|shared/data|alpaca_data\.jsonl", text)
+    for module in (D, R):
+        text = Path(module.__file__).read_text(encoding="utf-8")
+        assert not re.search(here + r"|shared/data|alpaca_data\.jsonl", text)

@@ -15,13 +15,6 @@ OUTSIDE = re.compile(r"\b(?:LIGER|LOLCATS)\.md\b|\b[Ii]ssues? #?\d+|\(#\d+\)")
 # Files that may keep such a citation: this test, and a report as `liger report` wrote it (its note is part of
 # the published record).
 EXEMPT = ("tests/test_docs.py", "results/published/smollm2-135m/report.md")
-# Files being rewritten elsewhere when docs/ was written, still citing the old notes; each with the docs sections
-# that replace its citations. Remove a file once its citations point at docs/.
-PENDING: dict[str, tuple[str, ...]] = {
-    "liger/data.py": ("docs/method.md#fine-tuning-recipe",),
-    "liger/train.py": ("docs/method.md#fine-tuning-recipe", "docs/method.md#lora-optimizer-and-schedule"),
-    "liger/transfer.py": ("docs/lolcats.md#stage-1-attention-transfer",),
-}  # fmt: skip
 DOC_REF = re.compile(r"docs/([\w.-]+\.md)(?:#([\w-]+))?")
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -62,7 +55,7 @@ def test_slug_follows_github():
 
 def test_files_cite_docs_not_outside_notes_or_issues():
     cited = {name: sorted({m.group(0) for m in OUTSIDE.finditer(text)}) for name, text in _tracked_texts().items()}
-    offenders = {name: found for name, found in cited.items() if found and name not in EXEMPT + tuple(PENDING)}
+    offenders = {name: found for name, found in cited.items() if found and name not in EXEMPT}
     assert not offenders, f"cite the sections of docs/ instead: {offenders}"
 
 
@@ -70,8 +63,6 @@ def test_cited_doc_sections_exist():
     texts = _tracked_texts()
     docs = {name.removeprefix("docs/"): anchors(text) for name, text in texts.items() if name.startswith("docs/")}
     refs = [(name, m.group(1), m.group(2)) for name, text in texts.items() for m in DOC_REF.finditer(text)]
-    pending = [target for targets in PENDING.values() for target in targets]
-    refs += [("tests/test_docs.py", *target.removeprefix("docs/").split("#")) for target in pending]
     assert len(refs) > 20
     broken = [(name, page, anchor) for name, page, anchor in refs
               if page not in docs or (anchor and anchor not in docs[page])]  # fmt: skip

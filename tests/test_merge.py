@@ -16,7 +16,8 @@ from liger import LigerError
 from liger.cli import main
 from liger.convert import ADAPTER_OPTIONS, ADDED_WEIGHTS, save_added
 from liger.methods.lolcats import added_parameters
-from liger.train import TrainConfig, default_train_config, finetune
+from liger.train import finetune
+from liger.train_config import TrainConfig, default_train_config
 from liger.transfer import transfer
 
 LOLCATS = {"method": "lolcats", "window": 8}

@@ -190,7 +190,7 @@ def test_a_registered_method_converts_saves_loads_and_trains(half_window, tmp_pa
     from liger.decode import GraphDecoder
     from liger.pipeline import check_config
     from liger.plan import plan
-    from liger.train import default_train_config
+    from liger.train_config import default_train_config
 
     base = tiny_model("llama")
     n = liger.count_parameters(base)

@@ -289,11 +289,10 @@ class _CharTokenizer:
 
 
 def test_roles_are_those_of_the_predicted_tokens(tmp_path, monkeypatch):
-    import transformers
 
     import liger.device
     import liger.position_loss as pl
-    from liger.data import format_prompt
+    from liger.records import format_prompt
 
     records = [{"instruction": "say a number" + "!" * i, "input": "", "output": "7" * (3 + 5 * i)} for i in range(6)]
     _write_jsonl(tmp_path / "alpaca.jsonl", records)
@@ -305,7 +304,7 @@ def test_roles_are_those_of_the_predicted_tokens(tmp_path, monkeypatch):
     class FakeModel(torch.nn.Linear):
         config = type("Config", (), {"max_position_embeddings": 10_000})()
 
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _CharTokenizer())
+    monkeypatch.setattr(pl, "load_tokenizer", lambda *a, **k: _CharTokenizer())
     monkeypatch.setattr(liger.device, "load_for_inference", lambda *a, **k: (FakeModel(1, 1), "cpu"))
     monkeypatch.setattr(pl, "token_losses", lambda model, ids: ids[:, 1:].float())  # the loss is the predicted id
     result = pl.position_loss("m", str(tmp_path / "alpaca.jsonl"), n_val=6, seq_len=300, sequences=4,

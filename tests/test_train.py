@@ -12,11 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 import liger
-from liger import LigerError
-from liger import train as T
+from liger import LigerError, steps
+from liger.checkpoints import list_checkpoints
 from liger.cli import main
+from liger.errors import NonFiniteLossError
 from liger.fileio import OUTPUT_MARKER
-from liger.train import NonFiniteLossError, TrainConfig, finetune
+from liger.stages import LORA
+from liger.train import finetune
+from liger.train_config import TrainConfig
 from tests.conftest import tiny_model
 
 OPTIONS = {"method": "liger_gla", "hybrid": "liger_attention", "window": 8, "chunk_size": 16}
@@ -67,13 +70,13 @@ def lora_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_schedule_budget_and_order():
     c = TrainConfig(micro_batch=1, grad_accum=3, epochs=2)
-    assert T.planned_steps(8, SEQ, c) == 6  # 3 steps per epoch (3 + 3 + 2 chunks)
-    assert T.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_steps=4)) == 4
+    assert steps.planned_steps(8, SEQ, c) == 6  # 3 steps per epoch (3 + 3 + 2 chunks)
+    assert steps.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_steps=4)) == 4
     # the budget counts micro-batch tokens and cuts the step that reaches it
-    assert T.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_tokens=4 * SEQ)) == 2
-    assert T._budget_cut([np.array([0]), np.array([1]), np.array([2])], 3 * SEQ, SEQ, 4 * SEQ) == [np.array([0])]
-    a, b = T.epoch_order(50, 0, 1), T.epoch_order(50, 0, 1)
-    assert (a == b).all() and not (a == T.epoch_order(50, 0, 0)).all() and sorted(a) == list(range(50))
+    assert steps.planned_steps(8, SEQ, TrainConfig(grad_accum=3, max_tokens=4 * SEQ)) == 2
+    assert steps.budget_cut([np.array([0]), np.array([1]), np.array([2])], 3 * SEQ, SEQ, 4 * SEQ) == [np.array([0])]
+    a, b = steps.epoch_order(50, 0, 1), steps.epoch_order(50, 0, 1)
+    assert (a == b).all() and not (a == steps.epoch_order(50, 0, 0)).all() and sorted(a) == list(range(50))
 
 
 def test_max_tokens_stops_early(model_dir, data_dir, tmp_path):
@@ -129,7 +132,7 @@ def test_resume_reproduces_the_uninterrupted_run(model_dir, data_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model_dir, data_dir, tmp_path, monkeypatch):
-    real = T.micro_loss
+    real = steps.micro_loss
     calls = {"n": 0}
 
     def poisoned(model, input_ids, labels, n_items):
@@ -140,7 +143,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model_dir, data_dir, 
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(T, "micro_loss", poisoned)
+    monkeypatch.setattr(steps, "micro_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError) as info:
         finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=8, ckpt_every=2))
@@ -164,7 +167,7 @@ def test_a_diverged_update_is_never_kept_and_a_lower_lr_then_trains(model_dir, d
         finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=4, ckpt_every=1,
                                                                       lr=1e6))
     assert "no checkpoint had been written yet" in str(info.value)
-    assert T._checkpoints(out / "checkpoints") == []
+    assert list_checkpoints(out / "checkpoints") == []
     summary = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(grad_accum=1, max_steps=4, ckpt_every=1))
     assert summary["optimizer_steps"] == 4 and summary["resumed_at_steps"] == [] and summary["resume_changes"] == []
     assert np.isfinite(summary["final_train_loss"]) and max_weight(out / "adapter" / "adapter_model.safetensors") < 1
@@ -172,7 +175,7 @@ def test_a_diverged_update_is_never_kept_and_a_lower_lr_then_trains(model_dir, d
 
 def test_a_diverged_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(model_dir, data_dir, tmp_path,
                                                                               monkeypatch):
-    real, calls = T.train_step, {"n": 0}
+    real, calls = steps.train_step, {"n": 0}
 
     def lr_blows_up_at_step_3(model, params, opt, batches, max_grad_norm):
         calls["n"] += 1
@@ -183,12 +186,12 @@ def test_a_diverged_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(mo
 
     out = tmp_path / "o"
     settings = dict(grad_accum=1, max_steps=6, ckpt_every=1)
-    monkeypatch.setattr(T, "train_step", lr_blows_up_at_step_3)
+    monkeypatch.setattr(steps, "train_step", lr_blows_up_at_step_3)
     with pytest.raises(NonFiniteLossError) as info:
         finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings))
     kept = out / "checkpoints" / "step-00000002"
     assert "step 3:" in str(info.value) and f"kept at {kept}: rerun with a lower learning rate" in str(info.value)
-    assert T._checkpoints(out / "checkpoints") == [kept] and max_weight(kept / "lora.safetensors") < 1
+    assert list_checkpoints(out / "checkpoints") == [kept] and max_weight(kept / "lora.safetensors") < 1
     monkeypatch.undo()
 
     summary = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings, lr=5e-3))
@@ -228,7 +231,7 @@ def test_a_resume_with_other_result_changing_settings_is_refused(model_dir, data
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.LORA, "save", crash)
+    monkeypatch.setattr(LORA, "save", crash)
     with pytest.raises(OSError, match="disk full"):
         main([*argv, "--restart"])
     monkeypatch.undo()

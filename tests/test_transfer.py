@@ -14,8 +14,10 @@ import liger
 from liger import LigerError
 from liger.cli import main
 from liger.layers.lolcats import LolcatsAttention
+from liger.methods import RECIPE_FIELDS
 from liger.methods.lolcats import RECIPES
-from liger.train import RECIPE_FIELDS, TrainConfig, default_train_config, finetune
+from liger.train import finetune
+from liger.train_config import TrainConfig, default_train_config
 from liger.transfer import TransferObjective, transfer
 from tests.conftest import tiny_model
 from tests.test_train import interrupt_at, read_log
@@ -109,7 +111,7 @@ def test_stage1_resume_reproduces_the_uninterrupted_run(model_dir, data_dir, tmp
 
 
 def test_stage1_nan_stops(model_dir, data_dir, tmp_path, monkeypatch):
-    from liger.train import NonFiniteLossError
+    from liger.errors import NonFiniteLossError
 
     calls = {"n": 0}
     original = LolcatsAttention.attention_transfer

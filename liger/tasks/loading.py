@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from datasets.exceptions import DatasetsError
 
-from liger.data import read_jsonl
 from liger.errors import LigerError
+from liger.records import read_jsonl
 from liger.tasks import TASKS_DIR
 from liger.tasks.utils import MMLU_SUBJECTS, mmlu_description
 
