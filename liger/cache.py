@@ -15,20 +15,21 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 
 def flat_tensors(x: Any) -> list[torch.Tensor]:
-    """The tensors of a tensor, a nested tuple/list of tensors, or None, in order."""
-    if x is None:
-        return []
+    """The tensors of a tensor or a nested tuple/list, in order (None and Python numbers hold none)."""
     if isinstance(x, torch.Tensor):
         return [x]
-    return [t for item in x for t in flat_tensors(item)]
+    if isinstance(x, (tuple, list)):
+        return [t for item in x for t in flat_tensors(item)]
+    return []
 
 
 def _map(x: Any, fn) -> Any:
-    if x is None:
-        return None
+    """`fn` applied to every tensor of `x` (as `flat_tensors`); anything else is kept as it is."""
     if isinstance(x, torch.Tensor):
         return fn(x)
-    return type(x)(_map(item, fn) for item in x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map(item, fn) for item in x)
+    return x
 
 
 @dataclass
@@ -80,7 +81,8 @@ class StepBuffers:
 
 
 class LigerCacheLayer(CacheLayerMixin):
-    """Recurrent state (tensor or tuple of tensors) and the last `kept` rotary keys and values."""
+    """The method's state (a tensor or a tuple of tensors, and of Python numbers that are the same for every row)
+    and the last `kept` rotary keys and values."""
 
     is_sliding = False
     is_compileable = False

@@ -61,7 +61,8 @@ def add_layer_options_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-options", type=json_object_arg('{"window_shape": "sliding"}'), metavar="JSON",
                         help="other runtime options of a converted model's method ("
                              + "; ".join(f"{m}: {o}" for m, o in runtime.items() if o)
-                             + "), e.g. '{\"window_shape\": \"sliding\"}' (LoLCATs: the window it decodes with); "
+                             + "), e.g. '{\"window_shape\": \"sliding\"}' (LoLCATs: a terraced model with the sliding "
+                             "window); "
                              "the weights are unchanged")
 
 

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
 from liger import LigerError, count_parameters, linearize
+from liger.cache import LigerCacheLayer
+from liger.layers.base import repeat_heads, rotate
 from liger.layers.lolcats import HedgehogFeatureMap, LolcatsAttention, init_feature_maps
 from liger.methods.lolcats import INIT_WINDOW_FACTOR, LolcatsOptions, added_parameters
 from liger.ops.hybrid import absorb, hybrid_attention
@@ -187,31 +189,108 @@ def test_query_blocks_do_not_change_the_output():
         assert (one - blocks).abs().max().item() <= ATOL, shape
 
 
-def test_terraced_prefill_is_exact_and_decoding_continues_with_the_sliding_window():
-    """The original's terraced window: a prefill gives the terraced parallel output; the tokens after it decode
-    with the sliding window (as the original code does), i.e. exactly the sliding model's continuation."""
-    one_layer = dict(num_hidden_layers=1)  # so that the two models' keys and values are the same
-    terraced = linearize(tiny_model("llama", **one_layer), "lolcats", window_shape="terraced", **SMALL)
-    sliding = linearize(tiny_model("llama", **one_layer), "lolcats", window_shape="sliding", **SMALL)
-    tokens = ids()
+W = SMALL["window"]
+TERRACED_ATOL = 1e-5  # fp32 decoding vs the parallel forward (seen: 2.1e-7)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("variant", ["original", "liger"])
+@pytest.mark.parametrize("prefill", [0, 3, 9, 10, 11])
+def test_terraced_decoding_equals_parallel_forward(arch, variant, prefill):
+    """Decoding from the first token (prefill 0) or after a prompt shorter than a block, or ending before, at or
+    after a multiple of the window, over four block boundaries (and the prefill over several query blocks): the
+    logits equal the parallel forward's on every sequence that ends a whole number of blocks after the prompt."""
+    model = lolcats(arch, variant=variant, window_shape="terraced")
+    start = max(prefill, 1)  # decoding from the first token: a first forward of one token
+    tokens = ids(batch=2, length=start + 4 * W)
     with torch.no_grad():
-        cache = DynamicCache()
-        pre = terraced(tokens[:, :11], past_key_values=cache, use_cache=True).logits
-        assert (pre - terraced(tokens[:, :11]).logits).abs().max().item() <= ATOL
-        nxt = terraced(tokens[:, 11:12], past_key_values=cache, use_cache=True).logits
-        # the state after a prefill is the sliding split: decoding 11 -> 12 equals the sliding model's
-        cache2 = DynamicCache()
-        sliding(tokens[:, :11], past_key_values=cache2, use_cache=True)
-        want = sliding(tokens[:, 11:12], past_key_values=cache2, use_cache=True).logits
-        assert (nxt - want).abs().max().item() <= ATOL
-        # and it is not the terraced parallel output at position 11 (that one is not decodable exactly)
-        assert (nxt[:, 0] - terraced(tokens[:, :12]).logits[:, 11]).abs().max().item() > 1e-3
+        step = decode_logits(model, tokens, prefill)
+        for end in range(start, tokens.shape[1] + 1, W):
+            full = model(tokens[:, :end]).logits
+            assert (step[:, :end] - full).abs().max().item() <= TERRACED_ATOL, f"prefill {prefill}, length {end}"
 
 
-def test_cache_is_constant_in_length():
-    layer = cache_sizes(lolcats("llama", window_shape="sliding")).layers[0]
-    S, z = layer.state
-    assert S.shape == (1, 4, 2 * 16, 16) and z.shape == (1, 4, 2 * 16) and layer.win_k.shape[1] == 5
+def test_terraced_blocks_follow_the_prompt():
+    """The parallel forward aligns the blocks to the end of its sequence; decoding keeps those of the prompt, so
+    a sequence that ends within a block of the prompt's alignment is split otherwise by its parallel forward."""
+    model = lolcats("llama", window_shape="terraced")
+    tokens = ids(length=10 + W + 2)
+    with torch.no_grad():
+        step = decode_logits(model, tokens, 10)
+        assert (step - model(tokens).logits).abs().max().item() > 1e-3
+        assert (step[:, :15] - model(tokens[:, :15]).logits).abs().max().item() <= TERRACED_ATOL
+
+
+def test_terraced_decoding_matches_the_float64_reference():
+    """One layer in float64 (grouped-query heads), token by token from the first, against the term-by-term
+    reference over the whole sequence (1 + 4 blocks long, so that its blocks are those of the decoding)."""
+    model = lolcats("mistral", window_shape="terraced").double()
+    layer = attentions(model)[0]
+    T = 1 + 4 * W
+    x = rand(2, T, model.config.hidden_size)
+    cache, got = LigerCacheLayer(layer.cached_keys), []
+    with torch.no_grad():
+        cos, sin = model.model.rotary_emb(x, torch.arange(T)[None])
+        q, k, v = layer.project(x)
+        qr, kr = rotate(q, cos, sin), repeat_heads(rotate(k, cos, sin), layer.n_rep)
+        want = naive_lolcats_attention(qr, kr, repeat_heads(v, layer.n_rep), layer.feature_map_q(qr),
+                                       layer.feature_map_k(kr), torch.sigmoid(layer.window_factors), W, "terraced",
+                                       scale=layer.scaling, eps=layer.options.eps)
+        for t in range(T):
+            got.append(layer.mix(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], (cos[:, t:t + 1], sin[:, t:t + 1]),
+                                 None, cache))
+            cache.seen += 1
+    assert (torch.cat(got, dim=1) - want).abs().max().item() <= 1e-12
+
+
+@pytest.mark.parametrize("shape", ["sliding", "terraced"])
+def test_bf16_decoding_follows_the_parallel_forward(shape):
+    model = lolcats("llama", window_shape=shape).to(torch.bfloat16)
+    tokens = ids(length=11 + 3 * W)
+    with torch.no_grad():
+        step, full = decode_logits(model, tokens, 11).float(), model(tokens).logits.float()
+    assert ((step - full).abs().max() / full.abs().max()).item() <= 2e-2
+
+
+def test_terraced_left_padded_generate_equals_singles():
+    """`generate` pads on the left: every row's blocks end at the prompt's end, as its own."""
+    model = lolcats("llama", window_shape="terraced")
+    model.generation_config.eos_token_id = None
+    seqs = [ids(length=n, seed=n)[0] for n in (12, 7)]
+    batch, mask = padded_batch(seqs)
+    kw = dict(max_new_tokens=2 * W + 2, do_sample=False, pad_token_id=0, output_logits=True,
+              return_dict_in_generate=True)
+    with torch.no_grad():
+        together = torch.stack(model.generate(batch, attention_mask=mask, **kw).logits, dim=1)
+        for i, s in enumerate(seqs):
+            alone = torch.stack(model.generate(s[None], **kw).logits, dim=1)
+            assert (together[i] - alone[0]).abs().max().item() <= TERRACED_ATOL
+
+
+def test_terraced_decoding_needs_rows_that_end_together():
+    """A right-padded forward keeps a state (a plain forward makes a cache), but decoding after it is refused."""
+    model = lolcats("llama", window_shape="terraced")
+    batch, mask = padded_batch([ids(length=n, seed=n)[0] for n in (12, 8)], side="right")
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(batch, attention_mask=mask, past_key_values=cache, use_cache=True)
+        with pytest.raises(LigerError, match="rows end together"):
+            model(batch[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], dim=1), past_key_values=cache,
+                  use_cache=True)
+
+
+@pytest.mark.parametrize("shape,kept", [("sliding", W), ("terraced", 2 * W - 1)])
+def test_cache_is_constant_in_length(shape, kept):
+    model = lolcats("llama", window_shape=shape)
+    cache = cache_sizes(model)  # 1000 tokens in chunks of 100
+    layer = cache.layers[0]
+    S, z, offset = layer.state
+    assert S.shape == (1, 4, 2 * 16, 16) and z.shape == (1, 4, 2 * 16) and layer.win_k.shape[1] == kept
+    size = cache.nbytes()
+    with torch.no_grad():
+        for t in range(4 * W + 3):  # token by token over four block boundaries
+            model(ids(length=1, seed=t), past_key_values=cache, use_cache=True)
+    assert cache.nbytes() == size and layer.win_k.shape[1] == kept
 
 
 @pytest.mark.parametrize("shape", ["sliding", "terraced"])
@@ -275,8 +354,8 @@ def test_save_and_load_roundtrip(variant, tmp_path):
 
 
 def test_loading_with_other_layer_options_computes_the_same_weights_otherwise(tmp_path):
-    """The original's terraced model loaded with the sliding window it decodes with: the same weights, the sliding
-    model's outputs (what `liger evaluate --layer-options` scores)."""
+    """The original's terraced model loaded with the sliding window: the same weights, the sliding model's outputs
+    (what `liger evaluate --layer-options` scores)."""
     model = lolcats("llama", window_shape="terraced")
     with torch.no_grad():
         for layer in attentions(model):

@@ -188,7 +188,7 @@ def test_smoke_dag_tables_trace_to_metrics(smoke_run):
     assert (stage2["train_config"]["lora_alpha"], stage2["train_config"]["lora_targets"]) == (
         16, ["q_proj", "k_proj", "v_proj", "o_proj"])
     assert stage2["model_dir"].endswith("transferred/smollm2-135m/lolcats/model")
-    # lolcats_sliding: LoLCATs' own model (not trained again) scored with the sliding window it decodes with
+    # lolcats_sliding: LoLCATs' own model (not trained again) scored with the sliding window
     sliding = json.loads((results / "smollm2-135m" / "lolcats_sliding" / "metrics.json").read_text())
     assert sliding["layer_options"] == {"window_shape": "sliding"} and sliding["liger"]["window_shape"] == "sliding"
     assert sliding["model"].endswith("finetuned/smollm2-135m/lolcats/model") and pd.isna(

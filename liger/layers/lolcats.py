@@ -54,7 +54,8 @@ def init_feature_maps(fq: HedgehogFeatureMap, fk: HedgehogFeatureMap, how: str) 
 
 
 class LolcatsAttention(LinearizedAttention):
-    """The LoLCATs layer. Its decoding state: the last `window` keys and values and (S, z) over every older key.
+    """The LoLCATs layer. Its decoding state: (S, z, offset), with (S, z) over every key older than the next
+    query's window and `offset` the terraced blocks' alignment, and the latest keys and values (`cached_keys`).
 
     `transfer = True` (stage 1) computes the softmax teacher and the hybrid student, keeps their MSE in
     `transfer_mse` and returns the teacher's output, so every layer sees the original hidden states.
@@ -78,7 +79,18 @@ class LolcatsAttention(LinearizedAttention):
 
     @property
     def cached_keys(self) -> int:
-        return self.options.window
+        """Sliding: the last `window` keys; terraced: the previous block and the current one before the query."""
+        w = self.options.window
+        return 2 * w - 1 if self.options.window_shape == "terraced" else w
+
+    def _state_start(self, n: int, offset: int) -> int:
+        """The first key not folded into (S, z) when the next query is at position `n`: every key before it is in
+        the linear set of every query from `n` on. Sliding: n - window (the key that just left the window is
+        folded one step late, so `window` keys are kept); terraced: the start of the previous block."""
+        w = self.options.window
+        if self.options.window_shape == "terraced":
+            return max(0, ((n + offset) // w - 1) * w - offset)
+        return max(0, n - w)
 
     def transfer_parameters(self) -> list[nn.Parameter]:
         """The feature maps, and the window factors when the options train them."""
@@ -111,7 +123,8 @@ class LolcatsAttention(LinearizedAttention):
 
     def parallel(self, q, k, v, valid, cache: LigerCacheLayer | None) -> torch.Tensor:
         """The hybrid over a whole sequence (no earlier state), in query blocks of `query_block`; then, with a
-        cache, its decoding state: the last `window` keys and values, and (S, z) over every older key."""
+        cache, its decoding state at the end of the sequence (terraced: the sequence ends a block, and the blocks
+        of the tokens after it continue from there)."""
         o = self.options
         B, T = q.shape[:2]
         kr, vr, fk = self._kv(k, v)
@@ -133,27 +146,37 @@ class LolcatsAttention(LinearizedAttention):
                                      pos[s:e], pos[first:e], valid[:, first:e] if valid is not None else None,
                                      state, o.window_shape, offset))
         if cache is not None:
+            if isinstance(offset, torch.Tensor):  # right padding: rows that end apart share no block alignment
+                offset = int(offset[0]) if bool((offset == offset[0]).all()) else None
             cache.extend_window(k, v, valid)
-            old = max(0, T - o.window)
-            cache.state = absorb(None, fk[:, :old], vr[:, :old], valid[:, :old] if valid is not None else None)
+            old = self._state_start(T, offset or 0)
+            S, z = absorb(None, fk[:, :old], vr[:, :old], valid[:, :old] if valid is not None else None)
+            cache.state = (S, z, offset)
         return torch.cat(outs, dim=1)
 
     def continued(self, q, k, v, valid, cache: LigerCacheLayer) -> torch.Tensor:
-        """New tokens after a cached prefix, `query_block` at a time: softmax over the cached window and the new
-        keys, linear attention through (S, z) and over the window keys that fell out of a query's window. Always
-        the sliding window (the state holds exactly its split), so decoding equals the sliding parallel form."""
+        """New tokens after a cached prefix, `query_block` at a time: the hybrid of the window shape over the kept
+        keys not yet in (S, z) and the new ones, plus (S, z); then the keys that left every later window are folded
+        into (S, z). Terraced blocks keep the alignment of the first forward (its last token ends a block), so
+        decoding equals the parallel forward of any sequence that ends a whole number of blocks after it."""
         o = self.options
+        S, z, offset = cache.state
+        if offset is None:
+            raise LigerError("terraced decoding needs a prompt whose rows end together: pad on the left")
         outs = []
         for s in range(0, q.shape[1], o.query_block):
             e = min(q.shape[1], s + o.query_block)
+            n, t = cache.seen + s, e - s  # the position of the first new token, and the new tokens
             keys, values, mask = cache.extend_window(k[:, s:e], v[:, s:e], valid[:, s:e] if valid is not None else None)
-            kr, vr, fk = self._kv(keys, values)
-            n, t = keys.shape[1], e - s
-            kpos = torch.arange(n, device=q.device)
-            outs.append(self._hybrid(q[:, s:e], kr, vr, self.feature_map_q(q[:, s:e]), fk, kpos[n - t:], kpos, mask,
-                                     cache.state, "sliding"))
-            old = n - o.window  # keys now older than the kept window: into the state
-            cache.state = absorb(cache.state, fk[:, :old], vr[:, :old], mask[:, :old])
+            first = n + t - keys.shape[1]  # the position of the first kept key
+            lo, hi = self._state_start(n, offset) - first, self._state_start(n + t, offset) - first
+            kr, vr, fk = self._kv(keys[:, lo:], values[:, lo:])
+            mask = mask[:, lo:]
+            kpos = torch.arange(first + lo, n + t, device=q.device)
+            outs.append(self._hybrid(q[:, s:e], kr, vr, self.feature_map_q(q[:, s:e]), fk, kpos[-t:], kpos, mask,
+                                     (S, z), o.window_shape, offset))
+            S, z = absorb((S, z), fk[:, :hi - lo], vr[:, :hi - lo], mask[:, :hi - lo])
+        cache.state = (S, z, offset)
         return torch.cat(outs, dim=1)
 
     def attention_transfer(self, q, k, v, valid) -> torch.Tensor:

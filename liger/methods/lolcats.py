@@ -5,8 +5,8 @@ head for q and for k and a learnable window factor per head; its output is a sof
 over older keys with one shared normaliser (`liger.ops.hybrid`; the layer is `liger.layers.lolcats`). Two
 training stages: attention transfer (`liger transfer`: the feature maps learn to match softmax attention), then
 LoRA (`liger finetune`). Two variants: `original` (LoLCATs' code and paper) and `liger` (the Liger authors'
-re-run). Only the sliding window decodes token by token exactly; a terraced prefill continues with the sliding
-window, as the original code does.
+re-run). Both window shapes decode token by token as the parallel forward computes (a terraced model with its
+terraced window, where the original code continues with the sliding one).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class LolcatsOptions(MethodOptions):
     method: str = "lolcats"
     variant: str = "original"  # original (LoLCATs' code and paper) | liger (the Liger authors' re-run)
     window: int = 64  # softmax keys per query, its own included (terraced: the block length; 65-128 keys then)
-    window_shape: str | None = None  # terraced (original) | sliding (liger); only sliding decodes exactly
+    window_shape: str | None = None  # terraced (original) | sliding (liger); both decode exactly
     feature_dim: int | None = None  # f: Hedgehog projection width, 2f features (original 64 capped at the head dim)
     feature_init: str | None = None  # identity (original) | normal (N(0, 0.02), liger) | kaiming
     init_window_factor: float = INIT_WINDOW_FACTOR
@@ -112,5 +112,5 @@ def _recipes(options: LolcatsOptions) -> dict[str, dict]:
 
 LOLCATS = Method(name="lolcats", family="lolcats", options=LolcatsOptions,
                  layer="liger.layers.lolcats:LolcatsAttention", recipes=_recipes, stages=("transfer", "lora"),
-                 added_parameters=added_parameters, step_decoding=False, exact_window_shapes=("sliding",),
+                 added_parameters=added_parameters, step_decoding=False, exact_window_shapes=None,
                  runtime_options=("window", "window_shape", "query_block"))

@@ -30,7 +30,7 @@ LIGER = f"{PYTHON} -m liger"
 MODELS = list(config["models"])
 METHODS = list(config["methods"])
 # Rows that score another row's model with other runtime layer settings (`liger evaluate --layer-options`), e.g.
-# LoLCATs' terraced window evaluated as the sliding window it decodes with: {method: the row whose weights}.
+# LoLCATs' terraced model evaluated with the sliding window: {method: the row whose weights}.
 WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
 
 
