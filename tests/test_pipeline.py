@@ -208,7 +208,7 @@ def test_smoke_dag_controls_and_probes(smoke_run):
     # base_window: converted with its options, never trained; window_only: trained like liger_gla
     converted = json.loads((resources / "converted" / "smollm2-135m" / "base_window" / "model" /
                             "config.json").read_text())["liger"]
-    assert (converted["alpha"], converted["beta"], converted["window"]) == (1.0, 0.0, 64)
+    assert (converted["alpha"], converted["beta"], converted["window"]) == (1.0, 0.0, 65)  # 64 keys before the query
     assert not (resources / "finetuned" / "smollm2-135m" / "base_window").exists()
     assert json.loads((res / "window_only" / "train_summary.json").read_text())["liger_options"]["beta"] == 0.0
     assert json.loads((res / "base_window" / "metrics.json").read_text())["liger"]["alpha"] == 1.0
