@@ -146,18 +146,17 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
         eval_s = (zero_shot + items.get("mmlu", 0) * CPU_EVAL_S["mmlu"]) * scale  # per row
         if not (workdir / "resources" / "models" / name / "config.json").exists():
             job("model")
-        trains = [(m, STAGES[stage]) for m in trained for stage in stages(methods[m])]
-        stage_tokens = {(m, stage): _train_tokens(config, meta, stage_train(config, m, key))
-                        for m in trained for key, stage in ((k, STAGES[k]) for k in stages(methods[m]))}
-        restored = [(m, stage) for m, stage in trains if any(
-            (workdir / r / stage.folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
+        trains = [(m, key) for m in trained for key in stages(methods[m])]
+        restored = [(m, key) for m, key in trains if any(
+            (workdir / r / STAGES[key].folder / name / m / "summary.json").is_file() for r in reuse_dirs(config))]
         if len(restored) < len(trains):
             job("prepare_data")
-        for m, stage in trains:
-            if (m, stage) in restored:
+        for m, key in trains:
+            if (m, key) in restored:
                 job("restore")
             else:
-                job(stage.command, "training", stage_tokens[m, stage] / CPU_TRAIN_TOK_S * scale)
+                stage_tokens = _train_tokens(config, meta, stage_train(config, m, key))
+                job(STAGES[key].command, "training", stage_tokens / CPU_TRAIN_TOK_S * scale)
         for _ in untrained:
             job("convert")
         for _ in methods:  # every row: the base, trained, untrained (base_window) and weights_of rows
