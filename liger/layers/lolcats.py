@@ -149,8 +149,9 @@ class LolcatsAttention(LinearizedAttention):
             if isinstance(offset, torch.Tensor):  # right padding: rows that end apart share no block alignment
                 offset = int(offset[0]) if bool((offset == offset[0]).all()) else None
             cache.extend_window(k, v, valid)
-            old = self._state_start(T, offset or 0)
-            S, z = absorb(None, fk[:, :old], vr[:, :old], valid[:, :old] if valid is not None else None)
+            old = self._state_start(T, offset or 0)  # >= absorbed: the loop's state holds a prefix of these keys
+            mask = valid[:, absorbed:old] if valid is not None else None
+            S, z = absorb(state, fk[:, absorbed:old], vr[:, absorbed:old], mask)
             cache.state = (S, z, offset)
         return torch.cat(outs, dim=1)
 
