@@ -69,7 +69,11 @@ KINDS = {"evaluation": "lm-eval scoring", "training": "training", "start": "fixe
 
 
 def _params(model: dict) -> float:
-    """A rough parameter count from the hub id's name (e.g. 8B), the embedded model otherwise."""
+    """A rough parameter count: the embedded model's, or read from the hub id's name (e.g. 8B; else 135M)."""
+    from liger.models import EMBEDDED
+
+    if "embedded" in model:
+        return EMBEDDED[model["embedded"]].params
     name = model.get("hf_id", "").lower()
     for token in name.replace("-", " ").replace("_", " ").split():
         if token.endswith("b") and token[:-1].replace(".", "").isdigit():

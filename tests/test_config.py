@@ -206,3 +206,14 @@ def test_a_row_of_its_own_training_keys_trains_beside_the_recipe(tmp_path):
     config["methods"]["liger_gla_4ep"]["train"]["max_steps"] = 4
     more = plan(alone("liger_gla_4ep"), workdir=tmp_path)
     assert more["seconds"]["training"] == pytest.approx(2 * base["seconds"]["training"])
+
+
+def test_plan_scales_an_embedded_model_by_its_own_size():
+    """The 1.5B embedded model's work is scaled by its parameter count, not counted as the 135M default's."""
+    from liger.models import EMBEDDED
+    from liger.plan import _params
+
+    small, large = _params({"embedded": "smollm2-135m"}), _params({"embedded": "qwen2.5-coder-1.5b"})
+    assert small == EMBEDDED["smollm2-135m"].params
+    assert 12 < large / small < 14
+    assert _params({"hf_id": "meta-llama/Meta-Llama-3-8B"}) == 8e9
