@@ -168,7 +168,7 @@ def load_checkpoint(ckpt: Path, weights: Mapping[str, torch.nn.Parameter], opt: 
     if refused:
         raise TrainError(f"{ckpt}: the checkpoint was written with other settings ({'; '.join(refused)}), which change "
                          "what the run trains; rerun with the checkpoint's settings to resume it, give a new --out, or "
-                         "add --restart to delete the checkpoints and start over")
+                         f"start over: add --restart, or (from the pipeline, which cannot pass it) delete {root}")
     f = ckpt / WEIGHTS
     try:
         saved = load_file(str(f))
