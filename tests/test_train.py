@@ -210,7 +210,8 @@ def test_a_resume_with_other_result_changing_settings_is_refused(model_dir, data
     settings = {"max_steps": 2, "ckpt_every": 1}
     first = finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**settings))
     for changed in ({"lr": 5e-4}, {"eval_every": 1}, {"max_steps": 3}, {"seed": 1}, {"max_grad_norm": 0.5}):
-        with pytest.raises(LigerError, match=rf"\({next(iter(changed))} .*, now .*new --out.*--restart.*delete .*checkpoints"):
+        refused = rf"\({next(iter(changed))} .*, now .*new --out.*--restart.*delete .*checkpoints"
+        with pytest.raises(LigerError, match=refused):
             finetune(model_dir, data_dir, out, options=OPTIONS, train=cfg(**{**settings, **changed}))
     other_model = tmp_path / "other_model"
     tiny_model("llama", seed=1).save_pretrained(other_model)
