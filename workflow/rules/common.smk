@@ -12,6 +12,7 @@ from snakemake.settings.types import DeploymentMethod
 # The pipeline's vocabulary and the config check shared with `liger plan`; torch-free, as is the method registry it
 # asks what a method needs (liger.methods).
 from liger import pipeline
+from liger import shapes as liger_shapes
 
 try:  # also fills in the schema's defaults: the rules read every key directly
     pipeline.check_config(config, " + ".join(map(str, workflow.configfiles)) or "--config")
@@ -34,15 +35,23 @@ METHODS = list(config["methods"])
 WEIGHTS_OF = {m: e["weights_of"] for m, e in config["methods"].items() if "weights_of" in e}
 
 
-def liger_options(method: str) -> dict:
-    """The Liger options of a method entry (empty for the untouched base)."""
-    return pipeline.liger_options(config["methods"][method])
+def liger_options(method: str, model: str | None = None, shape: str | None = None) -> dict:
+    """The options a method row's layers are converted with on `model` (or the named `shape`), `softmax_every`
+    expanded into that model's `softmax_layers` (empty for the untouched base)."""
+    layers = SHAPE_LAYERS[shape] if shape else pipeline.model_layers(config, model) if model else None
+    return pipeline.layer_options(config["methods"][method], layers)
 
 
 TRAINED = pipeline.rows(config, pipeline.TRAINED)  # converted and fine-tuned
 UNTRAINED = pipeline.rows(config, pipeline.UNTRAINED)  # converted only (base_window)
 CONTROLS = pipeline.controls(config)
 ABOUT = {m: e["about"] for m, e in config["methods"].items() if "about" in e}  # what each control row shows
+ABLATIONS = pipeline.ablations(config)  # {row: its paper_row}: the ablation table's rows (none: no table)
+ABLATION_OUTPUTS = {
+    "ablations": report("results/{run}/{model}/ablations.csv", category="tables"),
+    "ablations_markdown": "results/{run}/{model}/ablations.md",
+    "ablation_plot": report("results/{run}/plots/{model}_ablations.png", category="ablations"),
+} if ABLATIONS else {}
 WINDOWS = pipeline.windows(config)  # the windows of the rows that have a window branch
 PROBE_FILES = [pipeline.ROW_FILES[job] for job in ("metrics", "passkey", "position_loss")]  # per row, in rule all
 # Rows trained in two stages, attention transfer then LoRA (LoLCATs)
@@ -52,6 +61,7 @@ PROFILE = config["profile"]
 # Liger methods in the efficiency profile (default: every trained one but the controls: speed is the methods' claim)
 PROFILED = pipeline.profiled(config)
 SHAPES = PROFILE["shapes"]  # random-weight model shapes profiled as well (liger.shapes)
+SHAPE_LAYERS = {name: shape["num_hidden_layers"] for name, shape in liger_shapes.SHAPES.items()}
 PAPER_CSV = os.path.join(workflow.basedir, "config", "paper_results.csv")
 ENV = "../../envs/liger.yaml"
 
@@ -139,7 +149,7 @@ def stage_command(wc, stage):
     run = reused_run(wc, stage)
     if run:
         return f"{LIGER} restore --model {model} --run {shlex.quote(run)} --out {out}"
-    options = shlex.quote(json.dumps(liger_options(wc.method)))
+    options = shlex.quote(json.dumps(liger_options(wc.method, wc.model)))
     train = flags(pipeline.stage_train(config, wc.method, stage))
     return (f"{LIGER} {pipeline.STAGES[stage].command} --model {model} --data resources/{wc.run}/data/{wc.model} "
             f"--out {out} --options {options} {train}")

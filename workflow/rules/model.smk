@@ -33,7 +33,7 @@ rule convert:
         method=one_of(UNTRAINED),
     params:
         liger=LIGER,
-        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method))),
+        options=lambda wc: shlex.quote(json.dumps(liger_options(wc.method, wc.model))),
         out="resources/{run}/converted/{model}/{method}/model",
     log:
         "logs/{run}/{model}/{method}/convert.log",

@@ -11,7 +11,7 @@ rule profile:
         liger=LIGER,
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
         plot="results/{run}/plots/{model}",
-        methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
+        methods=lambda wc: shlex.quote(json.dumps({m: liger_options(m, wc.model) for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE["lengths"],
@@ -44,7 +44,7 @@ rule profile_shape:
         liger=LIGER,
         variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
         plot="results/{run}/plots/shape-{shape}",
-        methods=shlex.quote(json.dumps({m: liger_options(m) for m in PROFILED})),
+        methods=lambda wc: shlex.quote(json.dumps({m: liger_options(m, shape=wc.shape) for m in PROFILED})),
         opts=flags(
             {
                 "lengths": PROFILE["lengths"],

@@ -1,7 +1,8 @@
 rule report:
     """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from the base
-    and the config's window-only row with bootstrap intervals (paired.csv, paired.md), the probes' tables and
-    report.md. `liger report` reads its inputs and writes its declared outputs, no other file."""
+    and the config's window-only row with bootstrap intervals (paired.csv, paired.md), the probes' tables,
+    report.md and, when rows have a `paper_row`, the ablation table (ablations.csv, .md) and its plot. `liger
+    report` reads its inputs and writes its declared outputs, no other file."""
     input:
         metrics=expand(row_file(pipeline.ROW_FILES["metrics"]), method=METHODS, allow_missing=True),
         train=expand(row_file(pipeline.STAGES["lora"].summary), method=TRAINED, allow_missing=True),
@@ -23,12 +24,16 @@ rule report:
         position_loss_markdown="results/{run}/{model}/position_loss.md",
         position_roles="results/{run}/{model}/position_loss_roles.csv",
         position_plot=report("results/{run}/plots/{model}_position_loss.png", category="probes"),
+        # rows with a `paper_row`: the ablation table and its plot (liger.ablations), declared only then
+        **ABLATION_OUTPUTS,
     params:
         liger=LIGER,
         out_dir=lambda wc, output: os.path.dirname(output.table),
         controls=",".join(CONTROLS) or "''",
         roles=flags({"reference": config["report"]["reference"], "window_only": config["report"]["window_only"],
                      "about": json.dumps(ABOUT) if ABOUT else None}),
+        ablations=flags({"ablations": json.dumps(ABLATIONS) if ABLATIONS else None,
+                         "ablation_paper_model": config["report"]["ablation_paper_model"] if ABLATIONS else None}),
         window=WINDOWS[0],
         paper=lambda wc: shlex.quote(config["models"][wc.model]["paper_name"] or ""),
         note=lambda wc: shlex.quote(run_note()),
@@ -46,7 +51,7 @@ rule report:
         "--transfer {input.transfer} --passkey {input.passkey} --position-loss {input.position_loss} "
         "--coverage {input.coverage} --out-dir {params.out_dir} --plot {output.position_plot} "
         "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} --controls {params.controls} "
-        "{params.roles} --window {params.window} > {log} 2>&1"
+        "{params.roles} {params.ablations} --window {params.window} > {log} 2>&1"
 
 
 rule tables:
