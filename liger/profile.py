@@ -231,6 +231,7 @@ class StaticCompileDecoder:
         config.pad_token_id = 0  # never used: the attention mask is given
         config.do_sample = False
         config.disable_compile = compile is False
+        config.cache_implementation = None  # the cache is ours (a model's own choice would clash with it)
 
     @property
     def compiled(self) -> bool:
@@ -488,6 +489,8 @@ def profile(out_csv: Path, *, model_dir: Path | None = None, shape: str | None =
 def kernels_markdown(kdf: pd.DataFrame, steps: int, device: str) -> str:
     """One table per (variant, length): the top kernels of a decoding step."""
     lines = [f"# Where a decoding step's time goes ({device}; torch.profiler over {steps} steps, self time)", ""]
+    if (kdf["kind"] == "cpu op").any():
+        lines += ["CPU ops; `ProfilerStep*` is the time of a step spent outside any op (Python, the loop).", ""]
     for (variant, length), g in kdf.groupby(["variant", "length"], sort=False):
         total = g["ms_per_step"].sum()
         lines += [f"## {variant}, context {length} ({g['decoder'].iloc[0]}; batch {g['batch'].iloc[0]}; "
@@ -533,6 +536,8 @@ def table9_markdown(joined: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in joined.sort_values("generated", kind="stable").itertuples():
         ours_s = f"{r.total_s:.2f}" if r.status == "ok" else r.status
+        if r.status == "skipped" and isinstance(r.note, str):
+            ours_s += f" ({r.note})"
         ms = f"{r.ms_per_token:.2f}" if r.status == "ok" else ""
         gib = f"{r.peak_gib:.2f}" if r.status == "ok" and pd.notna(r.peak_gib) else ""
         if pd.isna(r.paper_status):
