@@ -71,6 +71,10 @@ class StepBuffers:
     def _all(self) -> list[torch.Tensor]:
         return flat_tensors([self.state, self.win_k, self.win_v, self.win_mask, self.slot])
 
+    def nbytes(self) -> int:
+        """Bytes of the state, window and ring position."""
+        return sum(t.numel() * t.element_size() for t in self._all())
+
     def snapshot(self) -> list[torch.Tensor]:
         """Copies of every buffer, for `restore_`."""
         return [t.clone() for t in self._all()]

@@ -140,7 +140,7 @@ def plan(config: dict, workdir: Path = Path(".")) -> dict:
             seconds[kind] += work_s
 
     resources = workdir / run_dirs(config)["resources"]
-    variants = 2 + len(profiled(config))  # the base with eager attention and with SDPA, and each profiled row
+    variants = 3 + len(profiled(config))  # the base: eager, SDPA, static cache + compile; each profiled row
     for name, model in config["models"].items():
         scale = _params(model) / SMOLLM2_PARAMS
         meta = resources / "data" / name / "meta.json"

@@ -9,7 +9,7 @@ rule profile:
         prefill=report("results/{run}/plots/{model}_prefill.png", category="efficiency"),
     params:
         liger=LIGER,
-        variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        variants=",".join(["base_eager", "base_sdpa", "base_static_compile", *PROFILED]),
         plot="results/{run}/plots/{model}",
         methods=lambda wc: shlex.quote(json.dumps({m: liger_options(m, wc.model) for m in PROFILED})),
         opts=flags(
@@ -42,7 +42,7 @@ rule profile_shape:
         prefill=report("results/{run}/plots/shape-{shape}_prefill.png", category="efficiency"),
     params:
         liger=LIGER,
-        variants=",".join(["base_eager", "base_sdpa", *PROFILED]),
+        variants=",".join(["base_eager", "base_sdpa", "base_static_compile", *PROFILED]),
         plot="results/{run}/plots/shape-{shape}",
         methods=lambda wc: shlex.quote(json.dumps({m: liger_options(m, shape=wc.shape) for m in PROFILED})),
         opts=flags(
