@@ -403,6 +403,29 @@ def test_ablation_parameters_decoding_and_padding(method, opts):
             assert (padded[i, batch.shape[1] - len(s):] - model(s[None]).logits[0]).abs().max().item() <= ATOL
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["liger_gla", "liger_hgrn2"])
+def test_the_defaults_compute_what_they_did_before_the_ablation_options(method, dtype):
+    """No parameter added, and the recurrent branch bit for bit as the code before `gate` computed it: the pooled
+    k in float32, logsigmoid / c, softmax features in float32 cast back (HGRN2: keys 1 - exp(g))."""
+    base = tiny_model("llama").to(dtype)
+    names = set(base.state_dict())
+    model = linearize(base, method, **SMALL)
+    assert set(model.state_dict()) == names
+    layer = model.model.layers[0].self_attn
+    x = torch.randn(2, 19, model.config.hidden_size, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.no_grad():
+        q, k, v = layer.project(x)
+        got, _ = layer.recurrence(q, k, v, None, None, want_state=False)
+        g = torch.nn.functional.logsigmoid(k.float()) / layer.options.gate_normalizer
+        fq = q.float().softmax(dim=-1).to(dtype)
+        fk = (-torch.expm1(g)).to(dtype) if method == "liger_hgrn2" else k.float().softmax(dim=-1).to(dtype)
+        n = layer.n_rep
+        want, _ = gated_recurrence(fq, repeat_heads(fk, n), repeat_heads(v, n), gk=repeat_heads(g, n),
+                                   impl=layer.options.impl, chunk_size=8)
+    assert torch.equal(got, want.to(dtype))
+
+
 @pytest.mark.parametrize("method", ["liger_gla", "liger_hgrn2", "liger_gsa"])
 def test_ablation_options_at_conversion(method):
     """A learnable feature map starts as the identity (the converted model computes the softmax one exactly); the
