@@ -98,29 +98,32 @@ RUN_WEIGHTS = {"adapter": "adapter_model.safetensors", "added": ADDED_WEIGHTS}
 
 
 def restore(model_dir: Path, run_dir: Path, out: Path) -> Path:
-    """A published training run (a `finetune` or `transfer` OUT without its model/: ``adapter/`` or ``added/``,
-    ``summary.json``, ``train_log.csv``) restored as a full OUT: model/ rebuilt on `model_dir` by `merge`."""
+    """A published training run (a `finetune` or `transfer` OUT without its model/: ``adapter/``, ``added/`` or
+    both (a fine-tune that trained parameters its conversion added), ``summary.json``, ``train_log.csv``)
+    restored as a full OUT: model/ rebuilt on `model_dir` by `merge`."""
     import shutil
 
     check_output(out, "restore", accept=RUN_COMMANDS, inputs={"--model": model_dir, "--run": run_dir})
-    parts = [name for name in ("adapter", "added") if (run_dir / name).is_dir()]
+    parts = [name for name in RUN_WEIGHTS if (run_dir / name).is_dir()]
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if len(parts) != 1 or missing:
-        raise LigerError(f"{run_dir}: not a published run: it needs one of adapter/ or added/ (found "
-                         f"{parts or 'neither'}) and {', '.join(RUN_FILES)} (missing: {missing or 'none'})")
+    if not parts or missing:
+        raise LigerError(f"{run_dir}: not a published run: it needs adapter/, added/ or both (found neither) and "
+                         f"{', '.join(RUN_FILES)} (missing: {missing or 'none'})")
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LigerError(f"{run_dir / 'summary.json'}: not JSON ({e.msg}); copy the run again") from e
-    part = parts[0]
-    weights = run_dir / part / RUN_WEIGHTS[part]
-    if not weights.is_file():
-        raise LigerError(f"{weights}: missing. The repository keeps a published run's configs, summaries and logs "
-                         "but not its weights: copy the run's weight file there (results/published/gpu-runs/README.md)")
+    for part in parts:
+        weights = run_dir / part / RUN_WEIGHTS[part]
+        if not weights.is_file():
+            raise LigerError(f"{weights}: missing. The repository keeps a published run's configs, summaries and "
+                             "logs but not its weights: copy the run's weight file there "
+                             "(results/published/gpu-runs/README.md)")
     claim_dir(out, "restore", accept=RUN_COMMANDS)
-    merge(model_dir, out / "model", command=None, **{part: run_dir / part})
-    with atomic_dir(out / part) as tmp:
-        shutil.copytree(run_dir / part, tmp, dirs_exist_ok=True)
+    merge(model_dir, out / "model", command=None, **{part: run_dir / part for part in parts})
+    for part in parts:
+        with atomic_dir(out / part) as tmp:
+            shutil.copytree(run_dir / part, tmp, dirs_exist_ok=True)
     with atomic_target(out / "train_log.csv") as tmp:
         shutil.copyfile(run_dir / "train_log.csv", tmp)
     write_json_atomic(out / "summary.json", {**summary, "restored_from": str(run_dir)})
@@ -154,18 +157,19 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                                      "added parameters")
     p.add_argument("--model", required=True, type=Path, help="base model folder (unconverted)")
     p.add_argument("--adapter", type=Path, help="LoRA adapter folder (finetune OUT/adapter), merged")
-    p.add_argument("--added", type=Path, help="added-parameters folder (transfer OUT/added), loaded first")
+    p.add_argument("--added", type=Path, help="added-parameters folder (transfer OUT/added, or a finetune's that "
+                   "trained added parameters), loaded first")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                    help="weights' dtype (auto: the base model's stored dtype)")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.set_defaults(func=_merge_cli)
 
-    p = sub.add_parser("restore", help="restore a published training run (adapter/ or added/, summary, log) "
+    p = sub.add_parser("restore", help="restore a published training run (adapter/, added/ or both, summary, log) "
                                        "as a full finetune / transfer output")
     p.add_argument("--model", required=True, type=Path,
                    help="the model the run trained on (base model; a LoLCATs stage 2: the stage-1 model)")
     p.add_argument("--run", required=True, type=Path, help="published run folder, e.g. "
                    "results/published/gpu-runs/RUN/finetuned/MODEL/METHOD")
-    p.add_argument("--out", required=True, type=Path, help="output folder (writes model/, adapter/ or added/, "
+    p.add_argument("--out", required=True, type=Path, help="output folder (writes model/, adapter/ and/or added/, "
                    "summary.json, train_log.csv)")
     p.set_defaults(func=_restore_cli)

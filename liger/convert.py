@@ -3,9 +3,9 @@
 A converted model's config is the original config under a `liger_<type>` model type with a `liger` entry
 (the method and its options, `liger.methods`). Importing this module (as `liger.linearize` and `liger.load` do)
 registers those types with transformers' Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` rebuilds
-the original architecture, converts it again, and loads the weights: a Liger conversion adds no parameters, so
-the state dicts have the same keys (a LoLCATs one adds its feature maps and window factors, which the saved
-weights then hold).
+the original architecture, converts it again, and loads the weights: a Liger conversion with its default options
+adds no parameters, so the state dicts have the same keys (a LoLCATs one adds its feature maps and window factors,
+Liger's ablation options a gate projection or feature maps, which the saved weights then hold).
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
 
     `method` is a registered method (`liger.methods.names()`: liger_gla, liger_hgrn2, liger_gsa, lolcats) and
     `options` the fields of its options (e.g. `liger.methods.liger.LigerOptions`). The parameter count grows by
-    exactly the method's `added_parameters` (asserted): not at all for the Liger methods, by the feature maps and
-    window factors for lolcats. The converted model gets its own copy of the config, which records the conversion;
-    the caller's is unchanged.
+    exactly the method's `added_parameters` (asserted): not at all for the Liger methods' defaults, by the feature
+    maps and window factors for lolcats. The converted model gets its own copy of the config, which records the
+    conversion; the caller's is unchanged.
     """
     model_type = check_supported(model.config)
     opts = build_options(method, **options)
@@ -170,7 +170,9 @@ _register()
 
 
 ADAPTER_OPTIONS = "liger_options.json"  # written beside a fine-tuned adapter: the conversion it was trained on
-ADDED_WEIGHTS = "added.safetensors"  # the parameters a conversion adds (e.g. LoLCATs' feature maps, window factors)
+# the parameters a conversion adds (LoLCATs' feature maps and window factors, Liger's ablation gate projection or
+# feature maps)
+ADDED_WEIGHTS = "added.safetensors"
 
 
 def save_added(model: PreTrainedModel, folder: str | Path) -> Path:
@@ -267,7 +269,9 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
 
     An adapter trained on a converted model carries its conversion (``liger_options.json``): given the base
     model folder, the model is converted with those options before the adapter is attached. `added` (a folder of
-    `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter.
+    `save_added`) converts the base model and loads the parameters that conversion adds, before any adapter: a
+    fine-tune whose conversion added parameters (Liger's `gate: projection`, `feature_map: learnable`) trained
+    them beside its adapter and wrote them to its added/, which the adapter then needs.
     `layer_options` replaces some of its method's `runtime_options` (the same weights, computed otherwise).
     """
     from safetensors import SafetensorError
@@ -293,6 +297,9 @@ def load(path: str | Path, adapter: str | Path | None = None, merge: bool = True
             raise LigerError(f"{adapter}: no adapter_config.json; not a LoRA adapter folder (finetune OUT/adapter)")
         want = _read_options(Path(adapter), "the adapter")
         if want is not None:
+            if options_of(model) is None and methods.added_parameters(model.config, want):
+                raise LigerError(f"{adapter}: trained beside parameters its conversion added ({want.to_dict()}); "
+                                 "give the run's added/ too (`liger merge --added RUN/added --adapter RUN/adapter`)")
             _convert_as(model, want, path, Path(adapter))
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:

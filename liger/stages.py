@@ -1,11 +1,14 @@
 """Training stages: what differs between them (`Stage`) and the LoRA fine-tune's (`LORA`), whose model is the
-converted model with every weight frozen (`load_converted`) and LoRA attached (`build_model`). The loop that runs
-a stage, its checkpoints and its summary are `liger.train.run_stage`'s.
+converted model with every weight frozen (`load_converted`) and LoRA attached (`build_model`), plus the parameters
+the conversion added when its layers train them in this stage (`finetune_parameters`: Liger's ablation options
+`gate: projection`, `feature_map: learnable`). The loop that runs a stage, its checkpoints and its summary are
+`liger.train.run_stage`'s.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,12 +58,20 @@ def load_converted(model_dir: str | os.PathLike[str], options: dict | None, devi
     return model
 
 
+def finetune_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The added parameters that the LoRA stage trains beside LoRA: each converted layer's `finetune_parameters`
+    (none for LoLCATs, whose feature maps stage 1 trained, nor for the Liger methods' defaults)."""
+    return [p for m in model.modules() if callable(getattr(m, "finetune_parameters", None))
+            for p in m.finetune_parameters()]
+
+
 def build_model(model_dir: str | os.PathLike[str], options: dict | None, cfg: TrainConfig, device: torch.device,
                 dtype: torch.dtype) -> torch.nn.Module:
     """Load the model, linearize it with `options` (None: keep softmax attention) and attach LoRA (peft).
 
-    Only the LoRA weights are trainable. A folder that holds an already converted model is accepted when
-    its options are the requested ones (e.g. a LoLCATs model after attention transfer).
+    Only the LoRA weights are trainable, and the parameters the conversion added for this stage to train
+    (`finetune_parameters`). A folder that holds an already converted model is accepted when its options are the
+    requested ones (e.g. a LoLCATs model after attention transfer).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -75,15 +86,28 @@ def build_model(model_dir: str | os.PathLike[str], options: dict | None, cfg: Tr
     with warnings.catch_warnings():  # peft 0.21 asks transformers 5 for a deprecated attribute
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, lora)  # LoRA weights in fp32 even when the model is bf16 (peft's autocast)
+    for p in finetune_parameters(model):  # peft froze every non-LoRA weight
+        p.requires_grad_(True)
     model.train()
     return model
 
 
 def save_lora_outputs(model: torch.nn.Module, out: Path, tokenizer: Any | None) -> None:
-    """``adapter/`` (the LoRA weights) and ``model/`` (LoRA merged into the converted model, with the tokenizer)."""
+    """``adapter/`` (the LoRA weights), ``model/`` (LoRA merged into the converted model, with the tokenizer) and,
+    when the stage trained added parameters, ``added/`` (them alone, `liger.convert.save_added`): the base model,
+    added/ and adapter/ rebuild model/ (``liger merge --added --adapter``)."""
+    from liger.convert import save_added
+
+    trained_added = bool(finetune_parameters(model))
     with atomic_dir(out / "adapter") as tmp:
         model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA only; skips a config reload
-    save_model_dir(model.merge_and_unload(), out / "model", tokenizer)
+    merged = model.merge_and_unload()
+    if trained_added:
+        with atomic_dir(out / "added") as tmp:
+            save_added(merged, tmp)
+    elif (out / "added").is_dir():  # an earlier run's, of other options: it does not describe this model
+        shutil.rmtree(out / "added")
+    save_model_dir(merged, out / "model", tokenizer)
 
 
 @dataclass
@@ -104,4 +128,13 @@ class Stage:
     recipe: str = "lora"  # the method's stage whose recipe (liger.methods.stage_recipe) is the default TrainConfig
 
 
-LORA = Stage("finetune", build_model)
+def _extra(model: torch.nn.Module) -> dict[str, Any]:
+    """The summary's count of the parameters the conversion added (`liger.methods.added_parameters`)."""
+    from liger import methods
+    from liger.convert import options_of
+
+    options = options_of(model)
+    return {"added_parameters": methods.added_parameters(model.config, options) if options is not None else 0}
+
+
+LORA = Stage("finetune", build_model, extra=_extra)

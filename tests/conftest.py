@@ -24,6 +24,18 @@ LIGER_VARIANTS = [
     ("liger_gla", {"softmax_layers": [1]}),  # inter-layer hybrid
 ]
 
+# The ablation options of the paper's Table 12 (docs/method.md#ablation-options), over each method they apply to;
+# the two that add parameters are tested with those parameters moved off their init (`perturb_added`).
+LIGER_ABLATIONS = [
+    ("liger_gla", {"gate": "none"}),
+    ("liger_gla", {"gate": "projection"}),
+    ("liger_hgrn2", {"gate": "projection"}),
+    ("liger_gsa", {"num_slots": 8, "gate": "projection"}),
+    ("liger_gla", {"feature_map": "learnable"}),
+    ("liger_hgrn2", {"feature_map": "learnable"}),
+    ("liger_gsa", {"num_slots": 8, "feature_map": "learnable"}),
+]
+
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)
 
@@ -44,6 +56,18 @@ def tiny_model(arch: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = model_cls(cfg_cls(**{**TINY, **extra, **overrides}))
     return model.eval()
+
+
+def perturb_added(model, seed: int = 0, scale: float = 0.3):
+    """Add seeded noise to the parameters a Liger conversion added (identity feature maps and near-zero gate
+    logits at conversion would hide a misplaced map or gate); returns the model."""
+    from liger.stages import finetune_parameters
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in finetune_parameters(model):
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,11 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger
 from liger import LigerCache, LigerError, count_parameters, linearize
-from tests.conftest import ARCHS, LIGER_VARIANTS, tiny_model
+from liger.layers.base import repeat_heads, rotate
+from liger.methods import added_parameters
+from liger.ops import gated_recurrence
+from liger.ops.reference import naive_gated_recurrence, naive_gated_slot_attention, naive_sliding_window_attention
+from tests.conftest import ARCHS, LIGER_ABLATIONS, LIGER_VARIANTS, perturb_added, tiny_model
 
 VARIANTS = LIGER_VARIANTS
 # A small window and chunk so that 23 tokens cross chunk boundaries and evict from the window.
@@ -281,3 +285,173 @@ def test_options_without_a_method():
         with pytest.raises(LigerError, match=r"options \{'window': 32\} name no method: add \"method\" \(one of "
                                              r"liger_gla, .*lolcats\)"):
             make()
+
+
+# ------------------------------------------------------------------------ ablation options (paper's Table 12)
+
+ABLATION_IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k != 'num_slots')}" for m, o in LIGER_ABLATIONS]
+# float64 layer vs its float64 reference: the same math in another order, exact up to rounding; fp32 layer vs the
+# float64 reference: max |diff| / max |ref| within 1e-5 (tests/test_ops.py's fp32 tolerance for the recurrences).
+TOL_F64, TOL_F32 = 1e-10, 1e-5
+
+
+def ablation(arch: str, method: str, **options):
+    """A tiny model converted with an ablation option, its added parameters moved off their init."""
+    return perturb_added(converted(arch, method, **options))
+
+
+def reference_layer(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """A converted Liger layer's output in float64, written from docs/method.md term by term: the gate logits
+    (pooled k, none, or x W1 W2 + b), the feature maps (softmax of q, k or of their per-head maps), the float64
+    step-by-step recurrence, the float64 window, alpha * window + beta * recurrence, o_proj."""
+    o = layer.options
+    B, T, _ = x.shape
+    d, Hkv, n = layer.head_dim, layer.num_kv_heads, layer.n_rep
+    x = x.double()
+    w = {name: getattr(layer, name).weight.double() for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    q, k, v = ((x @ w[f"{p}_proj"].T).view(B, T, -1, d) for p in "qkv")
+    per_head = o.num_slots if o.method == "liger_gsa" else d
+    if o.gate == "pooled":
+        flat = k.reshape(B, T, -1)
+        logits = flat if flat.shape[-1] == Hkv * per_head else torch.nn.functional.adaptive_avg_pool1d(
+            flat.reshape(B * T, 1, -1), Hkv * per_head).reshape(B, T, -1)
+    elif o.gate == "projection":
+        gp = layer.gk_proj
+        logits = x @ gp.down.double() @ gp.up.double() + gp.bias.double()
+    else:
+        logits = None
+    g = None if logits is None else torch.nn.functional.logsigmoid(logits).view(B, T, Hkv, per_head) / o.gate_normalizer
+
+    def phi(t: torch.Tensor, maps) -> torch.Tensor:
+        if o.feature_map == "none":
+            return t
+        if o.feature_map == "learnable":
+            t = torch.stack([t[:, :, h] @ maps.weight[h].double() for h in range(t.shape[2])], dim=2)
+        return t.softmax(dim=-1)
+
+    rep = lambda t: repeat_heads(t, n)  # noqa: E731
+    if o.method == "liger_gsa":
+        s = -torch.expm1(g)
+        rec, _ = naive_gated_slot_attention(phi(q, layer.feature_map_q), rep(phi(k, layer.feature_map_k)), rep(v),
+                                            rep(s), rep(g))
+    else:
+        keys = -torch.expm1(g) if o.method == "liger_hgrn2" else phi(k, layer.feature_map_k)
+        gk = rep(g) if g is not None else torch.zeros(B, T, layer.num_heads, d, dtype=torch.float64)
+        rec, _ = naive_gated_recurrence(phi(q, layer.feature_map_q), rep(keys), rep(v), gk)
+    win = naive_sliding_window_attention(rotate(q, cos, sin), rotate(k, cos, sin), v, o.window - 1,
+                                         scale=layer.scaling)
+    return (o.alpha * win + o.beta * rec).reshape(B, T, -1) @ w["o_proj"].T
+
+
+@pytest.mark.parametrize("method,opts", LIGER_ABLATIONS, ids=ABLATION_IDS)
+def test_ablation_layers_match_the_float64_reference(method, opts):
+    """Each ablation option's parallel forward (chunked recurrence, 23 tokens over chunks of 8) against the
+    reference above: in float64 and in float32."""
+    model = ablation("llama", method, **opts)
+    T = 23
+    x = torch.randn(2, T, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for dtype, tol in ((torch.float64, TOL_F64), (torch.float32, TOL_F32)):
+            model.to(dtype)
+            layer = model.model.layers[0].self_attn
+            cos, sin = model.model.rotary_emb(x.to(dtype), torch.arange(T)[None])
+            got = layer(x.to(dtype), position_embeddings=(cos, sin))[0]
+            want = reference_layer(layer, x, cos.double(), sin.double())
+            err = ((got.double() - want).abs().max() / want.abs().max()).item()
+            assert err <= tol, f"{dtype}: {err}"
+
+
+@pytest.mark.parametrize("impl", ["recurrent", "chunk"])
+def test_gate_none_is_the_ungated_recurrence(impl):
+    """gate: none feeds no log-gate, which is a log-gate of 0 everywhere: the same numbers step by step, the same up
+    to rounding in the chunked form (its no-gate path skips the decay products)."""
+    model = converted("llama", "liger_gla", gate="none", impl=impl)
+    layer = model.model.layers[0].self_attn
+    x = torch.randn(2, 19, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q, k, v = layer.project(x)
+        got, _ = layer.recurrence(q, k, v, None, None, want_state=False)
+        n = layer.n_rep
+        fq, fk = q.softmax(dim=-1), repeat_heads(k.softmax(dim=-1), n)
+        want, _ = gated_recurrence(fq, fk, repeat_heads(v, n), gk=torch.zeros_like(fk), impl=impl, chunk_size=8)
+    if impl == "recurrent":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,opts", LIGER_ABLATIONS, ids=ABLATION_IDS)
+def test_ablation_parameters_decoding_and_padding(method, opts):
+    """The parameter count grows by `added_parameters` (the added ones alone trainable by name), decoding token
+    by token equals the parallel forward, and a left-padded batch equals its rows alone."""
+    base = tiny_model("llama")
+    n = count_parameters(base)
+    model = perturb_added(linearize(base, method, **{**SMALL, **opts}))
+    extra = added_parameters(model.config, liger.options_of(model))
+    assert count_parameters(model) - n == extra and (extra > 0) == (opts.get("gate") != "none")
+    new = {name for name, _ in model.named_parameters()} - {name for name, _ in tiny_model("llama").named_parameters()}
+    assert sum(dict(model.named_parameters())[name].numel() for name in new) == extra
+    tokens = ids()
+    with torch.no_grad():
+        full = model(tokens).logits
+        for prefill in (0, 11):
+            assert (decode_logits(model, tokens, prefill) - full).abs().max().item() <= ATOL, f"prefill {prefill}"
+        seqs = [ids(length=n, seed=10 + n)[0] for n in (23, 8)]
+        batch, mask = padded_batch(seqs)
+        padded = model(batch, attention_mask=mask).logits
+        for i, s in enumerate(seqs):
+            assert (padded[i, batch.shape[1] - len(s):] - model(s[None]).logits[0]).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["liger_gla", "liger_hgrn2"])
+def test_the_defaults_compute_what_they_did_before_the_ablation_options(method, dtype):
+    """No parameter added, and the recurrent branch bit for bit as the code before `gate` computed it: the pooled
+    k in float32, logsigmoid / c, softmax features in float32 cast back (HGRN2: keys 1 - exp(g))."""
+    base = tiny_model("llama").to(dtype)
+    names = set(base.state_dict())
+    model = linearize(base, method, **SMALL)
+    assert set(model.state_dict()) == names
+    layer = model.model.layers[0].self_attn
+    x = torch.randn(2, 19, model.config.hidden_size, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.no_grad():
+        q, k, v = layer.project(x)
+        got, _ = layer.recurrence(q, k, v, None, None, want_state=False)
+        g = torch.nn.functional.logsigmoid(k.float()) / layer.options.gate_normalizer
+        fq = q.float().softmax(dim=-1).to(dtype)
+        fk = (-torch.expm1(g)).to(dtype) if method == "liger_hgrn2" else k.float().softmax(dim=-1).to(dtype)
+        n = layer.n_rep
+        want, _ = gated_recurrence(fq, repeat_heads(fk, n), repeat_heads(v, n), gk=repeat_heads(g, n),
+                                   impl=layer.options.impl, chunk_size=8)
+    assert torch.equal(got, want.to(dtype))
+
+
+@pytest.mark.parametrize("method", ["liger_gla", "liger_hgrn2", "liger_gsa"])
+def test_ablation_options_at_conversion(method):
+    """A learnable feature map starts as the identity (the converted model computes the softmax one exactly); the
+    gate projection is drawn from a fixed seed per layer (two conversions agree), in the model's dtype."""
+    slots = {"num_slots": 8} if method == "liger_gsa" else {}
+    tokens = ids()
+    with torch.no_grad():
+        default = converted("llama", method, **slots, feature_map="softmax")(tokens).logits
+        learnable = converted("llama", method, **slots, feature_map="learnable")(tokens).logits
+    assert torch.equal(learnable, default)
+    a, b = (converted("llama", method, **slots, gate="projection").model.layers for _ in range(2))
+    assert torch.equal(a[0].self_attn.gk_proj.down, b[0].self_attn.gk_proj.down)
+    assert not torch.equal(a[0].self_attn.gk_proj.down, a[1].self_attn.gk_proj.down)
+    bf16 = linearize(tiny_model("llama").to(torch.bfloat16), method, **slots, gate="projection",
+                     feature_map="learnable")
+    layer = bf16.model.layers[0].self_attn
+    assert {p.dtype for p in layer.finetune_parameters()} == {torch.bfloat16}
+    assert len(layer.finetune_parameters()) == 3 + (1 if method == "liger_hgrn2" else 2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_ablation_save_and_load_roundtrip(arch, tmp_path):
+    model = ablation(arch, "liger_gla", gate="projection", feature_map="learnable")
+    model.save_pretrained(tmp_path)
+    tokens = ids()
+    with torch.no_grad():
+        want = model(tokens).logits
+        for loaded in (liger.load(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)):
+            assert torch.equal(loaded.eval()(tokens).logits, want)

@@ -11,7 +11,7 @@ import torch
 from liger import LigerError, linearize
 from liger.decode import GraphDecoder
 from liger.ops import sliding_window_attention, window_decode_step
-from tests.conftest import ARCHS, LIGER_VARIANTS, tiny_model
+from tests.conftest import ARCHS, LIGER_ABLATIONS, LIGER_VARIANTS, perturb_added, tiny_model
 
 VARIANTS = [v for v in LIGER_VARIANTS if not v[1].get("softmax_layers")]  # graph decoding needs every layer
 TOL = 1e-4
@@ -41,6 +41,17 @@ def test_decoder_matches_forward(arch, method, opts):
     model.generation_config.eos_token_id = None  # no early stop: compare all 20 tokens
     ref = model.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
     assert torch.equal(seq, ref)
+
+
+@pytest.mark.parametrize("method,opts", LIGER_ABLATIONS, ids=str)
+def test_decoder_matches_forward_with_the_ablation_options(method, opts):
+    """The fixed-buffer step with each Table 12 option (the gate projection reads the step's own input), its
+    added parameters off their init; and `generate` with the Liger cache gives the same tokens."""
+    model = perturb_added(linearize(tiny_model("llama"), method, window=8, **opts))
+    prompt = torch.randint(0, 128, (2, 21), generator=torch.Generator().manual_seed(0))
+    seq = check_against_forward(model, prompt, 12, prefill_chunk=5)
+    model.generation_config.eos_token_id = None
+    assert torch.equal(seq, model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0))
 
 
 @pytest.mark.parametrize("length", [3, 8, 30])  # shorter than, equal to and longer than the window

@@ -1,5 +1,6 @@
 """Rebuilding trained models from the small files a run publishes: `save_added` / `load(added=...)` and
-`liger merge` (adapter, added parameters, both), and their errors."""
+`liger merge` (adapter, added parameters, both), `liger restore` (a LoLCATs stage, a Liger fine-tune whose
+ablation options added parameters: adapter/ and added/), and their errors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from liger.transfer import transfer
 
 LOLCATS = {"method": "lolcats", "window": 8}
 GLA = {"method": "liger_gla", "hybrid": "liger_attention", "window": 8, "chunk_size": 16}
+ABLATION = {**GLA, "gate": "projection", "feature_map": "learnable"}  # both add parameters, trained with LoRA
 FAST = dict(grad_accum=2, max_steps=2, eval_every=0, ckpt_every=0, progress=False, device="cpu")
 
 
@@ -119,10 +121,11 @@ def main_err(argv: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
-def publish(run_dir: Path, dest: Path, part: str) -> Path:
-    """What a run publishes: its adapter/ or added/, summary.json and train_log.csv (no model/)."""
+def publish(run_dir: Path, dest: Path, *parts: str) -> Path:
+    """What a run publishes: its adapter/, added/ or both, summary.json and train_log.csv (no model/)."""
     dest.mkdir(parents=True)
-    shutil.copytree(run_dir / part, dest / part)
+    for part in parts:
+        shutil.copytree(run_dir / part, dest / part)
     for name in ("summary.json", "train_log.csv"):
         shutil.copyfile(run_dir / name, dest / name)
     return dest
@@ -154,9 +157,6 @@ def test_restore_errors(lolcats_run, model_dir, tmp_path, capsys):
 
     (run / "train_log.csv").unlink()
     assert "missing: ['train_log.csv']" in restore(run)
-    shutil.copytree(lolcats_run / "t" / "added", run / "added")
-    assert "found ['adapter', 'added']" in restore(run)
-    shutil.rmtree(run / "added")
     shutil.rmtree(run / "adapter")
     assert "found neither" in restore(run)
     no_weights = publish(lolcats_run / "f", tmp_path / "no_weights", "adapter")
@@ -166,3 +166,34 @@ def test_restore_errors(lolcats_run, model_dir, tmp_path, capsys):
     (bad / "summary.json").write_text("{oops")
     assert "not JSON" in restore(bad)
     assert not (tmp_path / "o" / "model").exists()
+
+
+@pytest.fixture(scope="module")
+def ablation_run(model_dir, data_dir, tmp_path_factory) -> Path:
+    """A two-step Liger fine-tune with both ablation options that add parameters."""
+    out = tmp_path_factory.mktemp("ablation_run") / "f"
+    finetune(model_dir, data_dir, out, options=ABLATION, train=TrainConfig(lr=1e-2, **FAST))
+    return out
+
+
+def test_restore_rebuilds_a_finetune_that_trained_added_parameters(ablation_run, model_dir, tmp_path, capsys):
+    """Its published adapter/ and added/ rebuild model/ on the base model (the same logits); the adapter alone
+    is refused, as it would leave the added parameters at their init."""
+    added = load_file(str(ablation_run / "added" / ADDED_WEIGHTS))
+    assert added and all(".gk_proj." in k or ".feature_map_" in k for k in added)
+    run = publish(ablation_run, tmp_path / "pub", "adapter", "added")
+    assert main(["restore", "--model", str(model_dir), "--run", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert_same_weights(tmp_path / "r" / "model", ablation_run / "model", atol=1e-6)
+    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"model", "adapter", "added", "summary.json"}
+    tokens = torch.randint(0, 128, (2, 30), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = liger.load(ablation_run / "model")(tokens).logits
+        got = liger.load(tmp_path / "r" / "model")(tokens).logits
+        untrained = liger.linearize(liger.load(model_dir), **ABLATION)(tokens).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (want - untrained).abs().max() > 1e-3
+    with pytest.raises(LigerError, match="give the run's added/ too"):
+        liger.load(model_dir, adapter=ablation_run / "adapter")
+    no_added = publish(ablation_run, tmp_path / "no_added", "adapter")
+    assert "give the run's added/ too" in main_err(["restore", "--model", str(model_dir), "--run", str(no_added),
+                                                    "--out", str(tmp_path / "o")], capsys)

@@ -103,6 +103,31 @@ def test_options_saved_under_version_1_are_read_in_the_current_convention():
         liger.linearize(tiny_model("llama"), "lolcats", chunk_size=8)
 
 
+def test_the_ablation_options_are_validated_and_older_entries_default_to_the_pooled_gate():
+    """Entries saved before `gate` existed (version 1 above, or version 2) read as gate=pooled; bad values and
+    combinations are one-line errors naming the option."""
+    saved = {k: v for k, v in LigerOptions(window=9).to_dict().items() if k != "gate"}
+    assert methods.options_from_dict(saved) == LigerOptions(window=9) and LigerOptions().gate == "pooled"
+    for bad, message in [
+        ({"gate": "random"}, "gate='random' is not one of pooled, none, projection"),
+        ({"feature_map": "hedgehog"}, "feature_map='hedgehog' is not one of softmax, learnable, none"),
+        ({"method": "liger_hgrn2", "gate": "none"}, "gate=none is for liger_gla only: liger_hgrn2's keys"),
+        ({"method": "liger_gsa", "gate": "none"}, "gate=none is for liger_gla only: liger_gsa's keys"),
+        ({"gate": "projection", "gate_source": "v"}, "gate_source='v' needs gate=pooled"),
+        ({"feature_map": "learnable", "beta": 0.0}, "act on the recurrent branch, which beta=0 turns off"),
+    ]:
+        with pytest.raises(LigerError, match=message) as e:
+            methods.build_options(**{"method": "liger_gla", **bad})
+        assert "\n" not in str(e.value)
+    config = tiny_model("llama").config  # hidden 64, 4 heads of 16, 2 kv heads, 2 layers
+    count = lambda method, **o: methods.added_parameters(config, methods.build_options(method, **o))  # noqa: E731
+    assert [count(m) for m in methods.names("liger")] == [0, 0, 0] and count("liger_gla", gate="none") == 0
+    assert count("liger_gla", gate="projection") == 2 * (64 * 16 + 16 * 32 + 32)
+    assert count("liger_gsa", gate="projection", num_slots=8) == 2 * (64 * 16 + 16 * 16 + 16)
+    assert count("liger_gla", feature_map="learnable") == 2 * (4 + 2) * 16 * 16
+    assert count("liger_hgrn2", feature_map="learnable", softmax_layers=[0]) == 4 * 16 * 16  # no key map
+
+
 def _as_version_1(entry: dict) -> dict:
     """A current `liger` entry written as the code before version 2 wrote it."""
     old = {k: v for k, v in entry.items() if k != "options_version"}

@@ -303,6 +303,31 @@ def test_outputs_parameter_count_and_merged_model(model_dir, data_dir, tmp_path)
         liger.load(liger_gsa_folder(model_dir, tmp_path), adapter=out / "adapter")
 
 
+def test_the_parameters_an_ablation_option_added_train_beside_lora(model_dir, data_dir, tmp_path):
+    """gate: projection and feature_map: learnable: their parameters are trained with LoRA (in the optimizer and
+    the checkpoints), counted in the summary, and written alone to added/."""
+    from liger.checkpoints import WEIGHTS
+    from liger.convert import ADDED_WEIGHTS
+    from liger.methods import added_parameters
+
+    options = {**OPTIONS, "gate": "projection", "feature_map": "learnable"}
+    out = tmp_path / "out"
+    summary = finetune(model_dir, data_dir, out, options=options, train=cfg(max_steps=2))
+    start = liger.linearize(liger.load(model_dir), **options)
+    n_added = added_parameters(start.config, liger.options_of(start))
+    added = load_file(str(out / "added" / ADDED_WEIGHTS))
+    assert summary["added_parameters"] == n_added == sum(t.numel() for t in added.values()) > 0
+    init = start.state_dict()
+    assert all(not torch.equal(t, init[name]) for name, t in added.items())  # every added tensor moved
+    lora = lora_weights(out)
+    assert all(bool(t.abs().sum() > 0) for name, t in lora.items() if "lora_B" in name)  # LoRA too (B starts at 0)
+    assert summary["trainable_parameters"] == sum(t.numel() for t in lora.values()) + n_added
+    ckpt = load_file(str(next((out / "checkpoints").glob("step-*")) / WEIGHTS))
+    assert sum(t.numel() for t in ckpt.values()) == summary["trainable_parameters"]
+    trained = liger.load(out / "model").state_dict()
+    assert all(torch.equal(trained[name], t) for name, t in added.items())
+
+
 def liger_gsa_folder(model_dir: Path, tmp_path: Path) -> Path:
     """The tiny model converted with another method, saved."""
     folder = tmp_path / "gsa"

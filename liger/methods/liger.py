@@ -3,8 +3,10 @@
 Each turns a pretrained attention layer into Liger Attention: a sliding-window softmax branch beside a gated
 recurrence built from the layer's own q/k/v projections (no new parameters), trained in one LoRA stage with the
 paper's recipe, and decoded token by token (also by `liger.decode.GraphDecoder`'s fixed-buffer step), exactly.
-The three share their options, recipe and layer machinery and differ in two defaults and the recurrence, so they
-are declared together here; their layers are in `liger.layers.liger`.
+Two ablation options of the paper's Table 12 add parameters, trained in the same LoRA stage: ``gate: projection``
+and ``feature_map: learnable`` (`added_parameters`; docs/method.md#ablation-options). The three share their
+options, recipe and layer machinery and differ in two defaults and the recurrence, so they are declared together
+here; their layers are in `liger.layers.liger`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from liger.errors import LigerError
 from liger.methods.spec import Method, MethodOptions
 
 HYBRIDS = ("liger_attention", "none")
-FEATURE_MAPS = ("softmax", "none")
+FEATURE_MAPS = ("softmax", "learnable", "none")
+GATES = ("pooled", "none", "projection")
+GATE_RANK = 16  # rank of the `gate: projection` low-rank projection (GLA's gate_low_rank_dim)
 GATE_SOURCES = ("k", "q", "v")
 IMPLS = ("auto", "chunk", "recurrent", "fla")
 # What differs between the methods: the gate normaliser and the feature map of q and k (docs/method.md).
@@ -40,7 +44,8 @@ class LigerOptions(MethodOptions):
     alpha: float = 0.5  # weight of the sliding-window branch
     beta: float = 0.5  # weight of the recurrent branch (0: window only)
     gate_normalizer: float | None = None  # g = logsigmoid(Pool(k)) / normalizer; 16 for GLA/GSA, 1 for HGRN2
-    feature_map: str | None = None  # softmax over the head dim (GLA, HGRN2); none for GSA
+    feature_map: str | None = None  # softmax over the head dim (GLA, HGRN2); none for GSA; learnable: Table 12
+    gate: str = "pooled"  # pooled: Pool(gate_source); none: no decay (GLA only); projection: a new x W1 W2 + b
     gate_source: str = "k"  # the projection pooled into the gate (the paper's ablation also tries q and v)
     num_slots: int = 64  # GSA slots per head
     softmax_layers: list[int] = field(default_factory=list)  # inter-layer hybrid: layers kept as softmax attention
@@ -56,6 +61,7 @@ class LigerOptions(MethodOptions):
         for name, value, allowed in [
             ("hybrid", self.hybrid, HYBRIDS),
             ("feature_map", self.feature_map, FEATURE_MAPS),
+            ("gate", self.gate, GATES),
             ("gate_source", self.gate_source, GATE_SOURCES),
             ("impl", self.impl, IMPLS),
         ]:
@@ -66,6 +72,16 @@ class LigerOptions(MethodOptions):
                              "gate_normalizer > 0")
         if self.hybrid == "none" and self.beta == 0:
             raise LigerError("hybrid=none with beta=0 leaves no branch: the layer would output zeros")
+        if self.gate == "none" and self.method != "liger_gla":
+            raise LigerError(f"gate=none is for liger_gla only: {self.method}'s keys (HGRN2) or slot writes (GSA) "
+                             "are 1 - exp(g), which a zero log-gate makes zero (pure linear attention is liger_gla "
+                             "with gate=none)")
+        if self.gate != "pooled" and self.gate_source != "k":
+            raise LigerError(f"gate_source={self.gate_source!r} needs gate=pooled (it picks what Pool() reads), "
+                             f"not gate={self.gate!r}")
+        if self.adds_parameters and not self.uses_recurrence:
+            raise LigerError("gate=projection and feature_map=learnable act on the recurrent branch, which beta=0 "
+                             "turns off")
         self.softmax_layers = sorted(int(i) for i in self.softmax_layers)
 
     @classmethod
@@ -89,6 +105,33 @@ class LigerOptions(MethodOptions):
     def uses_recurrence(self) -> bool:
         return self.beta != 0 or self.hybrid == "none"
 
+    @property
+    def adds_parameters(self) -> bool:
+        """Whether the layer gets parameters of its own (gate projection, learnable feature maps)."""
+        return self.gate == "projection" or self.feature_map == "learnable"
+
+
+def gate_width(config: Any, options: LigerOptions) -> int:
+    """Gate logits per token: H_kv * head_dim (GLA, HGRN2: one decay per key dimension) or H_kv * num_slots (GSA)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_head = options.num_slots if options.method == "liger_gsa" else head_dim
+    return config.num_key_value_heads * per_head
+
+
+def added_parameters(config: Any, options: LigerOptions) -> int:
+    """Parameters the conversion adds per converted layer: none by default; `gate: projection` adds
+    hidden * r + r * width + width (x W1 W2 + b, r = GATE_RANK); `feature_map: learnable` adds a d x d map per
+    query head and per key/value head (H d^2 + H_kv d^2; HGRN2 has no key map, its keys are 1 - exp(g))."""
+    H, Hkv = config.num_attention_heads, config.num_key_value_heads
+    d = getattr(config, "head_dim", None) or config.hidden_size // H
+    per_layer = 0
+    if options.gate == "projection":
+        width = gate_width(config, options)
+        per_layer += config.hidden_size * GATE_RANK + GATE_RANK * width + width
+    if options.feature_map == "learnable":
+        per_layer += (H + (0 if options.method == "liger_hgrn2" else Hkv)) * d * d
+    return (config.num_hidden_layers - len(options.softmax_layers)) * per_layer
+
 
 def _recipes(options: LigerOptions) -> dict[str, dict]:
     return {"lora": RECIPE}
@@ -96,7 +139,8 @@ def _recipes(options: LigerOptions) -> dict[str, dict]:
 
 def _method(name: str, layer: str) -> Method:
     return Method(name=name, family="liger", options=LigerOptions, layer=f"liger.layers.liger:{layer}",
-                  recipes=_recipes, stages=("lora",), step_decoding=True, runtime_options=("window", "chunk_size"))
+                  recipes=_recipes, stages=("lora",), added_parameters=added_parameters, step_decoding=True,
+                  runtime_options=("window", "chunk_size"))
 
 
 GLA = _method("liger_gla", "GLAAttention")
