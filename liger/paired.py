@@ -241,7 +241,8 @@ def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], role
         raise LigerError(f"--resamples {resamples}: must be >= 1")
     sources = sources or {}
     items = {m: read_items(doc, sources.get(m, m)) for m, doc in metrics.items()}
-    references = (BASE, window_only) if window_only else (BASE,)
+    base = next((m for m, role in roles.items() if role == "base"), BASE)
+    references = (base, window_only) if window_only else (base,)
     table = differences(items, roles, tasks, resamples, seed, references=references)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
     claim = paper_recurrence_gain(paper_csv, reference, window_only, paper_name) if reference and window_only else None

@@ -19,6 +19,7 @@ from liger import ablations as ablation_table
 from liger import paired
 from liger.errors import LigerError
 from liger.markdown import markdown_table
+from liger.paired import BASE
 from liger.pipeline import PAPER_TASKS, ROW_FILES, STAGES, TASKS
 
 HEADERS = {name: task.header for name, task in TASKS.items()}
@@ -75,12 +76,12 @@ def _read_json(path: Path) -> dict:
         raise LigerError(f"{path}: not valid JSON ({e}); delete it and rerun its rule") from e
 
 
-def role_of(method: str, controls: list[str]) -> str:
-    return "base" if method == "base" else "control" if method in controls else "method"
+def role_of(method: str, controls: list[str], base: str = BASE) -> str:
+    return "base" if method == base else "control" if method in controls else "method"
 
 
-def our_rows(model: str, files: RowFiles,
-             controls: list[str] | None = None) -> tuple[pd.DataFrame, dict | None]:
+def our_rows(model: str, files: RowFiles, controls: list[str] | None = None,
+             base: str = BASE) -> tuple[pd.DataFrame, dict | None]:
     """One row per method from its metrics file (values in %), and the chance levels.
 
     `role` says what a row is: base, method, control (the rows that say what the window and the recurrence
@@ -92,7 +93,8 @@ def our_rows(model: str, files: RowFiles,
     rows, chance, full_data = [], None, False
     for method, metrics_file in files.metrics.items():
         metrics = _read_json(metrics_file)
-        row = {"model": model, "method": method, "role": role_of(method, controls or []), "source": str(metrics_file)}
+        row = {"model": model, "method": method, "role": role_of(method, controls or [], base),
+               "source": str(metrics_file)}
         for task, header in HEADERS.items():
             value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
@@ -109,8 +111,7 @@ def our_rows(model: str, files: RowFiles,
                       "source": "1 / number of choices, mean over evaluated items"}
         chance_row |= {h: round(100 * chance[t], 1) if t in chance else None for t, h in HEADERS.items()}
         df = pd.concat([df, pd.DataFrame([chance_row])], ignore_index=True)
-    base = "base" if "base" in files.metrics else None
-    return _with_averages(df, base=base), (chance if full_data else None)
+    return _with_averages(df, base=base if base in files.metrics else None), (chance if full_data else None)
 
 
 def _train_tokens(summaries: list[tuple[str, Path]]) -> tuple[int | None, str | None]:
@@ -245,6 +246,7 @@ class Roles:
     """What the config says of the rows (its `control` rows, `about` texts and `report` section)."""
 
     controls: list[str] = field(default_factory=list)
+    base: str = BASE  # the unconverted model's row: recoveries and paired differences are from it
     reference: str | None = None  # the method the sentences compare the others with (None: the first method row)
     window_only: str | None = None  # the control with the window branch alone
     about: dict[str, str] = field(default_factory=dict)  # row -> what it shows, in the table's legend
@@ -283,7 +285,7 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     ablations.csv and .md (`liger.ablations.OUTPUTS`) and the plot `ablation_plot(plots, model)`."""
     roles = roles or Roles()
     controls = [m for m in files.metrics if m in roles.controls]
-    ours, chance = our_rows(model, files, controls)
+    ours, chance = our_rows(model, files, controls, roles.base)
     paper = paper_rows(paper_name, paper_csv, chance)
     table = pd.concat([ours, paper], ignore_index=True) if not paper.empty else ours
     table.to_csv(out_dir / "main.csv", index=False)
@@ -301,7 +303,7 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
             "may have shared its GPU).", "",
             main_sentences(ours, roles.reference, roles.window_only), ""]
     metrics = {m: _read_json(path) for m, path in files.metrics.items()}
-    row_roles = {m: role_of(m, controls) for m in files.metrics}
+    row_roles = {m: role_of(m, controls, roles.base) for m in files.metrics}
     text += ["## Paired differences (bootstrap over the same items)", "",
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
                                  sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
@@ -335,7 +337,8 @@ def _cli(args: argparse.Namespace) -> int:
         raise LigerError("liger report: give --metrics, --out-dir and --plot (or --tables)")
     files = RowFiles.from_paths(args.metrics, args.train, args.transfer, args.passkey, args.position_loss,
                                 args.coverage)
-    roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], reference=args.reference or None,
+    roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], base=args.base,
+                  reference=args.reference or None,
                   window_only=args.window_only or None, about=json.loads(args.about))
     ablations = ablation_table.Ablations(json.loads(args.ablations), args.ablation_paper_model) \
         if args.ablations else None
@@ -348,7 +351,7 @@ def _cli(args: argparse.Namespace) -> int:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a model's tables and report.md, or stack the models' tables")
     p.add_argument("--model", help="model name")
-    p.add_argument("--metrics", nargs="+", type=Path, help="each row's metrics.json (…/MODEL/ROW/), base first")
+    p.add_argument("--metrics", nargs="+", type=Path, help="each row's metrics.json (…/MODEL/ROW/)")
     p.add_argument("--train", nargs="*", type=Path, default=[], help="the trained rows' LoRA summaries")
     p.add_argument("--transfer", nargs="*", type=Path, default=[], help="the two-stage rows' transfer summaries")
     p.add_argument("--passkey", nargs="*", type=Path, default=[], help="the rows' passkey results")
@@ -360,6 +363,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paper-csv", type=Path, default=Path("config/paper_results.csv"))
     p.add_argument("--note", default="", help="a line under the title (config, data source)")
     p.add_argument("--controls", default="", help="comma-separated methods that are control rows")
+    p.add_argument("--base", default=BASE, help="the unconverted model's row (recoveries and differences from it)")
     p.add_argument("--reference", default="", help="the method row the sentences compare the others with")
     p.add_argument("--window-only", default="", help="the control row with the window branch alone")
     p.add_argument("--about", default="{}", help="JSON {row: what it shows}, for the controls' legend")

@@ -40,6 +40,20 @@ def test_table_rows_averages_recovery_and_paper_rows(tmp_path):
     assert "note line" in report.read_text() and "Liger-GLA (paper)" in (tmp_path / "m" / "main.md").read_text()
 
 
+def test_the_base_row_is_the_one_the_config_names_whatever_its_name(tmp_path):
+    """Recovery and the paired differences are from the row `Roles.base` names (the pipeline passes the config's
+    unconverted row), not from a row called `base`."""
+    tasks = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
+    write_metrics(tmp_path, "m", "llama", dict.fromkeys(tasks, 0.6))
+    write_metrics(tmp_path, "m", "liger_gla", dict.fromkeys(tasks, 0.3))
+    write_model_report("m", ["llama", "liger_gla"], tmp_path, None, PAPER_CSV, roles=Roles(base="llama"))
+    table = pd.read_csv(tmp_path / "m" / "main.csv").set_index("method")
+    assert table.loc["llama", "role"] == "base" and table.loc["liger_gla", "Recovery %"] == pytest.approx(50.0)
+    assert set(pd.read_csv(tmp_path / "m" / "paired.csv")["reference"]) == {"llama"}
+    write_model_report("m", ["llama", "liger_gla"], tmp_path, None, PAPER_CSV)  # no row named base: no recovery
+    assert pd.read_csv(tmp_path / "m" / "main.csv")["Recovery %"].isna().all()
+
+
 def test_lolcats_rows_count_both_stages_beside_the_papers_lolcats_rows(tmp_path):
     tasks = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"]
     write_metrics(tmp_path, "m", "base", dict.fromkeys(tasks, 0.6))
