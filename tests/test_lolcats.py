@@ -103,12 +103,51 @@ def test_added_parameters_are_the_feature_maps_and_window_factors(variant, softm
 
 
 def test_terraced_sets_match_the_specification_example():
-    # docs/lolcats.md#windows-terraced-and-sliding: w = 4, L = 10, blocks {0,1}, {2..5}, {6..9}
+    # docs/lolcats.md#windows-terraced-and-sliding: w = 4, L = 10, blocks {0..3}, {4..7}, {8, 9}
     sets = lolcats_sets(10, 4, "terraced")
-    assert sets[6] == ([2, 3, 4, 5, 6], [0, 1])
-    assert sets[5] == ([0, 1, 2, 3, 4, 5], [])
-    assert sets[9] == ([2, 3, 4, 5, 6, 7, 8, 9], [0, 1])
+    assert sets[8] == ([4, 5, 6, 7, 8], [0, 1, 2, 3])
+    assert sets[7] == ([0, 1, 2, 3, 4, 5, 6, 7], [])
+    assert sets[9] == ([4, 5, 6, 7, 8, 9], [0, 1, 2, 3])
+    assert sets[:7] == lolcats_sets(7, 4, "terraced")  # a query's sets do not depend on the length after it
     assert lolcats_sets(10, 4, "sliding")[6] == ([3, 4, 5, 6], [0, 1, 2])
+
+
+def _end_aligned_sets(length: int, window: int) -> list[tuple[list[int], list[int]]]:
+    """LoLCATs' code's terraced cut: blocks end at the last position (block(j) = (j + (-length) % w) // w)."""
+    off = (-length) % window
+    sets = []
+    for i in range(length):
+        win = [j for j in range(i + 1) if (j + off) // window >= (i + off) // window - 1]
+        sets.append((win, [j for j in range(i + 1) if j not in win]))
+    return sets
+
+
+@pytest.mark.parametrize("window", [1, 3, 4, 5])
+def test_start_and_end_aligned_cuts_coincide_on_whole_blocks(window):
+    """The cut from the start equals LoLCATs' cut from the end when the length is a multiple of w (and when it is at
+    most 2w: no query then has a linear part); otherwise they differ."""
+    for length in range(1, 5 * window + 3):
+        same = lolcats_sets(length, window, "terraced") == _end_aligned_sets(length, window)
+        assert same == (length % window == 0 or length <= 2 * window), length
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_training_chunks_of_whole_blocks_compute_as_before(arch, monkeypatch):
+    """Unpadded chunks of 1024 tokens (a multiple of every block length used): the model's outputs are bit for bit
+    those of the end-aligned cut, so models trained before the change stay valid; 1000 tokens differ."""
+    tokens = ids(length=1024, seed=3)
+    for window, query_block in ((64, 1024), (16, 256)):
+        model = lolcats(arch, window=window, query_block=query_block, window_shape="terraced")
+        with torch.no_grad():
+            start = model(tokens).logits
+            part = model(tokens[:, :1000]).logits
+            # the end-aligned cut, as the blocks starting at T % w (block indices shifted by a constant)
+            monkeypatch.setattr(LolcatsAttention, "first_real", staticmethod(lambda valid, n, T, w=window: T % w))
+            end = model(tokens).logits
+            end_part = model(tokens[:, :1000]).logits
+            monkeypatch.undo()
+        assert torch.equal(start, end), window
+        assert (part - end_part).abs().max().item() > 1e-3, window
 
 
 def _hybrid_inputs(B=2, T=13, H=3, D=8, F=6, seed=0):
@@ -127,7 +166,7 @@ def test_hybrid_normalisation_matches_float64_term_by_term(shape, window, eps, d
     want = naive_lolcats_attention(q, k, v, fq, fk, gamma, window, shape, scale=0.3, eps=eps)
     pos = torch.arange(T)
     got = hybrid_attention(*(t.to(dtype) for t in (q, k, v, fq, fk, gamma)), window=window, qpos=pos, kpos=pos,
-                           shape=shape, offset=(-T) % window if shape == "terraced" else 0, scale=0.3, eps=eps)
+                           shape=shape, scale=0.3, eps=eps)
     assert got.dtype == dtype
     assert (got.double() - want).abs().max().item() <= atol
 
@@ -190,43 +229,73 @@ def test_query_blocks_do_not_change_the_output():
 
 
 W = SMALL["window"]
-TERRACED_ATOL = 1e-5  # fp32 decoding vs the parallel forward (seen: 2.1e-7)
+TERRACED_ATOL = 1e-5  # fp32 decoding vs the parallel forward (seen: 2.4e-7)
+F64_ATOL = 1e-12  # the same in float64 (seen: 3.3e-16)
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 @pytest.mark.parametrize("variant", ["original", "liger"])
-@pytest.mark.parametrize("prefill", [0, 3, 9, 10, 11])
+@pytest.mark.parametrize("prefill", [0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 22])
 def test_terraced_decoding_equals_parallel_forward(arch, variant, prefill):
-    """Decoding from the first token (prefill 0) or after a prompt shorter than a block, or ending before, at or
-    after a multiple of the window, over four block boundaries (and the prefill over several query blocks): the
-    logits equal the parallel forward's on every sequence that ends a whole number of blocks after the prompt."""
+    """Decoding from the first token (prefill 0) or after a prompt of any length (shorter than a block, up to
+    w + 1, ending before, at or after a multiple of the window, over several query blocks): the logits equal the
+    parallel forward's at every step of a sequence of 23 tokens (not a multiple of the window)."""
     model = lolcats(arch, variant=variant, window_shape="terraced")
-    start = max(prefill, 1)  # decoding from the first token: a first forward of one token
-    tokens = ids(batch=2, length=start + 4 * W)
+    tokens = ids(batch=2)
     with torch.no_grad():
-        step = decode_logits(model, tokens, prefill)
-        for end in range(start, tokens.shape[1] + 1, W):
-            full = model(tokens[:, :end]).logits
-            assert (step[:, :end] - full).abs().max().item() <= TERRACED_ATOL, f"prefill {prefill}, length {end}"
+        step, full = decode_logits(model, tokens, prefill), model(tokens).logits
+    assert (step - full).abs().max().item() <= TERRACED_ATOL
 
 
-def test_terraced_blocks_follow_the_prompt():
-    """The parallel forward aligns the blocks to the end of its sequence; decoding keeps those of the prompt, so
-    a sequence that ends within a block of the prompt's alignment is split otherwise by its parallel forward."""
-    model = lolcats("llama", window_shape="terraced")
-    tokens = ids(length=10 + W + 2)
+@pytest.mark.parametrize("shape", ["sliding", "terraced"])
+@pytest.mark.parametrize("prefill", [0, 4, 7, 11])
+def test_decoding_equals_parallel_forward_in_float64(shape, prefill):
+    model = lolcats("mistral", window_shape=shape).double()
+    tokens = ids(batch=2)
     with torch.no_grad():
-        step = decode_logits(model, tokens, 10)
-        assert (step - model(tokens).logits).abs().max().item() > 1e-3
-        assert (step[:, :15] - model(tokens[:, :15]).logits).abs().max().item() <= TERRACED_ATOL
+        step, full = decode_logits(model, tokens, prefill), model(tokens).logits
+    assert step.dtype == torch.float64 and (step - full).abs().max().item() <= F64_ATOL
 
 
-def test_terraced_decoding_matches_the_float64_reference():
-    """One layer in float64 (grouped-query heads), token by token from the first, against the term-by-term
-    reference over the whole sequence (1 + 4 blocks long, so that its blocks are those of the decoding)."""
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("variant", ["original", "liger"])
+@pytest.mark.parametrize("lengths", [(12, 6), (8, 1), (3, 5)])
+def test_terraced_left_padded_generate_equals_parallel_forward(arch, variant, lengths):
+    """`generate` (left padding, batch 2, its cache): the logits of every step equal the parallel forward's over
+    the generated sequences, whose blocks start at each row's first real token."""
+    model = lolcats(arch, variant=variant, window_shape="terraced")
+    model.generation_config.eos_token_id = None
+    batch, mask = padded_batch([ids(length=n, seed=n)[0] for n in lengths])
+    new = 2 * W + 3
+    with torch.no_grad():
+        out = model.generate(batch, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True)
+        steps = torch.stack(out.logits, dim=1)
+        mask = torch.cat([mask, torch.ones(2, new, dtype=mask.dtype)], dim=1)
+        full = model(out.sequences, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    width = batch.shape[1]
+    assert (steps - full[:, width - 1:-1]).abs().max().item() <= TERRACED_ATOL
+
+
+@pytest.mark.parametrize("shape", ["sliding", "terraced"])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, TERRACED_ATOL), (torch.float64, F64_ATOL)])
+def test_a_position_does_not_depend_on_later_tokens(shape, dtype, atol):
+    """The parallel forward over the first n tokens gives the first n outputs of the forward over all of them
+    (lm-eval scores a continuation with one forward over prompt and continuation)."""
+    model = lolcats("llama", window_shape=shape).to(dtype)
+    tokens = ids(batch=2, length=31)
+    with torch.no_grad():
+        full = model(tokens).logits
+        for n in (1, 4, 5, 6, 9, 13, 17, 22, 30):
+            assert (model(tokens[:, :n]).logits - full[:, :n]).abs().max().item() <= atol, n
+
+
+def test_terraced_layer_matches_the_float64_reference():
+    """One layer in float64 (grouped-query heads) over 3 + 4 blocks, in parallel (in query blocks) and token by
+    token from the first, against the term-by-term reference, whose blocks are cut from the start."""
     model = lolcats("mistral", window_shape="terraced").double()
     layer = attentions(model)[0]
-    T = 1 + 4 * W
+    T = 3 + 4 * W
     x = rand(2, T, model.config.hidden_size)
     cache, got = LigerCacheLayer(layer.cached_keys), []
     with torch.no_grad():
@@ -236,10 +305,12 @@ def test_terraced_decoding_matches_the_float64_reference():
         want = naive_lolcats_attention(qr, kr, repeat_heads(v, layer.n_rep), layer.feature_map_q(qr),
                                        layer.feature_map_k(kr), torch.sigmoid(layer.window_factors), W, "terraced",
                                        scale=layer.scaling, eps=layer.options.eps)
+        parallel = layer.mix(q, k, v, (cos, sin), None, None)
         for t in range(T):
             got.append(layer.mix(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], (cos[:, t:t + 1], sin[:, t:t + 1]),
                                  None, cache))
             cache.seen += 1
+    assert (parallel - want).abs().max().item() <= 1e-12
     assert (torch.cat(got, dim=1) - want).abs().max().item() <= 1e-12
 
 
@@ -253,10 +324,10 @@ def test_bf16_decoding_follows_the_parallel_forward(shape):
 
 
 def test_terraced_left_padded_generate_equals_singles():
-    """`generate` pads on the left: every row's blocks end at the prompt's end, as its own."""
+    """`generate` pads on the left: every row's blocks start at its first real token, as its own."""
     model = lolcats("llama", window_shape="terraced")
     model.generation_config.eos_token_id = None
-    seqs = [ids(length=n, seed=n)[0] for n in (12, 7)]
+    seqs = [ids(length=n, seed=n)[0] for n in (12, 6)]  # 6 pads: not a whole block
     batch, mask = padded_batch(seqs)
     kw = dict(max_new_tokens=2 * W + 2, do_sample=False, pad_token_id=0, output_logits=True,
               return_dict_in_generate=True)
@@ -267,16 +338,40 @@ def test_terraced_left_padded_generate_equals_singles():
             assert (together[i] - alone[0]).abs().max().item() <= TERRACED_ATOL
 
 
-def test_terraced_decoding_needs_rows_that_end_together():
-    """A right-padded forward keeps a state (a plain forward makes a cache), but decoding after it is refused."""
+@pytest.mark.parametrize("shape", ["sliding", "terraced"])
+@pytest.mark.parametrize("prefill", [0, 3, 8])
+def test_prompt_in_several_forwards_equals_parallel_forward(shape, prefill):
+    """A left-padded prompt fed in two forwards (the first holding only padding for one row when prefill is 3),
+    then decoding: the blocks still start at each row's first real token."""
+    model = lolcats("mistral", window_shape=shape, query_block=4)
+    batch, mask = padded_batch([ids(length=n, seed=n)[0] for n in (14, 8)])
+    tokens = torch.cat([batch, ids(batch=2, length=2 * W + 1, seed=5)], dim=1)
+    mask = torch.cat([mask, torch.ones(2, 2 * W + 1, dtype=mask.dtype)], dim=1)
+    cache, out = DynamicCache(), []
+    with torch.no_grad():
+        full = model(tokens, attention_mask=mask).logits
+        for a, b in [(0, prefill), (prefill, 14)] + [(t, t + 1) for t in range(14, tokens.shape[1])]:
+            if b > a:
+                out.append(model(tokens[:, a:b], attention_mask=mask[:, :b], past_key_values=cache,
+                                 use_cache=True).logits)
+    assert (torch.cat(out, dim=1) - full)[mask.bool()].abs().max().item() <= TERRACED_ATOL
+
+
+def test_terraced_decoding_after_right_padding_continues_its_blocks():
+    """A right-padded prompt (lm-eval's batches) then decoding: the padding keeps its positions, so the outputs are
+    those of the parallel forward over the same padded sequence, blocks counted from the first token."""
     model = lolcats("llama", window_shape="terraced")
     batch, mask = padded_batch([ids(length=n, seed=n)[0] for n in (12, 8)], side="right")
-    cache = DynamicCache()
+    tokens = torch.cat([batch, ids(batch=2, length=2 * W + 1, seed=4)], dim=1)
+    mask = torch.cat([mask, torch.ones(2, 2 * W + 1, dtype=mask.dtype)], dim=1)
+    cache, out = DynamicCache(), []
     with torch.no_grad():
-        model(batch, attention_mask=mask, past_key_values=cache, use_cache=True)
-        with pytest.raises(LigerError, match="rows end together"):
-            model(batch[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], dim=1), past_key_values=cache,
-                  use_cache=True)
+        full = model(tokens, attention_mask=mask).logits
+        out.append(model(batch, attention_mask=mask[:, :12], past_key_values=cache, use_cache=True).logits)
+        for t in range(12, tokens.shape[1]):
+            out.append(model(tokens[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache,
+                             use_cache=True).logits)
+    assert (torch.cat(out, dim=1) - full)[mask.bool()].abs().max().item() <= TERRACED_ATOL
 
 
 @pytest.mark.parametrize("shape,kept", [("sliding", W), ("terraced", 2 * W - 1)])
@@ -284,7 +379,7 @@ def test_cache_is_constant_in_length(shape, kept):
     model = lolcats("llama", window_shape=shape)
     cache = cache_sizes(model)  # 1000 tokens in chunks of 100
     layer = cache.layers[0]
-    S, z, offset = layer.state
+    S, z, start = layer.state
     assert S.shape == (1, 4, 2 * 16, 16) and z.shape == (1, 4, 2 * 16) and layer.win_k.shape[1] == kept
     size = cache.nbytes()
     with torch.no_grad():
@@ -310,7 +405,7 @@ def test_left_padded_batch_equals_singles(shape):
 
 @pytest.mark.parametrize("shape", ["sliding", "terraced"])
 def test_right_padded_batch_equals_singles(shape):
-    """lm-eval's log-likelihood batches are right-padded: terraced blocks align to each row's last real token."""
+    """lm-eval's log-likelihood batches are right-padded: the real tokens of each row are cut as alone."""
     model = lolcats("llama", window_shape=shape)
     seqs = [ids(length=n, seed=n)[0] for n in (23, 17, 9)]
     batch, mask = padded_batch(seqs, side="right")

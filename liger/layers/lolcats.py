@@ -54,8 +54,9 @@ def init_feature_maps(fq: HedgehogFeatureMap, fk: HedgehogFeatureMap, how: str) 
 
 
 class LolcatsAttention(LinearizedAttention):
-    """The LoLCATs layer. Its decoding state: (S, z, offset), with (S, z) over every key older than the next
-    query's window and `offset` the terraced blocks' alignment, and the latest keys and values (`cached_keys`).
+    """The LoLCATs layer. Its decoding state: (S, z, start), with (S, z) over every key older than the next
+    query's window and `start` (B,) each row's first real token, where its terraced blocks begin; and the latest
+    keys and values (`cached_keys`).
 
     `transfer = True` (stage 1) computes the softmax teacher and the hybrid student, keeps their MSE in
     `transfer_mse` and returns the teacher's output, so every layer sees the original hidden states.
@@ -83,14 +84,24 @@ class LolcatsAttention(LinearizedAttention):
         w = self.options.window
         return 2 * w - 1 if self.options.window_shape == "terraced" else w
 
-    def _state_start(self, n: int, offset: int) -> int:
-        """The first key not folded into (S, z) when the next query is at position `n`: every key before it is in
-        the linear set of every query from `n` on. Sliding: n - window (the key that just left the window is
-        folded one step late, so `window` keys are kept); terraced: the start of the previous block."""
+    @staticmethod
+    def first_real(valid: torch.Tensor | None, n: int, T: int) -> torch.Tensor | int:
+        """Where the terraced blocks begin, from `T` tokens at positions n .. n + T - 1 of validity `valid` (B, T):
+        (B,) each row's first real token among them, or n + T if it has none (a later one starts the blocks then,
+        see `continued`); n when nothing is padded."""
+        if valid is None:
+            return n
+        return n + torch.where(valid.any(dim=1), valid.long().argmax(dim=1), T)
+
+    def _state_start(self, n: int, start: torch.Tensor) -> torch.Tensor:
+        """(B,) the first key not folded into (S, z) when the next query is at position `n`: every key before it is
+        in the linear set of every query from `n` on. Sliding: n - window (the key that just left the window is
+        folded one step late, so `window` keys are kept); terraced: the first key of the previous block, with blocks
+        counted from `start` (<= n)."""
         w = self.options.window
         if self.options.window_shape == "terraced":
-            return max(0, ((n + offset) // w - 1) * w - offset)
-        return max(0, n - w)
+            return (start + ((n - start) // w - 1) * w).clamp(min=0)
+        return torch.full_like(start, max(0, n - w))
 
     def transfer_parameters(self) -> list[nn.Parameter]:
         """The feature maps, and the window factors when the options train them."""
@@ -115,25 +126,21 @@ class LolcatsAttention(LinearizedAttention):
         k, v = repeat_heads(k, self.n_rep), repeat_heads(v, self.n_rep)
         return k, v, self.feature_map_k(k)
 
-    def _hybrid(self, q, k, v, fq, fk, qpos, kpos, key_mask, state, shape, offset=0) -> torch.Tensor:
+    def _hybrid(self, q, k, v, fq, fk, qpos, kpos, key_mask, state, start) -> torch.Tensor:
         o = self.options
         return hybrid_attention(q, k, v, fq, fk, torch.sigmoid(self.window_factors), window=o.window, qpos=qpos,
-                                kpos=kpos, shape=shape, offset=offset, scale=self.scaling, eps=o.eps,
+                                kpos=kpos, shape=o.window_shape, start=start, scale=self.scaling, eps=o.eps,
                                 key_mask=key_mask, state=state)
 
     def parallel(self, q, k, v, valid, cache: LigerCacheLayer | None) -> torch.Tensor:
-        """The hybrid over a whole sequence (no earlier state), in query blocks of `query_block`; then, with a
-        cache, its decoding state at the end of the sequence (terraced: the sequence ends a block, and the blocks
-        of the tokens after it continue from there)."""
+        """The hybrid over a whole sequence (no earlier state), in query blocks of `query_block`, the terraced
+        blocks cut from each row's first real token; then, with a cache, its decoding state at the end."""
         o = self.options
         B, T = q.shape[:2]
         kr, vr, fk = self._kv(k, v)
         fq = self.feature_map_q(q)
         pos = torch.arange(T, device=q.device)
-        offset = 0
-        if o.window_shape == "terraced":  # blocks end at each sequence's last real token (right padding: per row)
-            last = T if valid is None else (valid * torch.arange(1, T + 1, device=q.device)).amax(dim=1)
-            offset = (-last) % o.window
+        start = self.first_real(valid, 0, T)
         outs, state, absorbed = [], None, 0
         for s in range(0, T, o.query_block):
             e = min(T, s + o.query_block)
@@ -144,40 +151,39 @@ class LolcatsAttention(LinearizedAttention):
                 absorbed = first
             outs.append(self._hybrid(q[:, s:e], kr[:, first:e], vr[:, first:e], fq[:, s:e], fk[:, first:e],
                                      pos[s:e], pos[first:e], valid[:, first:e] if valid is not None else None,
-                                     state, o.window_shape, offset))
+                                     state, start))
         if cache is not None:
-            if isinstance(offset, torch.Tensor):  # right padding: rows that end apart share no block alignment
-                offset = int(offset[0]) if bool((offset == offset[0]).all()) else None
+            start = torch.as_tensor(start, device=q.device).expand(B).clone()
             cache.extend_window(k, v, valid)
-            old = self._state_start(T, offset or 0)  # >= absorbed: the loop's state holds a prefix of these keys
-            mask = valid[:, absorbed:old] if valid is not None else None
-            S, z = absorb(state, fk[:, absorbed:old], vr[:, absorbed:old], mask)
-            cache.state = (S, z, offset)
+            # the loop's state holds the keys before `absorbed` (<= every row's state start): fold the rest
+            fold = pos[absorbed:] < self._state_start(T, start)[:, None]
+            if valid is not None:
+                fold = fold & valid[:, absorbed:]
+            S, z = absorb(state, fk[:, absorbed:], vr[:, absorbed:], fold)
+            cache.state = (S, z, start)
         return torch.cat(outs, dim=1)
 
     def continued(self, q, k, v, valid, cache: LigerCacheLayer) -> torch.Tensor:
-        """New tokens after a cached prefix, `query_block` at a time: the hybrid of the window shape over the kept
-        keys not yet in (S, z) and the new ones, plus (S, z); then the keys that left every later window are folded
-        into (S, z). Terraced blocks keep the alignment of the first forward (its last token ends a block), so
-        decoding equals the parallel forward of any sequence that ends a whole number of blocks after it."""
+        """New tokens after a cached prefix, `query_block` at a time: the hybrid over the kept keys not yet in
+        (S, z) and the new ones, plus (S, z); then the keys that left every later window are folded into (S, z).
+        The terraced blocks continue those of the first forward, so the outputs are the parallel forward's."""
         o = self.options
-        S, z, offset = cache.state
-        if offset is None:
-            raise LigerError("terraced decoding needs a prompt whose rows end together: pad on the left")
+        S, z, start = cache.state
         outs = []
         for s in range(0, q.shape[1], o.query_block):
             e = min(q.shape[1], s + o.query_block)
             n, t = cache.seen + s, e - s  # the position of the first new token, and the new tokens
-            keys, values, mask = cache.extend_window(k[:, s:e], v[:, s:e], valid[:, s:e] if valid is not None else None)
-            first = n + t - keys.shape[1]  # the position of the first kept key
-            lo, hi = self._state_start(n, offset) - first, self._state_start(n + t, offset) - first
-            kr, vr, fk = self._kv(keys[:, lo:], values[:, lo:])
-            mask = mask[:, lo:]
-            kpos = torch.arange(first + lo, n + t, device=q.device)
+            chunk = valid[:, s:e] if valid is not None else None
+            keys, values, mask = cache.extend_window(k[:, s:e], v[:, s:e], chunk)
+            start = torch.where(start < n, start, self.first_real(chunk, n, t))  # rows with no real token before n
+            kpos = torch.arange(n + t - keys.shape[1], n + t, device=q.device)
+            lo, hi = self._state_start(n, start), self._state_start(n + t, start)
+            kr, vr, fk = self._kv(keys, values)
+            mask = mask & (kpos >= lo[:, None])  # the kept keys before `lo` are in (S, z) already
             outs.append(self._hybrid(q[:, s:e], kr, vr, self.feature_map_q(q[:, s:e]), fk, kpos[-t:], kpos, mask,
-                                     (S, z), o.window_shape, offset))
-            S, z = absorb((S, z), fk[:, :hi - lo], vr[:, :hi - lo], mask[:, :hi - lo])
-        cache.state = (S, z, offset)
+                                     (S, z), start))
+            S, z = absorb((S, z), fk, vr, mask & (kpos < hi[:, None]))
+        cache.state = (S, z, start)
         return torch.cat(outs, dim=1)
 
     def attention_transfer(self, q, k, v, valid) -> torch.Tensor:

@@ -5,8 +5,9 @@ head for q and for k and a learnable window factor per head; its output is a sof
 over older keys with one shared normaliser (`liger.ops.hybrid`; the layer is `liger.layers.lolcats`). Two
 training stages: attention transfer (`liger transfer`: the feature maps learn to match softmax attention), then
 LoRA (`liger finetune`). Two variants: `original` (LoLCATs' code and paper) and `liger` (the Liger authors'
-re-run). Both window shapes decode token by token as the parallel forward computes (a terraced model with its
-terraced window, where the original code continues with the sliding one).
+re-run). Terraced blocks are cut from each sequence's first real token (LoLCATs' code cuts them from its end), so
+both window shapes decode token by token exactly as the parallel forward computes, at every length (a terraced
+model with its terraced window, where the original code continues with the sliding one).
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ docs/lolcats.md#the-hybrid-layer. For query position p (head h), with s_pj = q_p
 The linear terms are not shifted by m_p (that is the method, not a numerical detail). Window sets:
 
 - ``sliding``: W(p) = {p - window + 1 .. p} (``window`` keys, the query's own included), L(p) = {j <= p - window}.
-- ``terraced`` (the original code's main results): positions are cut into blocks of ``window`` aligned to the
-  end of the sequence (``block(x) = (x + offset) // window`` with ``offset = (-length) % window``); W(p) = the
-  previous block and the current block up to p, L(p) = everything before the previous block. `offset` may be
-  one per sequence (a (B,) tensor), so that right-padded sequences align to their own last token.
+- ``terraced`` (the original code's main results): positions are cut into blocks of ``window`` from ``start``,
+  the sequence's first real token (``block(x) = (x - start) // window``); W(p) = the previous block and the current
+  block up to p, L(p) = everything before the previous block. `start` may be one per sequence (a (B,) tensor), so
+  that left-padded rows count from their own first token. Cut from the start, a position's sets do not depend on
+  the tokens after it (LoLCATs' code cuts from the end of the sequence).
 
 Keys are given by absolute position; a state (S, z) = (sum phi_k(k_j) v_j^T, sum phi_k(k_j)) over keys before the
 first given key adds their linear terms (the caller guarantees that they are in every query's L(p)).
@@ -24,17 +25,17 @@ import torch
 from torch import Tensor
 
 
-def window_mask(qpos: Tensor, kpos: Tensor, window: int, shape: str, offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+def window_mask(qpos: Tensor, kpos: Tensor, window: int, shape: str, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:
     """(Tq, Tk) bool masks of the window set and the linear set for queries at `qpos` and keys at `kpos`;
-    (B, Tq, Tk) when the terraced `offset` is a (B,) tensor (one block alignment per sequence)."""
+    (B, Tq, Tk) when the terraced blocks' `start` is a (B,) tensor (one per sequence)."""
     causal = kpos[None, :] <= qpos[:, None]
     if shape == "sliding":
         win = kpos[None, :] > qpos[:, None] - window
     elif shape == "terraced":
-        if isinstance(offset, Tensor):
-            offset = offset[:, None, None]
+        if isinstance(start, Tensor):
+            start = start[:, None, None]
             causal = causal[None]
-        win = (kpos[None, :] + offset) // window >= (qpos[:, None] + offset) // window - 1
+        win = (kpos[None, :] - start) // window >= (qpos[:, None] - start) // window - 1
     else:
         raise ValueError(f"unknown window shape {shape!r}; expected sliding or terraced")
     return causal & win, causal & ~win
@@ -52,7 +53,7 @@ def hybrid_attention(
     qpos: Tensor,
     kpos: Tensor,
     shape: str = "sliding",
-    offset: int = 0,
+    start: int | Tensor = 0,
     scale: float,
     eps: float = 0.0,
     key_mask: Tensor | None = None,
@@ -65,7 +66,7 @@ def hybrid_attention(
     """
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v, fq, fk, gamma = (t.to(dt) for t in (q, k, v, fq, fk, gamma))
-    win, lin = window_mask(qpos, kpos, window, shape, offset)
+    win, lin = window_mask(qpos, kpos, window, shape, start)
     win, lin = (win[None, None], lin[None, None]) if win.dim() == 2 else (win[:, None], lin[:, None])  # (B|1,1,Tq,Tk)
     if key_mask is not None:
         km = key_mask.to(torch.bool)[:, None, None, :]

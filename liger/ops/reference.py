@@ -135,15 +135,13 @@ def naive_hedgehog(x: Tensor, weight: Tensor, eps: float = 1e-12) -> Tensor:
 
 def lolcats_sets(length: int, window: int, shape: str) -> list[tuple[list[int], list[int]]]:
     """For each query i of a sequence of `length`: (window set W(i), linear set L(i)) as lists
-    (docs/lolcats.md#windows-terraced-and-sliding)."""
+    (docs/lolcats.md#windows-terraced-and-sliding). Terraced blocks are cut from the start: block(j) = j // window."""
     sets = []
-    offset = (-length) % window  # terraced blocks are aligned to the end of the sequence
     for i in range(length):
         if shape == "sliding":
             win = [j for j in range(i + 1) if j > i - window]
         else:
-            block = (i + offset) // window
-            win = [j for j in range(i + 1) if (j + offset) // window >= block - 1]
+            win = [j for j in range(i + 1) if j // window >= i // window - 1]
         sets.append((win, [j for j in range(i + 1) if j not in win]))
     return sets
 
