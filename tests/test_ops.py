@@ -15,6 +15,8 @@ Tolerances (error measure: max |impl - ref| / max |ref|, the reference in float6
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -387,3 +389,18 @@ def test_window_bad_arguments() -> None:
         sliding_window_attention(q, k, v, -1)
     with pytest.raises(ValueError):
         sliding_window_attention(q, k, v, 4, impl="flash")
+
+
+@pytest.mark.parametrize("given, kept", [(None, "1"), ("0", "0")])
+def test_fla_autotuning_is_kept_on_disk_unless_the_user_says_otherwise(given: str | None, kept: str) -> None:
+    """Importing the recurrence (which may import fla's kernels) turns Triton's on-disk autotuning cache on, so a
+    new process reuses the configurations an earlier one measured; an explicit setting wins."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_AUTOTUNING"}
+    if given is not None:
+        env["TRITON_CACHE_AUTOTUNING"] = given
+    code = "import os, liger.ops.recurrence; print(os.environ['TRITON_CACHE_AUTOTUNING'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == kept

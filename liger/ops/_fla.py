@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import torch
 from torch import Tensor
 
+# fla autotunes each kernel at every new shape (97 s in a new process on an H200, Llama-3-8B shape): keep the
+# results on disk beside Triton's compiled kernels, so later processes reuse them. Read when fla's kernels are
+# imported, which happens below, lazily; an explicit TRITON_CACHE_AUTOTUNING=0 is kept.
+os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
 # fla's own layers switch from the fused recurrent kernel to the chunked one above 64 tokens.
 FUSED_RECURRENT_MAX_T = 64
 
