@@ -115,7 +115,7 @@ def _fake_release(tmp_path, monkeypatch, slices: list[bytes], corrupt: int | Non
     parts = tuple(Part(f"fake-part{n}==1.0", f"fake_part{n}/data/part{n:02d}.bin", hashlib.sha256(b).hexdigest())
                   for n, b in enumerate(slices, start=1))  # fmt: skip
     whole = b"".join(slices)
-    spec = EmbeddedModel(parts, "fake.gguf", len(whole), hashlib.sha256(whole).hexdigest(), "LIGER_GGUF_FAKE", 1e6)
+    spec = EmbeddedModel(parts, "fake.gguf", len(whole), hashlib.sha256(whole).hexdigest(), "LIGER_GGUF_FAKE", 1e6, 2)
     monkeypatch.setitem(EMBEDDED, "fake", spec)
     monkeypatch.delenv("LIGER_GGUF_FAKE", raising=False)
     real_run = subprocess.run
