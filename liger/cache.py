@@ -23,6 +23,18 @@ def flat_tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+def tensor_nbytes(x: Any) -> int:
+    """Bytes held by the tensors of `x` (as `flat_tensors`)."""
+    return sum(t.numel() * t.element_size() for t in flat_tensors(x))
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by every layer of a transformers cache: a converted layer's state and window, or the key/value
+    tensors of an ordinary (growing or static) layer."""
+    return sum(layer.nbytes() if isinstance(layer, LigerCacheLayer) else
+               tensor_nbytes([getattr(layer, "keys", None), getattr(layer, "values", None)]) for layer in cache.layers)
+
+
 def _map(x: Any, fn) -> Any:
     """`fn` applied to every tensor of `x` (as `flat_tensors`); anything else is kept as it is."""
     if isinstance(x, torch.Tensor):
@@ -73,7 +85,7 @@ class StepBuffers:
 
     def nbytes(self) -> int:
         """Bytes of the state, window and ring position."""
-        return sum(t.numel() * t.element_size() for t in self._all())
+        return tensor_nbytes(self._all())
 
     def snapshot(self) -> list[torch.Tensor]:
         """Copies of every buffer, for `restore_`."""
@@ -119,8 +131,7 @@ class LigerCacheLayer(CacheLayerMixin):
         return keys, values, mask
 
     def nbytes(self) -> int:
-        items = flat_tensors(self.state) + flat_tensors([self.win_k, self.win_v, self.win_mask])
-        return sum(t.numel() * t.element_size() for t in items)
+        return tensor_nbytes([self.state, self.win_k, self.win_v, self.win_mask])
 
     # the transformers cache-layer interface
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

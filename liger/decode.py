@@ -20,7 +20,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from liger import methods
-from liger.cache import LigerCacheLayer, StepBuffers
+from liger.cache import LigerCacheLayer, StepBuffers, cache_nbytes
 from liger.errors import LigerError
 from liger.layers.base import LinearizedAttention
 
@@ -36,13 +36,7 @@ class LigerCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held by every layer's state (the growing key/value layers included)."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, LigerCacheLayer):
-                total += layer.nbytes()
-            elif layer.keys is not None:
-                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values))
-        return total
+        return cache_nbytes(self)
 
 
 def _block_step(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

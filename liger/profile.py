@@ -91,10 +91,6 @@ class Clock:
         return [b - a for a, b in zip(self.marks[:-1], self.marks[1:], strict=True)]
 
 
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-
 class StepDecoder:
     """A decoder driven one forward at a time: `prefill(prompt)`, then `step()` per token."""
 
@@ -155,11 +151,9 @@ class HFDecoder(StepDecoder):
         return self.token
 
     def state_bytes(self) -> int:
-        if self.cache is None:
-            return 0
-        return sum(layer.nbytes() if hasattr(layer, "nbytes") else
-                   _tensor_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)])
-                   for layer in self.cache.layers)
+        from liger.cache import cache_nbytes
+
+        return cache_nbytes(self.cache) if self.cache is not None else 0
 
 
 class GraphDecoderAdapter(StepDecoder):
@@ -266,10 +260,9 @@ class StaticCompileDecoder:
         return out[:, prompt.shape[1]:]
 
     def state_bytes(self) -> int:
-        if self.cache is None:
-            return 0
-        return _tensor_bytes(t for layer in self.cache.layers for t in (getattr(layer, "keys", None),
-                                                                          getattr(layer, "values", None)))
+        from liger.cache import cache_nbytes
+
+        return cache_nbytes(self.cache) if self.cache is not None else 0
 
 
 def _prompt(batch: int, length: int, vocab: int, device: str) -> torch.Tensor:
