@@ -107,13 +107,11 @@ class LigerAttention(WindowedHybrid):
                 self.gk_proj.reset(GATE_SEED + self.layer_idx)
         if options.feature_map == "learnable":
             self.feature_map_q = HeadMaps(self.num_heads, self.head_dim, **kw)
-            if self.maps_keys:
+            if options.maps_keys:
                 self.feature_map_k = HeadMaps(self.num_kv_heads, self.head_dim, **kw)
             for maps in (self.feature_map_q, self.feature_map_k):
                 if maps is not None and init:
                     maps.reset()
-
-    maps_keys = True  # whether the keys go through the feature map (HGRN2's keys are its gates)
 
     def finetune_parameters(self) -> list[nn.Parameter]:
         """The parameters this layer adds, which the LoRA stage trains beside LoRA (none by default)."""
@@ -186,8 +184,6 @@ class GLAAttention(LigerAttention):
 
 class HGRN2Attention(GLAAttention):
     """Liger-HGRN2: GLA whose keys are 1 - exp(g), tied to the gates."""
-
-    maps_keys = False
 
     def _keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         return (-torch.expm1(g)).to(k.dtype)

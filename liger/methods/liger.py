@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from liger.errors import LigerError
-from liger.methods.spec import Method, MethodOptions
+from liger.methods.spec import Method, MethodOptions, head_dim
 
 HYBRIDS = ("liger_attention", "none")
 FEATURE_MAPS = ("softmax", "learnable", "none")
@@ -106,6 +106,11 @@ class LigerOptions(MethodOptions):
         return self.beta != 0 or self.hybrid == "none"
 
     @property
+    def maps_keys(self) -> bool:
+        """Whether the keys go through the feature map: not HGRN2's, whose keys are 1 - exp(g), its gates."""
+        return self.method != "liger_hgrn2"
+
+    @property
     def adds_parameters(self) -> bool:
         """Whether the layer gets parameters of its own (gate projection, learnable feature maps)."""
         return self.gate == "projection" or self.feature_map == "learnable"
@@ -113,8 +118,7 @@ class LigerOptions(MethodOptions):
 
 def gate_width(config: Any, options: LigerOptions) -> int:
     """Gate logits per token: H_kv * head_dim (GLA, HGRN2: one decay per key dimension) or H_kv * num_slots (GSA)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_head = options.num_slots if options.method == "liger_gsa" else head_dim
+    per_head = options.num_slots if options.method == "liger_gsa" else head_dim(config)
     return config.num_key_value_heads * per_head
 
 
@@ -122,14 +126,13 @@ def added_parameters(config: Any, options: LigerOptions) -> int:
     """Parameters the conversion adds per converted layer: none by default; `gate: projection` adds
     hidden * r + r * width + width (x W1 W2 + b, r = GATE_RANK); `feature_map: learnable` adds a d x d map per
     query head and per key/value head (H d^2 + H_kv d^2; HGRN2 has no key map, its keys are 1 - exp(g))."""
-    H, Hkv = config.num_attention_heads, config.num_key_value_heads
-    d = getattr(config, "head_dim", None) or config.hidden_size // H
+    H, Hkv, d = config.num_attention_heads, config.num_key_value_heads, head_dim(config)
     per_layer = 0
     if options.gate == "projection":
         width = gate_width(config, options)
         per_layer += config.hidden_size * GATE_RANK + GATE_RANK * width + width
     if options.feature_map == "learnable":
-        per_layer += (H + (0 if options.method == "liger_hgrn2" else Hkv)) * d * d
+        per_layer += (H + (Hkv if options.maps_keys else 0)) * d * d
     return (config.num_hidden_layers - len(options.softmax_layers)) * per_layer
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from liger.errors import LigerError
-from liger.methods.spec import Method, MethodOptions
+from liger.methods.spec import Method, MethodOptions, head_dim
 
 VARIANTS = ("original", "liger")
 WINDOW_SHAPES = ("sliding", "terraced")
@@ -101,8 +101,7 @@ class LolcatsOptions(MethodOptions):
 
 def added_parameters(config: Any, options: LolcatsOptions) -> int:
     """Parameters the conversion adds: per converted layer 2 H D F (the two feature maps) + H (window factors)."""
-    H = config.num_attention_heads
-    D = getattr(config, "head_dim", None) or config.hidden_size // H
+    H, D = config.num_attention_heads, head_dim(config)
     converted = config.num_hidden_layers - len(options.softmax_layers)
     return converted * (2 * H * D * options.features(D) + H)
 

@@ -56,6 +56,11 @@ class MethodOptions:
         return {**asdict(self), VERSION_KEY: OPTIONS_VERSION}
 
 
+def head_dim(config: Any) -> int:
+    """A model config's attention head dimension: its `head_dim`, else hidden_size / num_attention_heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _no_parameters(config: Any, options: Any) -> int:
     return 0
 
