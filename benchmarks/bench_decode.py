@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     shape = args.shape or (None if args.model else "llama3-8b")
     lengths = [int(x) for x in (args.lengths or ("1024,2048,4096,8192,16384,32768" if cuda else "32,64")).split(",")]
     new_tokens = args.new_tokens or (128 if cuda else 8)
-    bandwidth = copy_bandwidth(device, gib=1.0 if cuda else 0.0625, repeats=20 if cuda else 5)
-    print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU (tiny sizes; nothing to learn about a GPU)'}; "
-          f"copy bandwidth {bandwidth / 1e12:.3f} TB/s; {shape or args.model}, batch {args.batch_size}, "
-          f"{new_tokens} timed steps per length")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "profile.csv"
         df = profile(out, model_dir=args.model, shape=shape, variants=VARIANTS, lengths=lengths,
                      new_tokens=new_tokens, batch=args.batch_size, kernels=args.kernels)
+    # the profile measured the copy bandwidth on CUDA (in the same run); on the CPU it records none
+    bandwidth = df["copy_tb_s"].iloc[0] * 1e12 if cuda else copy_bandwidth(device, gib=0.0625, repeats=5)
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU (tiny sizes; nothing to learn about a GPU)'}; "
+          f"copy bandwidth {bandwidth / 1e12:.3f} TB/s; {shape or args.model}, batch {args.batch_size}, "
+          f"{new_tokens} timed steps per length")
     for v, g in df.groupby("variant", sort=False):
         print(f"{v}: {g['decoder'].iloc[0]}")
     table = ratio_table(df, bandwidth)

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from liger.errors import LigerError
+from liger.models import EMBEDDED
 from liger.pipeline import (
     STAGES,
     TASKS,
@@ -70,8 +71,6 @@ KINDS = {"evaluation": "lm-eval scoring", "training": "training", "start": "fixe
 
 def _params(model: dict) -> float:
     """A rough parameter count: the embedded model's, or read from the hub id's name (e.g. 8B; else 135M)."""
-    from liger.models import EMBEDDED
-
     if "embedded" in model:
         return EMBEDDED[model["embedded"]].params
     name = model.get("hf_id", "").lower()
