@@ -88,6 +88,19 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
 
 
+def copied_run(out: Path) -> bool:
+    """Whether `out` holds nothing but a training run's checkpoints (and its log), as when a run's ``checkpoints/``
+    is copied to another machine without its output marker: the training stage takes it as its own and resumes."""
+    if not {p.name for p in out.iterdir()} <= {"checkpoints", "train_log.csv"}:
+        return False
+    found = list_checkpoints(out / "checkpoints")
+    try:
+        doc = json.loads((found[-1] / "state.json").read_text(encoding="utf-8")) if found else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"state", "train_config"} <= doc.keys()
+
+
 def checkpoint_path(root: Path, step: int) -> Path:
     """Where the checkpoint of `step` lives."""
     return root / f"{CKPT_PREFIX}{step:08d}"

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,10 @@ def check_not_input(out: Path, inputs: Mapping[str, Any] | None) -> None:
 
 
 def check_output(out: Path, command: str, *, accept: Collection[str] = (),
-                 inputs: Mapping[str, Any] | None = None) -> None:
-    """Refuse `out` as the output folder of `liger command` unless it is absent, empty, or marked as written by
-    `command` (or one of `accept`), and when it is or holds one of `inputs` (`check_not_input`). Nothing is
-    removed here."""
+                 inputs: Mapping[str, Any] | None = None, adopt: Callable[[Path], bool] | None = None) -> None:
+    """Refuse `out` as the output folder of `liger command` unless it is absent, empty, marked as written by
+    `command` (or one of `accept`), or unmarked and recognized by `adopt` as the command's own; and when it is or
+    holds one of `inputs` (`check_not_input`). Nothing is removed here."""
     out = Path(out).expanduser()
     check_not_input(out, inputs)
     if not out.exists() and not out.is_symlink():
@@ -129,7 +129,7 @@ def check_output(out: Path, command: str, *, accept: Collection[str] = (),
         raise LigerError(f"--out {out}: is a file, not a folder; give a new or empty folder")
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     owner = output_owner(out)
-    if not entries or owner in (command, *accept):
+    if not entries or owner in (command, *accept) or (owner is None and adopt is not None and adopt(out)):
         return
     if owner is None:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
@@ -145,11 +145,11 @@ def _mark(folder: Path, command: str) -> None:
 
 
 def claim_dir(out: Path, command: str, *, accept: Collection[str] = (),
-              inputs: Mapping[str, Any] | None = None) -> Path:
+              inputs: Mapping[str, Any] | None = None, adopt: Callable[[Path], bool] | None = None) -> Path:
     """`check_output`, then create `out` and mark it as `command`'s: for an output folder written in place (a
     training run, which resumes from its own checkpoints). Returns `out`."""
     out = Path(out).expanduser()
-    check_output(out, command, accept=accept, inputs=inputs)
+    check_output(out, command, accept=accept, inputs=inputs, adopt=adopt)
     out.mkdir(parents=True, exist_ok=True)
     if output_owner(out) != command:
         _mark(out, command)

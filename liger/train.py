@@ -16,7 +16,8 @@ accumulated micro-batches); the validation loss is the mean over all target toke
 Outputs in `out_dir`: ``adapter/`` (peft), ``model/`` (LoRA merged into the converted model, with the
 tokenizer; `liger.load` opens it), ``train_log.csv``, ``checkpoints/`` (the last checkpoint, `liger.checkpoints`;
 a rerun resumes from it and ends exactly as an uninterrupted run would) and ``summary.json``, written last.
-`out_dir` must be new, empty or this command's own earlier output (`liger.fileio`); ``restart=True``
+`out_dir` must be new, empty, this command's own earlier output (`liger.fileio`) or a run's ``checkpoints/`` copied
+without the rest (`liger.checkpoints.copied_run`: it resumes from them); ``restart=True``
 (``--restart``) deletes its checkpoints and starts over.
 
 Resuming: every setting that changes what the weights become must be the checkpoint's, else the run refuses
@@ -40,6 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from liger.checkpoints import copied_run
 from liger.fileio import claim_dir, write_json_atomic
 from liger.loop import VERSIONS, StageRun
 from liger.provenance import versions
@@ -81,7 +83,8 @@ def run_stage(stage: Stage, model_dir: str | os.PathLike[str], data_dir: str | o
     """One training stage (`finetune`'s contract, with `stage` saying what is trained and how)."""
     cfg = train or default_train_config(options, stage.recipe)
     model_dir, data_dir, out = Path(model_dir).expanduser(), Path(data_dir).expanduser(), Path(out_dir).expanduser()
-    claim_dir(out, stage.name, accept=STAGE_ACCEPTS, inputs={"--model": model_dir, "--data": data_dir})
+    claim_dir(out, stage.name, accept=STAGE_ACCEPTS, inputs={"--model": model_dir, "--data": data_dir},
+              adopt=copied_run)
     t_start = time.perf_counter()
     if is_base(options):
         return _skip(stage.name, model_dir, data_dir, out, options, cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,30 @@ def test_a_resume_with_other_result_changing_settings_is_refused(model_dir, data
     restarted = json.loads((out / "summary.json").read_text())
     assert restarted["train_config"]["lr"] == 5e-4 and restarted["resumed_at_steps"] == []
     assert restarted["optimizer_steps"] == 2 and restarted["final_train_loss"] != first["final_train_loss"]
+
+
+def test_checkpoints_copied_without_the_rest_of_the_run_resume(model_dir, data_dir, tmp_path):
+    settings = cfg(max_steps=4, ckpt_every=2)
+    ref = finetune(model_dir, data_dir, tmp_path / "a", options=OPTIONS, train=settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model_dir, data_dir, tmp_path / "b", options=OPTIONS, train=settings, callback=interrupt_at(3))
+    copied = tmp_path / "elsewhere"
+    copied.mkdir()
+    shutil.copytree(tmp_path / "b" / "checkpoints", copied / "checkpoints")  # no marker, no log
+    again = finetune(model_dir, data_dir, copied, options=OPTIONS, train=settings)
+    assert again["resumed_at_steps"] == [2] and again["final_val_loss"] == pytest.approx(ref["final_val_loss"])
+    # anything else beside the checkpoints, or checkpoints that are not a run's, is still refused and kept
+    for extra, name in (("notes.txt", "notes.txt"), (None, "checkpoints/step-00000002/state.json")):
+        odd = tmp_path / f"odd-{name.replace('/', '_')}"
+        shutil.copytree(tmp_path / "b" / "checkpoints", odd / "checkpoints")
+        if extra:
+            (odd / extra).write_text("mine")
+        else:
+            (odd / name).write_text("{}")
+        before = sorted(p.relative_to(odd) for p in odd.rglob("*"))
+        with pytest.raises(LigerError, match="not an output of `liger finetune`"):
+            finetune(model_dir, data_dir, odd, options=OPTIONS, train=settings)
+        assert sorted(p.relative_to(odd) for p in odd.rglob("*")) == before
 
 
 def test_training_writes_only_into_its_own_output_folder(model_dir, tmp_path):
