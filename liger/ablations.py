@@ -8,7 +8,6 @@ rows are ablations, and which paper row each sits beside, come from the config (
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from liger.errors import LigerError
+from liger.fileio import read_json
 from liger.markdown import markdown_table
 from liger.pipeline import TASKS, paper_val_ppl
 
@@ -40,10 +40,7 @@ def final_val_loss(summary: Path | None) -> float | None:
     """A LoRA summary's `final_val_loss` (None without a summary or a validation)."""
     if summary is None:
         return None
-    try:
-        value = json.loads(Path(summary).read_text()).get("final_val_loss")
-    except (OSError, json.JSONDecodeError) as e:
-        raise LigerError(f"{summary}: cannot read it ({e}); rerun the finetune rule for it") from e
+    value = read_json(summary, "finetune").get("final_val_loss")
     return None if value is None else float(value)
 
 

@@ -93,6 +93,16 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
+def read_json(path: Path, rule: str) -> Any:
+    """A JSON file a pipeline rule wrote; missing or broken, a one-line error naming `rule`, the rule that writes it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise LigerError(f"{path}: missing; run the {rule} rule for it first") from e
+    except (OSError, ValueError) as e:
+        raise LigerError(f"{path}: not readable JSON ({e}); delete it and rerun the {rule} rule") from e
+
+
 def output_owner(folder: Path) -> str | None:
     """The command that `folder`'s marker names; None without a readable marker."""
     try:

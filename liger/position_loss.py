@@ -23,7 +23,6 @@ before the role split lack the four role columns (`is_split`); readers of the fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import textwrap
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 from liger.cli_args import add_inference_flags, add_probe_parser
 from liger.errors import LigerError
-from liger.fileio import atomic_target, check_not_input, write_json_atomic, write_text_atomic
+from liger.fileio import atomic_target, check_not_input, read_json, write_json_atomic, write_text_atomic
 from liger.markdown import markdown_table
 from liger.models import load_tokenizer
 
@@ -192,13 +191,7 @@ def describe_all(results: dict[str, dict]) -> str:
 
 
 def load_results(paths: dict[str, Path]) -> dict[str, dict]:
-    out = {}
-    for method, path in paths.items():
-        try:
-            out[method] = json.loads(Path(path).read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise LigerError(f"{path}: missing or not JSON ({e}); rerun the position_loss rule") from e
-    return out
+    return {method: read_json(path, "position_loss") for method, path in paths.items()}
 
 
 def summary_table(results: dict[str, dict]) -> pd.DataFrame:

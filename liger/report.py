@@ -18,9 +18,10 @@ import pandas as pd
 from liger import ablations as ablation_table
 from liger import paired
 from liger.errors import LigerError
+from liger.fileio import read_json
 from liger.markdown import markdown_table
 from liger.paired import BASE
-from liger.pipeline import PAPER_TASKS, ROW_FILES, STAGES, TASKS
+from liger.pipeline import PAPER_TASKS, ROW_FILES, STAGES, TASKS, Stage
 
 HEADERS = {name: task.header for name, task in TASKS.items()}
 COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", "Recovery %",
@@ -67,15 +68,6 @@ class RowFiles:
                               coverage if coverage.exists() else None)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise LigerError(f"{path}: missing; run the evaluate rule for it first") from e
-    except json.JSONDecodeError as e:
-        raise LigerError(f"{path}: not valid JSON ({e}); delete it and rerun its rule") from e
-
-
 def role_of(method: str, controls: list[str], base: str = BASE) -> str:
     return "base" if method == base else "control" if method in controls else "method"
 
@@ -92,14 +84,14 @@ def our_rows(model: str, files: RowFiles, controls: list[str] | None = None,
     """
     rows, chance, full_data = [], None, False
     for method, metrics_file in files.metrics.items():
-        metrics = _read_json(metrics_file)
+        metrics = read_json(metrics_file, "evaluate")
         row = {"model": model, "method": method, "role": role_of(method, controls or [], base),
                "source": str(metrics_file)}
         for task, header in HEADERS.items():
             value = metrics["paper_metrics"].get(task)
             row[header] = None if value is None else round(100 * value, 1)
         row["train tokens"], row["train stages"] = _train_tokens(
-            [(STAGES[stage].label, summaries[method]) for stage, summaries in (("transfer", files.transfer),
+            [(STAGES[stage], summaries[method]) for stage, summaries in (("transfer", files.transfer),
                                                                                ("lora", files.train))
              if method in summaries])
         rows.append(row)
@@ -114,10 +106,10 @@ def our_rows(model: str, files: RowFiles, controls: list[str] | None = None,
     return _with_averages(df, base=base if base in files.metrics else None), (chance if full_data else None)
 
 
-def _train_tokens(summaries: list[tuple[str, Path]]) -> tuple[int | None, str | None]:
+def _train_tokens(summaries: list[tuple[Stage, Path]]) -> tuple[int | None, str | None]:
     """Tokens trained over every stage of a row (LoLCATs: attention transfer + LoRA), and the split by stage with
-    each stage's wall time where its summary records one. `summaries`: (stage label, summary file), in order."""
-    stages = [(name, _read_json(path)) for name, path in summaries]
+    each stage's wall time where its summary records one. `summaries`: (stage, summary file), in order."""
+    stages = [(stage.label, read_json(path, stage.command)) for stage, path in summaries]
     stages = [(name, s) for name, s in stages if s.get("tokens_trained")]
     if not stages:
         return None, None
@@ -302,7 +294,7 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
             "0.04B); `train stages` splits it, with each stage's wall time in the run that trained it (other jobs "
             "may have shared its GPU).", "",
             main_sentences(ours, roles.reference, roles.window_only), ""]
-    metrics = {m: _read_json(path) for m, path in files.metrics.items()}
+    metrics = {m: read_json(path, "evaluate") for m, path in files.metrics.items()}
     row_roles = {m: role_of(m, controls, roles.base) for m in files.metrics}
     text += ["## Paired differences (bootstrap over the same items)", "",
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,

@@ -74,6 +74,9 @@ def test_lolcats_rows_count_both_stages_beside_the_papers_lolcats_rows(tmp_path)
     assert {"LoLCATs (Liger re-run) (paper)", "LoLCATs (LoLCATs paper numbers) (paper)", "Liger-GLA (paper)"} <= paper
     write_tables([tmp_path / "m" / "main.csv"], tmp_path / "tables")
     assert len(pd.read_csv(tmp_path / "tables" / "main.csv")) == len(table)
+    (tmp_path / "m" / "lolcats" / "transfer_summary.json").write_text("{cut")  # names the rule that writes it
+    with pytest.raises(LigerError, match="transfer_summary.json: not readable JSON.*rerun the transfer rule"):
+        write_model_report("m", ["base", "lolcats"], tmp_path, None, PAPER_CSV)
 
 
 def test_unknown_paper_model_has_no_rows():
@@ -85,7 +88,7 @@ def test_missing_or_corrupt_metrics_say_what_to_do(tmp_path):
         write_model_report("m", ["base"], tmp_path, None, PAPER_CSV)
     (tmp_path / "m" / "base").mkdir(parents=True)
     (tmp_path / "m" / "base" / "metrics.json").write_text("{not json")
-    with pytest.raises(LigerError, match="not valid JSON.*delete it and rerun"):
+    with pytest.raises(LigerError, match="not readable JSON.*delete it and rerun the evaluate rule"):
         write_model_report("m", ["base"], tmp_path, None, PAPER_CSV)
 
 
