@@ -37,6 +37,8 @@ PUBLISHED = "published"
 
 # A row's keys that are the pipeline's; its other keys are options of its layer.
 PIPELINE_KEYS = ("finetune", "control", "about", "weights_of", "layer_options", "train", "paper_row")
+# The keys a `weights_of` row may have besides it: it trains nothing and converts nothing of its own.
+WEIGHTS_OF_KEYS = ("layer_options", "control", "about", "paper_row")
 # The kinds of row: the untouched model; converted and fine-tuned; converted only (`finetune: false`); another
 # row's model scored with other runtime layer options (`weights_of`).
 BASE, TRAINED, UNTRAINED, WEIGHTS_OF = "base", "trained", "untrained", "weights_of"
@@ -306,14 +308,13 @@ def row_problems(config: dict, given: dict) -> list[str]:
     for name, entry in methods.items():
         if "weights_of" in entry:
             of = entry["weights_of"]
-            other = sorted(set(given["methods"][name]) - {"weights_of", "layer_options", "control", "about",
-                                                          "paper_row"})
+            other = sorted(set(given["methods"][name]) - {"weights_of", *WEIGHTS_OF_KEYS})
             if of not in methods or "weights_of" in methods[of] or not liger_options(methods[of]):
                 problems.append(f"methods.{name}.weights_of: {of!r} is not a converted method of `methods`; name a "
                                 "row that has a `method`")
             elif other:
-                problems.append(f"methods.{name}: a `weights_of` row takes only layer_options, control, about and "
-                                f"paper_row (it has {other}); move the other keys to the row it scores")
+                problems.append(f"methods.{name}: a `weights_of` row takes only {', '.join(WEIGHTS_OF_KEYS)} (it "
+                                f"has {other}); move the other keys to the row it scores")
         elif "train" in entry and kind(entry) != TRAINED:
             problems.append(f"methods.{name}.train: this row trains nothing (no `method`, or `finetune: false`); "
                             "remove `train` or make it a trained row")

@@ -161,17 +161,21 @@ def paper_rows(paper_name: str | None, paper_csv: Path, chance: dict | None = No
     return _with_averages(out.reset_index(drop=True), base=out.loc[base, "method"].iloc[0] if base.any() else None)
 
 
+def pick_reference(reference: str | None, row_roles: Mapping[str, str]) -> str | None:
+    """The method the report compares the others with: `reference` (the config's `report.reference`) when it is a
+    method row here, else the first method row; None without one."""
+    if reference is not None and row_roles.get(reference) == "method":
+        return reference
+    return next((m for m, role in row_roles.items() if role == "method"), None)
+
+
 def main_sentences(ours: pd.DataFrame, reference: str | None = None, window_only: str | None = None) -> str:
-    """Two or three sentences on our rows: the reference method (the config's `report.reference`, else the first
-    method row), the controls beside it, what the recurrence adds over the window-only row (`report.window_only`)."""
+    """Two or three sentences on our rows: the reference method (`pick_reference`), the controls beside it, what the
+    recurrence adds over the window-only row (`report.window_only`)."""
     rows = ours[ours["role"].isin(["method", "control"])].set_index("method")
-    if rows.empty or rows["Avg"].isna().all():
+    reference = pick_reference(reference, dict(rows["role"]))
+    if reference is None or rows["Avg"].isna().all():
         return ""
-    if reference is None or reference not in rows.index or rows.loc[reference, "role"] != "method":
-        methods = rows.index[rows["role"] == "method"]
-        if methods.empty:
-            return ""
-        reference = methods[0]
     ref = rows.loc[reference]
 
     def recovery(r) -> str:
@@ -239,7 +243,7 @@ class Roles:
 
     controls: list[str] = field(default_factory=list)
     base: str = BASE  # the unconverted model's row: recoveries and paired differences are from it
-    reference: str | None = None  # the method the sentences compare the others with (None: the first method row)
+    reference: str | None = None  # the method the others are compared with (`pick_reference`)
     window_only: str | None = None  # the control with the window branch alone
     about: dict[str, str] = field(default_factory=dict)  # row -> what it shows, in the table's legend
 
@@ -300,8 +304,8 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
                                  sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
     if ablations is not None and ablations.rows:
-        reference = roles.reference or next((m for m, r in row_roles.items() if r == "method"), None)
-        text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations, reference,
+        text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations,
+                                     pick_reference(roles.reference, row_roles),
                                      files.train, out_dir, ablation_plot(plots, model), paper_csv)
     text += probe_sections(model, files, out_dir, plots, window)
     images = sorted(plots.glob(f"{model}_*.png"))

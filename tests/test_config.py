@@ -80,7 +80,7 @@ BAD = {
     "weights_of base": (_set("methods", "x", value={"weights_of": "base"}),
                         "methods.x.weights_of: 'base' is not a converted method"),
     "weights_of with options": (_set("methods", "x", value={"weights_of": "lolcats", "window": 8}),
-                                "methods.x: a `weights_of` row takes only layer_options, control, about and paper_row"),
+                                "methods.x: a `weights_of` row takes only layer_options, control, about, paper_row"),
     "profile of an untrained row": (_set("profile", "methods", value=["base_window"]),
                                     "profile.methods: ['base_window'] are not trained Liger methods"),
     "unknown task": (_set("eval", "tasks", value=["piqa", "squad"]),
@@ -113,7 +113,7 @@ BAD = {
     "wrong depth of an embedded model": (_set("models", "smollm2-135m", "layers", value=32),
                                          "models.smollm2-135m.layers: 32 but the embedded smollm2-135m has 30"),
     "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
-                                 "methods.x: a `weights_of` row takes only layer_options, control, about and "
+                                 "methods.x: a `weights_of` row takes only layer_options, control, about, "
                                  "paper_row (it has ['finetune'])"),
 }
 
