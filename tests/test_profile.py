@@ -148,3 +148,14 @@ def test_bench_decode_smoke_on_cpu(tmp_path, capsys):
     assert list(table["length"]) == [16]
     assert (table[["liger_gla / floor", "base_static_compile / liger_gla", "base_sdpa / liger_gla"]] > 0).all(axis=None)
     assert "base_static_compile / liger_gla" in capsys.readouterr().out
+
+
+def test_bench_cold_start_smoke_on_cpu(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_cold_start", ROOT / "benchmarks" / "bench_cold_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    df = bench.main(["--model", str(_tiny_folder(tmp_path)), "--prompt", "8", "--train-len", "8", "--repeats", "1",
+                     "--processes", "1", "--cache-dir", str(tmp_path / "triton"), "--out", str(tmp_path / "c.csv")])
+    assert list(df["process"]) == ["empty Triton cache (a new machine)"] and not df["fla"].any()
+    assert (df[["load_s", "prefill_first_s", "prefill_later_s", "train_first_s", "train_later_s"]] > 0).all(axis=None)
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 1 and "within 10 s" in capsys.readouterr().out
