@@ -369,7 +369,9 @@ def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 20) -> float:
 
 
 def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    from liger.cache import tensor_nbytes
+
+    return tensor_nbytes(list(model.parameters()))
 
 
 def build_variant(variant: str, model_dir: Path | None, shape: str | None, device: str, dtype: torch.dtype,
