@@ -29,7 +29,7 @@ from liger.fileio import sha256_file, write_json_atomic
 from liger.paired import record as record_items
 from liger.pipeline import PAPER_METRIC, PAPER_TASKS  # the paper's tasks and the metric each reports
 from liger.provenance import versions
-from liger.tasks.loading import check_data, leaf_task_names, lm_eval_name, loaded_tasks
+from liger.tasks.loading import check_data, data_files, leaf_task_names, lm_eval_name, loaded_tasks
 from liger.tasks.utils import MMLU_CATEGORIES, MMLU_SUBJECTS
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def evaluate(
     # Each run's reports are saved as it finishes: a rerun with the same settings (an interrupted job) skips them.
     partial = out_json.with_name(out_json.name + ".partial")
     settings = {"model": _fingerprint(model_path), "adapter": _fingerprint(Path(adapter)) if adapter else None,
-                "data_dir": str(Path(data_dir).resolve()) if local else None, "limit": limit,
+                "data": _data_fingerprint(Path(data_dir), task_list) if local else None, "limit": limit,
                 "num_fewshot_mmlu": num_fewshot_mmlu, "seed": seed, "dtype": str(torch_dtype),
                 "layer_options": layer_options or None}  # fmt: skip
     reports: dict[str, dict] = _resumed(partial, settings, task_list)
@@ -242,6 +242,13 @@ def _fingerprint(folder: Path) -> list[list]:
     are written again (a restored adapter, a model rebuilt on another machine)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     return [[str(f.relative_to(folder)), f.stat().st_size, sha256_file(f)] for f in files]
+
+
+def _data_fingerprint(data_dir: Path, tasks: Sequence[str]) -> dict[str, list]:
+    """The mirror files the tasks read, each with its size and SHA-256: not the folder's path, so that a run cut on
+    one machine resumes on another holding the same files."""
+    files = sorted({rel for task in tasks for rel in data_files(task).values()})
+    return {rel: [(data_dir / rel).stat().st_size, sha256_file(data_dir / rel)] for rel in files}
 
 
 def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:

@@ -627,10 +627,11 @@ def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror
     assert not out.exists() and list(json.loads(partial.read_text())["tasks"]) == ["piqa"]
     for f in model.rglob("*"):  # the same files written again (restored on another machine): still resumes
         os.utime(f, ns=(0, 0))
+    elsewhere = shutil.copytree(short_mirror, tmp_path / "mirror-elsewhere")  # the same mirrors in another folder
 
     calls.clear()
     monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: calls.append(kw["num_fewshot"]) or real(**kw))
-    report = evaluate(model, out, **kwargs)
+    report = evaluate(model, out, **(kwargs | {"data_dir": elsewhere}))
     assert calls == [5] and report["resumed"] == ["piqa"] and not partial.exists()
     assert report["paper_metrics"] == fresh["paper_metrics"] and fresh["resumed"] == []
     assert report["tasks"]["piqa"]["items"] == fresh["tasks"]["piqa"]["items"]  # kept through the partial file
@@ -644,6 +645,14 @@ def test_interrupted_evaluation_resumes_without_rescoring(base_dir, short_mirror
     partial.write_text(json.dumps(older))
     calls.clear()
     assert evaluate(model, out, **kwargs)["resumed"] == [] and calls == [0, 5] and not partial.exists()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, out, **kwargs)
+    with (elsewhere / "piqa" / "validation.jsonl").open("a") as f:  # other benchmark data: piqa scored again
+        f.write(json.dumps({"goal": "g", "sol1": "a", "sol2": "b", "label": 0}) + "\n")
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: calls.append(kw["num_fewshot"]) or real(**kw))
+    calls.clear()
+    assert evaluate(model, out, **(kwargs | {"data_dir": elsewhere}))["resumed"] == [] and calls == [0, 5]
     monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, out, **kwargs)
