@@ -32,22 +32,11 @@ PROCESSES = [  # (what the process finds, its TRITON_CACHE_AUTOTUNING)
 TARGET_S = 10.0
 
 
-def _timed(fn, device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def child(args: argparse.Namespace) -> dict:
     """One fresh process: load, then the first and `--repeats` later prefills and training steps."""
     import torch
 
+    from liger.device import timed
     from liger.ops._fla import fla_importable
     from liger.profile import build_variant
 
@@ -74,8 +63,8 @@ def child(args: argparse.Namespace) -> dict:
 
     out = {"load_s": load_s, "fla": cuda and fla_importable()}
     for name, fn in (("prefill", prefill), ("train", train_step)):
-        out[f"{name}_first_s"] = _timed(fn, device)
-        out[f"{name}_later_s"] = statistics.median(_timed(fn, device) for _ in range(args.repeats))
+        out[f"{name}_first_s"] = timed(fn, device)
+        out[f"{name}_later_s"] = statistics.median(timed(fn, device) for _ in range(args.repeats))
     return out
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from liger.device import timed
 from liger.ops import gated_recurrence, gated_slot_attention, sliding_window_attention
 from liger.ops._fla import fla_importable
 from liger.ops.window import flash_attn_importable
@@ -25,23 +25,11 @@ from liger.ops.window import flash_attn_importable
 H, HKV, D, M, WINDOW = 9, 3, 64, 64, 64
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     """Median seconds of one call after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def cases(T: int, device: torch.device, dtype: torch.dtype, backward: bool) -> dict[str, Callable[[], object]]:
@@ -120,10 +108,7 @@ def main() -> None:
                 row[T] = None
                 continue
             try:
-                t0 = time.perf_counter()
-                fn()  # first call: compile / autotune, untimed
-                _sync(device)
-                first = time.perf_counter() - t0
+                first = timed(fn, device)  # first call: compile / autotune, not in the result
                 reps = args.repeats if first < args.max_seconds / 4 else 1
                 sec = time_call(fn, device, reps, warmup=0 if reps == 1 else 1)
                 row[T] = T / sec

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +29,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if dtype not in names:
         raise LigerError(f"unknown dtype {dtype!r}; choose auto, {', '.join(names)}")
     return names[dtype]
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait until the device has run the work queued on it (CUDA; other devices run it at once)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: str | torch.device) -> float:
+    """Seconds one call of `fn` takes, the device's work included (synchronised before and after)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
 def device_name(device: torch.device) -> str:

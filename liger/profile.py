@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from liger.cli_args import json_object_arg
-from liger.device import resolve_device, resolve_dtype
+from liger.device import resolve_device, resolve_dtype, synchronize, timed
 from liger.errors import LigerError
 from liger.fileio import atomic_target, write_text_atomic
 
@@ -34,11 +34,6 @@ KERNEL_COLUMNS = ["variant", "decoder", "length", "batch", "kind", "rank", "name
 BASE_VARIANTS = ("base_eager", "base_sdpa", "base_static_compile")
 TABLE9_GENERATED = [1024, 2048, 4096, 8192, 16384, 32768]
 PAPER_TABLE9 = Path(__file__).resolve().parents[1] / "config" / "paper_table9.csv"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _peak_gib(device: str) -> float:
@@ -62,14 +57,14 @@ class Clock:
         self.prefill_peak = self.decode_peak = float("nan")
 
     def start(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         _reset_peak(self.device)
         self.marks = []
         self.t0 = time.perf_counter()
 
     def mark(self) -> None:
         if self.each_step or not self.marks:
-            _sync(self.device)
+            synchronize(self.device)
             self.marks.append(time.perf_counter())
             if len(self.marks) == 1:
                 self.prefill_peak = _peak_gib(self.device)
@@ -78,7 +73,7 @@ class Clock:
             self.on_mark()
 
     def stop(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.t_end = time.perf_counter()
         self.decode_peak = _peak_gib(self.device)
 
@@ -357,14 +352,7 @@ def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 20) -> float:
     src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    del src, dst
+    times = [timed(lambda: dst.copy_(src), device) for _ in range(repeats)]
     return 2 * n / statistics.median(times)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from liger.device import synchronize
 from liger.packed import PackedData
 
 if TYPE_CHECKING:
@@ -182,8 +183,8 @@ def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: to
         if not math.isfinite(norm):
             raise NonFinite("gradient norm", norm)
     opt.step()
-    if params and params[0].is_cuda:
-        torch.cuda.synchronize(params[0].device)
+    if params:
+        synchronize(params[0].device)
     return value
 
 
