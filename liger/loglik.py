@@ -6,7 +6,7 @@ benchmarks need far less: the log-probability of each continuation token and whe
 the model body runs once per distinct input (padded on the right, longest first, batched by a token budget),
 the head runs only on the hidden states of the scored positions, and the log-softmax is taken in float32 over
 chunks of those positions. Inputs and truncation are lm-eval's (`(context + continuation)[-(max_length + 1):][:-1]`);
-tests/test_loglik.py checks the answers against `HFLM._loglikelihood_tokens`.
+tests/test_evaluate.py checks the answers against `HFLM._loglikelihood_tokens`.
 """
 
 from __future__ import annotations
@@ -43,16 +43,20 @@ def _distinct_inputs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_l
 
 
 def _batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None) -> list[list[int]]:
-    """Indices sorted by length, longest first, cut into batches whose padded size stays within `max_tokens`."""
+    """Indices sorted by length, longest first, cut into batches whose padded size stays within `max_tokens`.
+
+    A batch holds a power of two rows (or `max_rows`), the last one of a length fewer: fla's kernels autotune
+    anew at each batch size they meet (`chunk_local_cumsum`'s key holds B), which a token budget alone would make
+    a different one for nearly every input length."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
+    cap = 0
     for i in order:
-        if batches:
-            batch = batches[-1]
-            rows = len(batch) + 1
-            if lengths[batch[0]] * rows <= max_tokens and (max_rows is None or rows <= max_rows):
-                batch.append(i)
-                continue
+        if batches and len(batches[-1]) < cap:
+            batches[-1].append(i)
+            continue
+        fit = max(1, max_tokens // lengths[i])
+        cap = min(1 << (fit.bit_length() - 1), max_rows or fit)
         batches.append([i])
     return batches
 

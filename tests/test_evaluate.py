@@ -387,6 +387,11 @@ def test_loglik_batches_respect_the_token_budget_and_row_cap():
             widths = [lengths[i] for i in b]
             assert widths == sorted(widths, reverse=True)
             assert len(b) == 1 or (max(widths) * len(b) <= tokens and (rows is None or len(b) <= rows))
+        # every batch but the last holds a power of two rows, or the row cap: few batch sizes
+        assert all(len(b) & (len(b) - 1) == 0 or len(b) == rows for b in batches[:-1])
+    many = [300 - n // 8 for n in range(2000)]  # 250 lengths, each its own share of the budget
+    sizes = [len(b) for b in _batches(many, 65536, None)]
+    assert set(sizes[:-1]) == {128, 256, 512} and sum(sizes) == 2000  # the budget alone: 7 sizes here
 
 
 def test_batched_encoding_equals_lm_evals_per_request_encoding(base_dir, mirror, monkeypatch):
