@@ -237,18 +237,18 @@ def evaluate(
     return report
 
 
-def _fingerprint(folder: Path) -> list[list]:
-    """A model folder's files, each with its size and SHA-256: changes when the model does, not when the same files
-    are written again (a restored adapter, a model rebuilt on another machine)."""
-    files = sorted(f for f in folder.rglob("*") if f.is_file())
+def _fingerprint(folder: Path, files: Sequence[Path] | None = None) -> list[list]:
+    """Files of `folder` (all of them unless given), each with its path in it, size and SHA-256: changes when their
+    contents do, not when the same files are written again (a restored adapter, a model rebuilt on another machine)
+    or lie in another folder (the mirrors on another machine)."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file()) if files is None else sorted(files)
     return [[str(f.relative_to(folder)), f.stat().st_size, sha256_file(f)] for f in files]
 
 
-def _data_fingerprint(data_dir: Path, tasks: Sequence[str]) -> dict[str, list]:
-    """The mirror files the tasks read, each with its size and SHA-256: not the folder's path, so that a run cut on
-    one machine resumes on another holding the same files."""
-    files = sorted({rel for task in tasks for rel in data_files(task).values()})
-    return {rel: [(data_dir / rel).stat().st_size, sha256_file(data_dir / rel)] for rel in files}
+def _data_fingerprint(data_dir: Path, tasks: Sequence[str]) -> list[list]:
+    """The mirror files the tasks read (`_fingerprint`): a run cut on one machine resumes on another holding the
+    same files."""
+    return _fingerprint(data_dir, list({data_dir / rel for task in tasks for rel in data_files(task).values()}))
 
 
 def _resumed(partial: Path, settings: dict, task_list: Sequence[str]) -> dict[str, dict]:

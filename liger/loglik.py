@@ -45,9 +45,9 @@ def _distinct_inputs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_l
 def _batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None) -> list[list[int]]:
     """Indices sorted by length, longest first, cut into batches whose padded size stays within `max_tokens`.
 
-    A batch holds a power of two rows (or `max_rows`), the last one of a length fewer: fla's kernels autotune
-    anew at each batch size they meet (`chunk_local_cumsum`'s key holds B), which a token budget alone would make
-    a different one for nearly every input length."""
+    Every batch but the last holds a power of two rows (or `max_rows`): fla's kernels autotune anew at each batch
+    size they meet (`chunk_local_cumsum`'s key holds B), and a token budget alone gives a different size for
+    nearly every input length."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     cap = 0
