@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from liger import methods
 from liger.errors import LigerError
 from liger.markdown import markdown_table
 
@@ -196,10 +195,10 @@ def markdown(table: pd.DataFrame, references: Sequence[str] = (BASE,)) -> str:
     return markdown_table(pd.DataFrame(lines, columns=header))
 
 
-def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None, model: str,
+def sentences(table: pd.DataFrame, method_rows: Sequence[str], claim: dict | None, model: str,
               window_only: str | None, level: float = LEVEL) -> str:
-    """Whether the interval of (Liger row - the window-only row `window_only`) on MMLU excludes 0, against the
-    paper's claim (`paper_recurrence_gain`)."""
+    """Whether the interval of (method row - the window-only row `window_only`) on MMLU excludes 0, against the
+    paper's claim (`paper_recurrence_gain`): every method pairs a linear recurrence with a window."""
     gain = claim["reference"] - claim["window_only"] if claim else None
     text = []
     if claim:
@@ -209,11 +208,11 @@ def sentences(table: pd.DataFrame, liger_rows: Sequence[str], claim: dict | None
     if window_only is None:
         return " ".join([*text, f"No window-only row in the config (report.window_only), so {model} cannot test it."])
     lines = table[(table["reference"] == window_only) & (table["measure"] == "MMLU")
-                  & table["method"].isin(liger_rows)].set_index("method")
+                  & table["method"].isin(method_rows)].set_index("method")
     if window_only not in set(table["reference"]):
         return " ".join([*text, f"No {window_only} row here, so {model} cannot test it."])
     if lines.empty:
-        return " ".join([*text, f"No Liger row beside {window_only} here, so {model} cannot test it."])
+        return " ".join([*text, f"No method row beside {window_only} here, so {model} cannot test it."])
     for method, line in lines.iterrows():
         if pd.isna(line["difference"]):
             text.append(f"{method} - {window_only} on MMLU: not computed ({line['note']}).")
@@ -246,11 +245,10 @@ def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], role
     table = differences(items, roles, tasks, resamples, seed, references=references)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
     claim = paper_recurrence_gain(paper_csv, reference, window_only, paper_name) if reference and window_only else None
-    liger_rows = [m for m, doc in metrics.items() if roles.get(m) == "method"
-                  and isinstance(doc.get("liger"), Mapping) and doc["liger"].get("method") in methods.names("liger")]
+    method_rows = [m for m in metrics if roles.get(m) == "method"]
     text = (f"Row minus reference, in points: the six-task average (each task's items resampled, the same indices "
             f"for both rows) and MMLU, with the {100 * LEVEL:g}% percentile interval of a paired bootstrap "
             f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table, references) + "\n"
-            + sentences(table, liger_rows, claim, model, window_only) + "\n")
+            + sentences(table, method_rows, claim, model, window_only) + "\n")
     (out_dir / "paired.md").write_text(text)
     return text

@@ -205,7 +205,8 @@ def test_report_writes_paired_differences_and_tests_the_papers_claim(tmp_path):
     assert f"liger_gla - window_only on MMLU: +25.0 [{gla_mmlu['low']:+.1f}, {gla_mmlu['high']:+.1f}] points" in md
     assert "which lies above 0: m shows a gain; the paper's +6.4 lies below it." in md
     assert "liger_hgrn2 - window_only on MMLU: not computed (" + NO_ITEMS + ")." in md
-    assert "lolcats - window_only" not in md  # not a Liger row
+    assert ("lolcats - window_only on MMLU: not computed (not the same items as window_only on mmlu (another data "
+            "source or limit)).") in md  # every method row is tested, not only Liger's
 
 
 def test_report_without_items_or_without_window_only_still_writes_the_tables(tmp_path):
@@ -258,5 +259,5 @@ def test_sentence_says_where_the_interval_lies():
     assert "which lies below 0: the window alone scores higher at 1.5b; the paper's +6.4 lies above it." in text
     assert "c - window_only on MMLU: +7.0 [+5.0, +9.0] points (95% interval), which lies above 0: 1.5b shows a " \
            "gain; the paper's +6.4 lies inside it." in text
-    assert sentences(table, [], None, "1.5b", "window_only") == ("No Liger row beside window_only here, so 1.5b "
+    assert sentences(table, [], None, "1.5b", "window_only") == ("No method row beside window_only here, so 1.5b "
                                                                 "cannot test it.")
