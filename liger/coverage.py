@@ -7,6 +7,10 @@ L - 2 (L = tokens of context + continuation) and the window branch there sees po
 L - 2. So a request outruns the window when L - 2 > window, i.e. when some scored prediction cannot see the
 first token through the window; an item outruns it when its longest request does. Only on those items can
 the recurrent branch see anything the window does not.
+
+Beside the table, `coverage_items.csv` gives each item's longest request in the order `liger evaluate` records the
+items' outcomes (`liger.paired`), and the table's `docs_sha256` column the digest of each task's documents, so
+`liger.by_length` can split each row's accuracy by request length on exactly the evaluated items.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ from liger.pipeline import PAPER_TASKS, TASKS
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "shots", "items", "requests", "tokens_median", "tokens_p90", "tokens_max", "tokens_mean"]
+ITEM_COLUMNS = ["task", "leaf", "doc_id", "tokens"]  # coverage_items.csv: tokens = the item's longest request
+DIGEST = "docs_sha256"
+
+
+def items_path(table: Path) -> Path:
+    """coverage_items.csv beside the coverage table `table`."""
+    return table.with_name(f"{table.stem}_items.csv")
+
+
+def window_of(df: pd.DataFrame) -> int | None:
+    """The smallest window a coverage table was computed for (None: none)."""
+    found = [int(c.removeprefix("items beyond window ").removesuffix(" %")) for c in df.columns
+             if c.startswith("items beyond window")]
+    return min(found) if found else None
 
 
 def beyond_column(window: int) -> str:
@@ -77,13 +95,16 @@ def coverage(
     limit: int | None = None,
     num_fewshot_mmlu: int = TASKS["mmlu"].shots,
     seed: int = 0,
-) -> pd.DataFrame:
-    """The coverage table for the tokenizer in `model_dir`: one row per task (see the module docstring).
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The coverage table for the tokenizer in `model_dir` (one row per task, see the module docstring; its
+    `docs_sha256` column digests each task's documents as `liger.paired` does), and the items table
+    (`ITEM_COLUMNS`: each item's longest request, in the order of the items' recorded outcomes).
 
     `tasks`, `data_dir`, `limit` (MMLU: ceil(limit/57) per subject), `num_fewshot_mmlu` and `seed` (the
     few-shot sampler's) mean what they mean for `liger evaluate`, so the requests are the evaluated ones.
     """
     from liger.evaluate import check_tasks
+    from liger.paired import docs_sha256
     from liger.tasks.loading import check_data, leaf_task_names, loaded_tasks
     from liger.tasks.utils import MMLU_SUBJECTS
 
@@ -96,26 +117,32 @@ def coverage(
     tokenizer = load_tokenizer(model_dir)
     if data_dir is not None:
         check_data(data_dir, task_list)
-    rows = []
+    rows, item_rows = [], []
     with loaded_tasks(task_list, data_dir) as (_, _, leaves):
         for task in task_list:
             shots = num_fewshot_mmlu if task == "mmlu" else TASKS[task].shots
             task_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit and task == "mmlu" else limit
-            keys, requests = [], []
+            keys, requests, order, docs = [], [], [], []  # order: items as outcomes are recorded
             for name in leaf_task_names(task, data_dir is not None):
                 leaf = leaves[name]
                 leaf.set_config(key="num_fewshot", value=shots)
                 leaf.set_fewshot_seed(seed=seed)
                 leaf.build_all_requests(limit=task_limit, rank=0, world_size=1)
+                leaf_docs = {}
                 for inst in leaf.instances:
                     keys.append((name, inst.doc_id))
                     requests.append(inst.args)
+                    leaf_docs[inst.doc_id] = inst.doc
+                order += [(name, d) for d in sorted(leaf_docs)]
+                docs += [leaf_docs[d] for d in sorted(leaf_docs)]
             items: dict = {}
             for key, n in zip(keys, request_lengths(tokenizer, requests), strict=True):
                 items.setdefault(key, []).append(n)
-            rows.append(summarize(task, shots, items, windows))
+            rows.append(summarize(task, shots, items, windows) | {DIGEST: docs_sha256(docs)})
+            item_rows += [(task, leaf, doc_id, max(items[leaf, doc_id])) for leaf, doc_id in order]
             log.info("coverage %s: %d items, %d requests", task, len(items), len(requests))
-    return pd.DataFrame(rows, columns=COLUMNS + [beyond_column(w) for w in windows])
+    summary = pd.DataFrame(rows, columns=COLUMNS + [beyond_column(w) for w in windows] + [DIGEST])
+    return summary, pd.DataFrame(item_rows, columns=ITEM_COLUMNS)
 
 
 def sentences(df: pd.DataFrame) -> str:
@@ -144,20 +171,20 @@ def sentences(df: pd.DataFrame) -> str:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The table and its sentences."""
-
-    return markdown_table(df) + "\n" + sentences(df) + "\n"
+    """The table (without the documents' digests) and its sentences."""
+    return markdown_table(df.drop(columns=DIGEST, errors="ignore")) + "\n" + sentences(df) + "\n"
 
 
 def _cli(args: argparse.Namespace) -> int:
     windows = [int(w) for w in str(args.windows).split(",") if w.strip()]
-    df = coverage(args.model, tasks=args.tasks, data_dir=args.data_dir, windows=windows, limit=args.limit,
-                  num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed)
+    df, items = coverage(args.model, tasks=args.tasks, data_dir=args.data_dir, windows=windows, limit=args.limit,
+                         num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed)
     write_text_atomic(args.out, df.to_csv(index=False))
     md = args.out.with_suffix(".md")
     write_text_atomic(md, markdown(df))
-    print(df.to_string(index=False))
-    print(f"{args.out}, {md}: written")
+    write_text_atomic(items_path(args.out), items.to_csv(index=False))
+    print(df.drop(columns=DIGEST).to_string(index=False))
+    print(f"{args.out}, {md}, {items_path(args.out)}: written")
     return 0
 
 
@@ -170,5 +197,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="at most N items per task (MMLU: ceil(N/57) per subject)")
     p.add_argument("--num-fewshot-mmlu", type=int, default=TASKS["mmlu"].shots)
     p.add_argument("--seed", type=int, default=0, help="few-shot sampler seed (as evaluate)")
-    p.add_argument("--out", required=True, type=Path, help="output CSV (a Markdown twin is written beside it)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output CSV; its Markdown twin and NAME_items.csv, the items table, are written beside it")
     p.set_defaults(func=_cli)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ NO_ITEMS = "no per-item outcomes recorded: rerun the evaluation"
 def record(task: str, metric: str, leaf_samples: Sequence[Sequence[Mapping]]) -> dict[str, str]:
     """A task's `items` entry from lm-eval's logged samples (`log_samples=True`), one list per leaf task in order
     (MMLU: the 57 subjects alphabetically). Each sample's `metric` value must be 0 or 1."""
-    digest, bits = hashlib.sha256(), []
+    docs, bits = [], []
     for samples in leaf_samples:
         ordered = sorted(samples, key=lambda s: s["doc_id"])
         if len({s["doc_id"] for s in ordered}) != len(ordered):
@@ -50,9 +50,17 @@ def record(task: str, metric: str, leaf_samples: Sequence[Sequence[Mapping]]) ->
             if value not in (0, 1):
                 raise LigerError(f"task {task}: {metric} of doc {s['doc_id']} is {value!r}, not 0 or 1")
             bits.append("1" if value else "0")
-            digest.update(json.dumps(s["doc"], sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+            docs.append(s["doc"])
     order = ITEM_ORDER.get(task, "doc_id")
-    return {"order": order, "outcomes": "".join(bits), "docs_sha256": digest.hexdigest()}
+    return {"order": order, "outcomes": "".join(bits), "docs_sha256": docs_sha256(docs)}
+
+
+def docs_sha256(docs: Iterable[Mapping]) -> str:
+    """The digest of a task's processed documents in item order: what tells two lists of items apart."""
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def read_items(metrics: Mapping, where: str | Path) -> dict[str, tuple[str, np.ndarray]]:

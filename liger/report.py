@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from liger import ablations as ablation_table
-from liger import paired
+from liger import by_length, paired
 from liger.errors import LigerError
 from liger.fileio import read_json
 from liger.markdown import markdown_table
@@ -28,8 +28,8 @@ COLUMNS = ["model", "method", "role", *HEADERS.values(), "Avg", "Avg w/o MMLU", 
            "Chance-corrected recovery %", "train tokens", "train stages", "source"]
 CHANCE = "chance (from the data)"
 # What `write_report` writes in the model's folder (the report rule declares each; the plot's path is given apart).
-OUTPUTS = ("main.csv", "main.md", "paired.csv", "paired.md", "passkey.csv", "passkey.md", "position_loss.csv",
-           "position_loss.md", "position_loss_roles.csv", "report.md")
+OUTPUTS = ("main.csv", "main.md", "paired.csv", "paired.md", *by_length.OUTPUTS, "passkey.csv", "passkey.md",
+           "position_loss.csv", "position_loss.md", "position_loss_roles.csv", "report.md")
 
 
 @dataclass
@@ -42,17 +42,18 @@ class RowFiles:
     passkey: dict[str, Path] = field(default_factory=dict)
     position_loss: dict[str, Path] = field(default_factory=dict)
     coverage: Path | None = None
+    coverage_items: Path | None = None  # each item's longest request (liger.coverage), for liger.by_length
 
     @classmethod
     def from_paths(cls, metrics: Sequence[Path], train: Sequence[Path] = (), transfer: Sequence[Path] = (),
                    passkey: Sequence[Path] = (), position_loss: Sequence[Path] = (),
-                   coverage: Path | None = None) -> RowFiles:
+                   coverage: Path | None = None, coverage_items: Path | None = None) -> RowFiles:
         """The files a rule hands over, each in its row's folder (…/MODEL/ROW/FILE)."""
         def by_row(paths: Sequence[Path]) -> dict[str, Path]:
             return {Path(p).parent.name: Path(p) for p in paths}
 
         return cls(by_row(metrics), by_row(train), by_row(transfer), by_row(passkey), by_row(position_loss),
-                   coverage)
+                   coverage, coverage_items)
 
     @classmethod
     def layout(cls, results: Path, model: str, methods: Sequence[str]) -> RowFiles:
@@ -61,11 +62,13 @@ class RowFiles:
         def found(name: str) -> list[Path]:
             return [p for m in methods if (p := results / model / m / name).exists()]
 
+        from liger.coverage import items_path
+
         coverage = results / model / "coverage.csv"
         return cls.from_paths([results / model / m / ROW_FILES["metrics"] for m in methods],
                               *(found(name) for name in (STAGES["lora"].summary, STAGES["transfer"].summary,
                                                          ROW_FILES["passkey"], ROW_FILES["position_loss"])),
-                              coverage if coverage.exists() else None)
+                              *(p if p.exists() else None for p in (coverage, items_path(coverage))))
 
 
 def role_of(method: str, controls: list[str], base: str = BASE) -> str:
@@ -276,7 +279,8 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
                  config_note: str = "", roles: Roles | None = None, window: int = 64,
                  resamples: int = paired.RESAMPLES, ablations: ablation_table.Ablations | None = None) -> Path:
     """`out_dir`/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from the base and the
-    window-only row with bootstrap intervals), the probes' tables when their files are given, and report.md
+    window-only row with bootstrap intervals), by_length.csv and .md when the coverage items are given
+    (`liger.by_length`), the probes' tables when their files are given, and report.md
     (`OUTPUTS`); the loss-by-position plot in `plots`. With `ablations` (the config's `paper_row`s) also
     ablations.csv and .md (`liger.ablations.OUTPUTS`) and the plot `ablation_plot(plots, model)`."""
     roles = roles or Roles()
@@ -303,6 +307,14 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     text += ["## Paired differences (bootstrap over the same items)", "",
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
                                  sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
+    if files.coverage is not None and files.coverage_items is not None:
+        from liger.coverage import window_of
+
+        table = pd.read_csv(files.coverage)
+        items = {m: paired.read_items(doc, files.metrics[m]) for m, doc in metrics.items()}
+        text += ["## Accuracy by request length (paired with the window-only row)", "",
+                 by_length.write(out_dir, files.coverage_items, table, items, row_roles, window_of(table) or window,
+                                 roles.window_only, resamples)]
     if ablations is not None and ablations.rows:
         text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations,
                                      pick_reference(roles.reference, row_roles),
@@ -331,8 +343,10 @@ def _cli(args: argparse.Namespace) -> int:
         return 0
     if not args.metrics or not args.out_dir or not args.plot:
         raise LigerError("liger report: give --metrics, --out-dir and --plot (or --tables)")
+    if args.coverage_items is not None and args.coverage is None:
+        raise LigerError("liger report: --coverage-items needs --coverage (the table with the documents' digests)")
     files = RowFiles.from_paths(args.metrics, args.train, args.transfer, args.passkey, args.position_loss,
-                                args.coverage)
+                                args.coverage, args.coverage_items)
     roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], base=args.base,
                   reference=args.reference or None,
                   window_only=args.window_only or None, about=json.loads(args.about))
@@ -353,6 +367,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passkey", nargs="*", type=Path, default=[], help="the rows' passkey results")
     p.add_argument("--position-loss", nargs="*", type=Path, default=[], help="the rows' loss-by-position results")
     p.add_argument("--coverage", type=Path, help="the model's coverage table")
+    p.add_argument("--coverage-items", type=Path,
+                   help="its items table (coverage_items.csv): write by_length.csv and .md, accuracy by request length")
     p.add_argument("--out-dir", type=Path, help=f"where to write {', '.join(OUTPUTS)}")
     p.add_argument("--plot", type=Path, help="the loss-by-position plot to write (other plots beside it are shown)")
     p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")

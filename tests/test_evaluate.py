@@ -554,6 +554,13 @@ def test_evaluate_local_end_to_end(base_dir, short_mirror, tmp_path):
     pooled = sum(s["acc"] * s["n"] for s in subjects) / sum(s["n"] for s in subjects)
     assert mmlu["value"] == pytest.approx(pooled)
     assert sum(c["n"] for c in mmlu["categories"].values()) == 57
+    # liger coverage lists the same items in the same order: its digests are the recorded ones (liger.by_length)
+    from liger.coverage import coverage
+
+    table, items = coverage(base_dir, data_dir=short_mirror, limit=3)
+    recorded = {t: e["items"]["docs_sha256"] for t, e in report["tasks"].items()}
+    assert dict(zip(table["task"], table["docs_sha256"], strict=True)) == recorded
+    assert items.groupby("task", sort=False).size().to_dict() == {t: e["n"] for t, e in report["tasks"].items()}
     # chance levels from the evaluated items themselves: 1 / number of choices, averaged
     arc = [json.loads(line) for line in (short_mirror / "arc_challenge" / "test.jsonl").read_text().splitlines()][:3]
     want = {"piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "mmlu": 0.25,

@@ -143,7 +143,8 @@ def test_coverage_of_a_tiny_task(tmp_path, tokenizer_dir, tokenizer):
 
     _write_jsonl(tmp_path / "piqa" / "validation.jsonl", PIQA)
     _write_jsonl(tmp_path / "winogrande" / "validation.jsonl", WINOGRANDE)
-    df = coverage(tokenizer_dir, tasks="piqa,winogrande", data_dir=tmp_path, windows=[8, 20]).set_index("task")
+    df, items = coverage(tokenizer_dir, tasks="piqa,winogrande", data_dir=tmp_path, windows=[8, 20])
+    df = df.set_index("task")
     # lm-eval's piqa request: context "Question: {goal}\nAnswer:", continuation " {solution}"
     lengths = [[len(tokenizer(f"Question: {r['goal']}\nAnswer: {r[s]}")["input_ids"]) for s in ("sol1", "sol2")]
                for r in PIQA]  # fmt: skip
@@ -160,8 +161,12 @@ def test_coverage_of_a_tiny_task(tmp_path, tokenizer_dir, tokenizer):
             for r in WINOGRANDE]  # fmt: skip
     assert df.loc["winogrande", "tokens_max"] == max(n for pair in wino for n in pair)
     assert df.loc["winogrande", "requests"] == 4
+    # the items table: each item's longest request, in doc_id order (the order of the recorded outcomes)
+    piqa_items = items[items["task"] == "piqa"]
+    assert list(piqa_items["doc_id"]) == [0, 1, 2] and list(piqa_items["tokens"]) == [max(p) for p in lengths]
+    assert list(items[items["task"] == "winogrande"]["tokens"]) == [max(p) for p in wino]
     text = markdown(df.reset_index())
-    assert "| piqa |" in text and "most items that outrun it" in text
+    assert "| piqa |" in text and "most items that outrun it" in text and "docs_sha256" not in text
     with pytest.raises(LigerError, match="unknown task"):
         coverage(tokenizer_dir, tasks="lambada", data_dir=tmp_path)
 
@@ -180,8 +185,8 @@ def test_mmlu_coverage_includes_the_five_shot_context(tmp_path, tokenizer_dir):
                 keep.append(line)
         (tmp_path / "mmlu").mkdir(exist_ok=True)
         (tmp_path / "mmlu" / f"{split}.jsonl").write_text("\n".join(keep) + "\n")
-    five = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57).iloc[0]
-    zero = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57, num_fewshot_mmlu=0).iloc[0]
+    five = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57)[0].iloc[0]
+    zero = coverage(tokenizer_dir, tasks="mmlu", data_dir=tmp_path, limit=57, num_fewshot_mmlu=0)[0].iloc[0]
     assert five["items"] == zero["items"] == 57 and five["requests"] == 4 * 57 and five["shots"] == 5
     assert five["tokens_median"] > 3 * zero["tokens_median"]  # five solved examples precede the question
 
@@ -409,10 +414,15 @@ def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
     methods = _fake_results(tmp_path)
     roles = Roles(controls=["window_only", "liger_gla_no_window", "base_window"], reference="liger_gla",
                   window_only="window_only", about={"window_only": "the window alone"})
+    pd.DataFrame({"task": "mmlu", "leaf": "liger_mmlu_anatomy", "doc_id": [0, 1, 2], "tokens": [100, 600, 3000]}) \
+        .to_csv(tmp_path / "m" / "coverage_items.csv", index=False)
     report = write_model_report("m", methods, tmp_path, None, ROOT / "config" / "paper_results.csv",
                                 roles=roles).read_text()  # fmt: skip
     table = pd.read_csv(tmp_path / "m" / "main.csv").set_index("method")
     assert list(table["role"]) == ["base", "method", "control", "control", "control", "chance"]
+    # by request length: these metrics files record no items, so each row says so
+    assert "## Accuracy by request length" in report and "liger_gla: no per-item outcomes recorded." in report
+    assert list(pd.read_csv(tmp_path / "m" / "by_length.csv")["bucket"].unique()) == ["65-256", "513-1024", "> 2048"]
     assert table.loc["window_only", "Chance-corrected recovery %"] == pytest.approx(
         round(100 * (table.loc["window_only", "Avg"] - table.loc["chance (from the data)", "Avg"])
               / (table.loc["base", "Avg"] - table.loc["chance (from the data)", "Avg"]), 1), abs=0.15)

@@ -5,12 +5,14 @@ POSITION_LOSS = config["probes"]["position_loss"]
 
 
 rule coverage:
-    """Request lengths of each benchmark in the model's tokens; share of items beyond the window."""
+    """Request lengths of each benchmark in the model's tokens; share of items beyond the window; each item's longest
+    request (coverage_items.csv, for the report's accuracy by request length)."""
     input:
         "resources/models/{model}/config.json",
     output:
         csv=report("results/{run}/{model}/coverage.csv", category="probes"),
         markdown="results/{run}/{model}/coverage.md",
+        per_item="results/{run}/{model}/coverage_items.csv",
     params:
         liger=LIGER,
         opts=flags(

@@ -1,8 +1,9 @@
 rule report:
     """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from the base
-    and the config's window-only row with bootstrap intervals (paired.csv, paired.md), the probes' tables,
-    report.md and, when rows have a `paper_row`, the ablation table (ablations.csv, .md) and its plot. `liger
-    report` reads its inputs and writes its declared outputs, no other file."""
+    and the config's window-only row with bootstrap intervals (paired.csv, paired.md) and by request length
+    (by_length.csv, by_length.md), the probes' tables, report.md and, when rows have a `paper_row`, the ablation
+    table (ablations.csv, .md) and its plot. `liger report` reads its inputs and writes its declared outputs, no
+    other file."""
     input:
         metrics=expand(row_file(pipeline.ROW_FILES["metrics"]), method=METHODS, allow_missing=True),
         train=expand(row_file(pipeline.STAGES["lora"].summary), method=TRAINED, allow_missing=True),
@@ -10,6 +11,7 @@ rule report:
         paper=PAPER_CSV,
         profile="results/{run}/{model}/profile.csv",
         coverage="results/{run}/{model}/coverage.csv",
+        coverage_items="results/{run}/{model}/coverage_items.csv",
         passkey=expand(row_file(pipeline.ROW_FILES["passkey"]), method=METHODS, allow_missing=True),
         position_loss=expand(row_file(pipeline.ROW_FILES["position_loss"]), method=METHODS, allow_missing=True),
     output:
@@ -18,6 +20,8 @@ rule report:
         report="results/{run}/{model}/report.md",
         paired=report("results/{run}/{model}/paired.csv", category="tables"),
         paired_markdown="results/{run}/{model}/paired.md",
+        by_length=report("results/{run}/{model}/by_length.csv", category="tables"),
+        by_length_markdown="results/{run}/{model}/by_length.md",
         passkey="results/{run}/{model}/passkey.csv",
         passkey_markdown="results/{run}/{model}/passkey.md",
         position_loss="results/{run}/{model}/position_loss.csv",
@@ -49,7 +53,8 @@ rule report:
     shell:
         "{params.liger} report --model {wildcards.model} --metrics {input.metrics} --train {input.train} "
         "--transfer {input.transfer} --passkey {input.passkey} --position-loss {input.position_loss} "
-        "--coverage {input.coverage} --out-dir {params.out_dir} --plot {output.position_plot} "
+        "--coverage {input.coverage} --coverage-items {input.coverage_items} --out-dir {params.out_dir} "
+        "--plot {output.position_plot} "
         "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} --controls {params.controls} "
         "{params.roles} {params.ablations} --window {params.window} > {log} 2>&1"
 
