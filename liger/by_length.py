@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liger.fileio import atomic_target
 from liger.markdown import markdown_table
 from liger.paired import LEVEL, RESAMPLES, SEED, paired_interval
 
@@ -120,9 +121,59 @@ def markdown(df: pd.DataFrame, window: int, window_only: str | None, level: floa
     return "\n".join(out + ["", sentences(df, window_only), ""])
 
 
+def plot(df: pd.DataFrame, out_png: Path, title: str, window_only: str | None = None) -> None:
+    """Per split task (a column): each row's accuracy per bucket (controls dashed) and, below, its difference from
+    `window_only` with the interval; a note when nothing is split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(df["task"])) or [None]
+    paired = df["difference"].notna().any()
+    fig, axes = plt.subplots(2 if paired else 1, len(tasks), figsize=(6.5 * len(tasks), 8 if paired else 4.2),
+                             squeeze=False, sharex="col")
+    for col, task in enumerate(tasks):
+        if task is None:
+            axes[0][col].text(0.5, 0.5, "no task has most of its items beyond the window", ha="center", va="center")
+            axes[0][col].set_axis_off()
+            continue
+        lines = df[(df["task"] == task) & df["accuracy"].notna()]
+        order = list(dict.fromkeys(df.loc[df["task"] == task, "bucket"]))
+        for i, (method, rows) in enumerate(lines.groupby("method", sort=False)):
+            x = np.array([order.index(b) for b in rows["bucket"]])
+            style = dict(marker="o", color=f"C{i % 10}", label=method,
+                         linestyle="--" if rows["role"].iloc[0] in ("control", "base") else "-")
+            axes[0][col].plot(x, rows["accuracy"], **style)
+            if paired and rows["difference"].notna().any():
+                d = rows["difference"].to_numpy(float)
+                err = np.vstack([d - rows["low"].to_numpy(float), rows["high"].to_numpy(float) - d])
+                axes[1][col].errorbar(x + 0.04 * (i - len(lines["method"].unique()) / 2), d, yerr=err, capsize=2,
+                                      **style)
+        counts = df[df["task"] == task].drop_duplicates("bucket").set_index("bucket")["items"]
+        axes[-1][col].set_xticks(range(len(order)), [f"{b}\n({counts[b]:,})" for b in order], fontsize=8)
+        axes[-1][col].set_xlabel("item reach in tokens (items)")
+        axes[0][col].set_ylabel("accuracy %")
+        axes[0][col].set_title(task, fontsize=9)
+        if paired:
+            axes[1][col].axhline(0, color="black", linewidth=0.8)
+            axes[1][col].set_ylabel(f"row - {window_only} (points, {100 * LEVEL:g}% interval)")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_target(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 def write(out_dir: Path, items_csv: Path, coverage: pd.DataFrame, outcomes: Mapping[str, Mapping],
-          roles: Mapping[str, str], window: int, window_only: str | None, resamples: int = RESAMPLES) -> str:
-    """`out_dir`/by_length.csv and .md from the coverage items table and each row's outcomes; returns the Markdown."""
+          roles: Mapping[str, str], window: int, window_only: str | None, plot_png: Path, title: str,
+          resamples: int = RESAMPLES) -> str:
+    """`out_dir`/by_length.csv and .md and the plot `plot_png` from the coverage items table and each row's
+    outcomes; returns the Markdown."""
     from liger.coverage import DIGEST
 
     digests = dict(zip(coverage["task"], coverage[DIGEST], strict=True)) if DIGEST in coverage else {}
@@ -130,4 +181,5 @@ def write(out_dir: Path, items_csv: Path, coverage: pd.DataFrame, outcomes: Mapp
     df.to_csv(out_dir / "by_length.csv", index=False)
     text = markdown(df, window, window_only)
     (out_dir / "by_length.md").write_text(text)
+    plot(df, plot_png, title, window_only)
     return text

@@ -270,6 +270,11 @@ def write_model_report(model: str, methods: list[str], results: Path, paper_name
                         paper_name, paper_csv, config_note, roles, window, resamples, ablations)
 
 
+def by_length_plot(plots: Path, model: str) -> Path:
+    """Where the accuracy-by-length plot goes: `plots`/MODEL_by_length.png."""
+    return plots / f"{model}_by_length.png"
+
+
 def ablation_plot(plots: Path, model: str) -> Path:
     """Where the ablation plot goes: `plots`/MODEL_ablations.png."""
     return plots / f"{model}_ablations.png"
@@ -279,8 +284,9 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
                  config_note: str = "", roles: Roles | None = None, window: int = 64,
                  resamples: int = paired.RESAMPLES, ablations: ablation_table.Ablations | None = None) -> Path:
     """`out_dir`/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from the base and the
-    window-only row with bootstrap intervals), by_length.csv and .md when the coverage items are given
-    (`liger.by_length`), the probes' tables when their files are given, and report.md
+    window-only row with bootstrap intervals), by_length.csv and .md and the plot `by_length_plot(plots, model)`
+    when the coverage items are given (`liger.by_length`), the probes' tables when their files are given, and
+    report.md
     (`OUTPUTS`); the loss-by-position plot in `plots`. With `ablations` (the config's `paper_row`s) also
     ablations.csv and .md (`liger.ablations.OUTPUTS`) and the plot `ablation_plot(plots, model)`."""
     roles = roles or Roles()
@@ -314,7 +320,8 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
         items = {m: paired.read_items(doc, files.metrics[m]) for m, doc in metrics.items()}
         text += ["## Accuracy by request length (paired with the window-only row)", "",
                  by_length.write(out_dir, files.coverage_items, table, items, row_roles, window_of(table) or window,
-                                 roles.window_only, resamples)]
+                                 roles.window_only, by_length_plot(plots, model),
+                                 f"{model}: accuracy by the items' request length", resamples)]
     if ablations is not None and ablations.rows:
         text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations,
                                      pick_reference(roles.reference, row_roles),
@@ -368,7 +375,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--position-loss", nargs="*", type=Path, default=[], help="the rows' loss-by-position results")
     p.add_argument("--coverage", type=Path, help="the model's coverage table")
     p.add_argument("--coverage-items", type=Path,
-                   help="its items table (coverage_items.csv): write by_length.csv and .md, accuracy by request length")
+                   help="its items table (coverage_items.csv): write by_length.csv, .md and MODEL_by_length.png beside "
+                        "--plot, accuracy by request length")
     p.add_argument("--out-dir", type=Path, help=f"where to write {', '.join(OUTPUTS)}")
     p.add_argument("--plot", type=Path, help="the loss-by-position plot to write (other plots beside it are shown)")
     p.add_argument("--paper-name", help="the model's name in the paper CSV, if the paper reports it")

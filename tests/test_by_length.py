@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liger.by_length import buckets, markdown, split_tasks, table, write
+from liger.by_length import buckets, markdown, plot, split_tasks, table, write
 
 
 def test_buckets_cut_the_reach_at_the_window_and_the_powers_of_two():
@@ -32,7 +32,7 @@ def _case(n: int = 400):
     return items, outcomes, roles
 
 
-def test_each_bucket_is_paired_with_the_window_only_row_on_the_same_items():
+def test_each_bucket_is_paired_with_the_window_only_row_on_the_same_items(tmp_path):
     items, outcomes, roles = _case()
     df = table(items, {"mmlu": "d"}, outcomes, roles, 64, "window_only", resamples=500)
     line = df.set_index(["method", "bucket"])
@@ -52,15 +52,20 @@ def test_each_bucket_is_paired_with_the_window_only_row_on_the_same_items():
     assert "| lolcats | 0.0 | 100.0 |" in text and "| lolcats | +0.0 [+0.0, +0.0] | +100.0 [+100.0, +100.0] |" in text
     assert "lolcats - window_only on mmlu, interval by reach: above 0 at 513-1024; contains 0 at 65-256." in text
     assert "other_data: not the items of the coverage table" in text
+    plot(df, tmp_path / "p.png", "m", "window_only")
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def test_a_coverage_table_without_digests_asks_for_a_rerun(tmp_path):
     items, outcomes, roles = _case()
     items.to_csv(tmp_path / "coverage_items.csv", index=False)
     old = pd.DataFrame({"task": ["mmlu"], "items beyond window 64 %": [100.0]})  # written before the digests
-    text = write(tmp_path, tmp_path / "coverage_items.csv", old, outcomes, roles, 64, "window_only", resamples=100)
+    png = tmp_path / "plots" / "m_by_length.png"
+    text = write(tmp_path, tmp_path / "coverage_items.csv", old, outcomes, roles, 64, "window_only", png, "m",
+                 resamples=100)
     assert "lolcats: the coverage table has no documents' digest: rerun liger coverage." in text
     assert (tmp_path / "by_length.csv").exists() and (tmp_path / "by_length.md").read_text() == text
+    assert png.stat().st_size > 1000  # drawn even when no row can be split: the rule's output always exists
 
 
 def test_nothing_to_split_says_so():

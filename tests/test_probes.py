@@ -423,6 +423,7 @@ def test_report_labels_controls_and_writes_the_probe_sections(tmp_path):
     # by request length: these metrics files record no items, so each row says so
     assert "## Accuracy by request length" in report and "liger_gla: no per-item outcomes recorded." in report
     assert list(pd.read_csv(tmp_path / "m" / "by_length.csv")["bucket"].unique()) == ["65-256", "513-1024", "> 2048"]
+    assert (tmp_path / "plots" / "m_by_length.png").exists() and "m_by_length.png" in report
     assert table.loc["window_only", "Chance-corrected recovery %"] == pytest.approx(
         round(100 * (table.loc["window_only", "Avg"] - table.loc["chance (from the data)", "Avg"])
               / (table.loc["base", "Avg"] - table.loc["chance (from the data)", "Avg"]), 1), abs=0.15)

@@ -1,9 +1,9 @@
 rule report:
     """One model's main table (CSV + Markdown, the paper's rows beside ours), the paired differences from the base
     and the config's window-only row with bootstrap intervals (paired.csv, paired.md) and by request length
-    (by_length.csv, by_length.md), the probes' tables, report.md and, when rows have a `paper_row`, the ablation
-    table (ablations.csv, .md) and its plot. `liger report` reads its inputs and writes its declared outputs, no
-    other file."""
+    (by_length.csv, by_length.md and a plot), the probes' tables, report.md and, when rows have a `paper_row`, the
+    ablation table (ablations.csv, .md) and its plot. `liger report` reads its inputs and writes its declared
+    outputs, no other file."""
     input:
         metrics=expand(row_file(pipeline.ROW_FILES["metrics"]), method=METHODS, allow_missing=True),
         train=expand(row_file(pipeline.STAGES["lora"].summary), method=TRAINED, allow_missing=True),
@@ -28,6 +28,7 @@ rule report:
         position_loss_markdown="results/{run}/{model}/position_loss.md",
         position_roles="results/{run}/{model}/position_loss_roles.csv",
         position_plot=report("results/{run}/plots/{model}_position_loss.png", category="probes"),
+        by_length_plot=report("results/{run}/plots/{model}_by_length.png", category="probes"),
         # rows with a `paper_row`: the ablation table and its plot (liger.ablations), declared only then
         **ABLATION_OUTPUTS,
     params:
