@@ -6,10 +6,10 @@ task's paper metric is 1 (acc or acc_norm), in the order `order` names (`ITEM_OR
 alphabetical order, then doc_id), and `docs_sha256` hashes the processed documents in that order. Two rows are
 paired on a task only when their `docs_sha256` agree (same data, same limit).
 
-`write_tables` (called by `liger report`) gives each row's difference from `base` and from the config's window-only
-control (`report.window_only`), in points, on the six-task average and on MMLU, with a percentile interval from a
-paired bootstrap; and it tests the paper's claim that the reference method (`report.reference`) gains on MMLU over
-the window alone.
+`write_tables` (called by `liger report`) gives each row's difference from `base`, from the config's window-only
+control (`report.window_only`) and from its reference method (`report.reference`), in points, on the six-task
+average and on MMLU, with a percentile interval from a paired bootstrap; and it tests the paper's claim that the
+reference method gains on MMLU over the window alone.
 """
 
 from __future__ import annotations
@@ -242,14 +242,15 @@ def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], role
                  seed: int = SEED, *, sources: Mapping[str, Path] | None = None, reference: str | None = None,
                  window_only: str | None = None) -> str:
     """out_dir/paired.csv and paired.md from each method's metrics report (parsed; `sources`: the files, for
-    errors); `tasks`: the six the average runs over; `reference`, `window_only`: the config's rows of those roles
-    (`report`). Returns the text of paired.md."""
+    errors): every row's difference from the base, the window-only row and the reference method; `tasks`: the six
+    the average runs over; `reference`, `window_only`: the config's rows of those roles (`report`). Returns the text
+    of paired.md."""
     if resamples < 1:
         raise LigerError(f"--resamples {resamples}: must be >= 1")
     sources = sources or {}
     items = {m: read_items(doc, sources.get(m, m)) for m, doc in metrics.items()}
     base = next((m for m, role in roles.items() if role == "base"), BASE)
-    references = (base, window_only) if window_only else (base,)
+    references = tuple(dict.fromkeys(r for r in (base, window_only, reference) if r))
     table = differences(items, roles, tasks, resamples, seed, references=references)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
     claim = paper_recurrence_gain(paper_csv, reference, window_only, paper_name) if reference and window_only else None

@@ -198,7 +198,12 @@ def test_report_writes_paired_differences_and_tests_the_papers_claim(tmp_path):
         "not the same items as window_only on mmlu (another data source or limit)")
 
     md = (tmp_path / "m" / "paired.md").read_text()
-    assert "| liger_hgrn2 | method | - | - | - | - | " + NO_ITEMS + " |" in md
+    assert "| liger_hgrn2 | method | - | - | - | - | - | - | " + NO_ITEMS + " |" in md
+    # the third reference, the reference method: every other row minus liger_gla
+    assert "| row | role | Avg - base | MMLU - base | Avg - window_only | MMLU - window_only | Avg - liger_gla | " \
+           "MMLU - liger_gla | note |" in md
+    assert line.loc[("window_only", "liger_gla", "MMLU"), "difference"] == pytest.approx(-25.0)
+    assert ("liger_gla", "liger_gla", "MMLU") not in line.index
     assert md in report and "## Paired differences" in report
     assert ("The paper's claim at Llama-3-8B: the recurrence adds +6.4 MMLU points over the window alone "
             "(43.4 vs 37.0; config/paper_results.csv).") in md
@@ -215,7 +220,9 @@ def test_report_without_items_or_without_window_only_still_writes_the_tables(tmp
     write_model_report("m", ["base", "liger_gla"], tmp_path, None, PAPER_CSV, resamples=100,
                        roles=Roles(reference="liger_gla", window_only="window_only"))
     table = pd.read_csv(tmp_path / "m" / "paired.csv")
-    assert list(table["reference"]) == ["base", "base"] and set(table["note"]) == {NO_ITEMS}
+    assert list(zip(table["method"], table["reference"], strict=True)) == [
+        ("base", "liger_gla"), ("base", "liger_gla"), ("liger_gla", "base"), ("liger_gla", "base")]
+    assert set(table["note"]) == {NO_ITEMS}
     md = (tmp_path / "m" / "paired.md").read_text()
     assert "No window_only row here, so m cannot test it." in md and "+6.4" in md  # the first model that has both
 
