@@ -312,7 +312,8 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     row_roles = {m: role_of(m, controls, roles.base) for m in files.metrics}
     text += ["## Paired differences (bootstrap over the same items)", "",
              paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
-                                 sources=files.metrics, reference=roles.reference, window_only=roles.window_only)]
+                                 sources=files.metrics, reference=pick_reference(roles.reference, row_roles),
+                                 window_only=roles.window_only)]
     if files.coverage is not None and files.coverage_items is not None:
         from liger.coverage import window_of
 

@@ -49,7 +49,9 @@ def test_the_base_row_is_the_one_the_config_names_whatever_its_name(tmp_path):
     write_model_report("m", ["llama", "liger_gla"], tmp_path, None, PAPER_CSV, roles=Roles(base="llama"))
     table = pd.read_csv(tmp_path / "m" / "main.csv").set_index("method")
     assert table.loc["llama", "role"] == "base" and table.loc["liger_gla", "Recovery %"] == pytest.approx(50.0)
-    assert set(pd.read_csv(tmp_path / "m" / "paired.csv")["reference"]) == {"llama"}
+    paired = pd.read_csv(tmp_path / "m" / "paired.csv")
+    assert set(paired.loc[paired["method"] == "liger_gla", "reference"]) == {"llama"}
+    assert set(paired["reference"]) == {"llama", "liger_gla"}  # the reference method: the first method row
     write_model_report("m", ["llama", "liger_gla"], tmp_path, None, PAPER_CSV)  # no row named base: no recovery
     assert pd.read_csv(tmp_path / "m" / "main.csv")["Recovery %"].isna().all()
 
