@@ -4,8 +4,12 @@ SmolLM2-135M shapes: 9 query heads, 3 kv heads, head dim 64; the recurrences run
 (keys/values repeated, as Liger does), GSA with 64 slots, the window looks back 64 tokens (65 keys per query with
 its own: a Liger layer's default `window`).
 
+LoLCATs' hybrid layer (`lolcats/<shape>/q<N>`: its `parallel` forward, terraced or sliding, in query blocks of N, the
+layer option `query_block`) runs beside softmax attention (`sdpa/causal`), what the layer replaces.
+
     python benchmarks/bench_ops.py                 # CUDA: 1K, 4K, 16K tokens; CPU: 256, 1K (says so)
     python benchmarks/bench_ops.py --lengths 1024 2048 --dtype float32 --backward
+    python benchmarks/bench_ops.py --lengths 1024 3072 --only lolcats sdpa --backward
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from liger.ops._fla import fla_importable
 from liger.ops.window import flash_attn_importable
 
 H, HKV, D, M, WINDOW = 9, 3, 64, 64, 64
+LOLCATS_BLOCKS = (64, 128, 256, 1024)  # query blocks; the layer's default is 1024
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
@@ -68,7 +73,27 @@ def cases(T: int, device: torch.device, dtype: torch.dtype, backward: bool) -> d
         win_impls.append("reference")
     for impl in win_impls:
         out[f"swa/{impl}"] = wrap(lambda impl=impl: sliding_window_attention(qw, kw, vw, WINDOW, impl=impl))
+    out["sdpa/causal"] = wrap(lambda: F.scaled_dot_product_attention(
+        qw.transpose(1, 2), kw.transpose(1, 2), vw.transpose(1, 2), is_causal=True, enable_gqa=True))
+    for shape in ("terraced", "sliding"):
+        for block in LOLCATS_BLOCKS:
+            if block <= max(T, LOLCATS_BLOCKS[0]):
+                layer = lolcats_layer(shape, block, device)
+                out[f"lolcats/{shape}/q{block}"] = wrap(lambda layer=layer: layer.parallel(qw, kw, vw, None, None))
     return out
+
+
+def lolcats_layer(shape: str, query_block: int, device: torch.device) -> torch.nn.Module:
+    """A LoLCATs layer with these heads (its feature maps at their identity init), window shape and query block."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from liger import linearize
+
+    config = LlamaConfig(hidden_size=H * D, num_attention_heads=H, num_key_value_heads=HKV, num_hidden_layers=1,
+                         intermediate_size=64, vocab_size=32)
+    model = linearize(LlamaForCausalLM(config), "lolcats", window=WINDOW, window_shape=shape,
+                      query_block=query_block)
+    return model.model.layers[0].self_attn.to(device)
 
 
 def _no_grad(f: Callable[[], torch.Tensor]) -> None:
@@ -81,6 +106,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None)
     parser.add_argument("--backward", action="store_true", help="time forward + backward instead of forward")
+    parser.add_argument("--only", nargs="+", help="implementation prefixes to time (e.g. lolcats sdpa)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=20.0,
                         help="skip an implementation at longer lengths once one call took this long")
@@ -103,6 +129,8 @@ def main() -> None:
     too_slow: set[str] = set()
     for T in lengths:
         for name, fn in cases(T, device, dtype, args.backward).items():
+            if args.only and not name.startswith(tuple(args.only)):
+                continue
             row = results.setdefault(name, {})
             if name in too_slow:
                 row[T] = None
