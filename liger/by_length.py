@@ -73,6 +73,12 @@ def table(items: pd.DataFrame, digests: Mapping[str, str], outcomes: Mapping[str
     return pd.DataFrame(lines, columns=COLUMNS).astype({"items": "Int64"})
 
 
+def _wide(lines: pd.DataFrame, values: str, order: list[str]) -> pd.DataFrame:
+    """One task's `values` as rows (in their order) by buckets (in `order`)."""
+    return lines.pivot(index="method", columns="bucket", values=values).reindex(
+        index=list(dict.fromkeys(lines["method"])), columns=order)
+
+
 def _cell(line: pd.Series) -> str:
     return "-" if pd.isna(line["difference"]) else \
         f"{line['difference']:+.1f} [{line['low']:+.1f}, {line['high']:+.1f}]"
@@ -104,18 +110,15 @@ def markdown(df: pd.DataFrame, window: int, window_only: str | None, level: floa
     for task, lines in df.groupby("task", sort=False):
         order = list(dict.fromkeys(lines["bucket"]))
         counts = lines.drop_duplicates("bucket").set_index("bucket")["items"]
-        acc = lines.pivot(index="method", columns="bucket", values="accuracy").reindex(
-            index=list(dict.fromkeys(lines["method"])), columns=order)
-        acc = acc.map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+        acc = _wide(lines, "accuracy", order).map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
         acc.columns = [f"{b} ({counts[b]:,})" for b in order]
         out += [f"**{task}**, accuracy (items per bucket in the header):", "",
                 markdown_table(acc.rename_axis("row").reset_index())]
         diff = lines[lines["method"] != window_only].copy()
         if window_only and diff["difference"].notna().any():
             diff["cell"] = diff.apply(_cell, axis=1)
-            wide = diff.pivot(index="method", columns="bucket", values="cell").reindex(
-                index=list(dict.fromkeys(diff["method"])), columns=order)
-            out += [f"**{task}**, row - {window_only}:", "", markdown_table(wide.rename_axis("row").reset_index())]
+            out += [f"**{task}**, row - {window_only}:", "",
+                    markdown_table(_wide(diff, "cell", order).rename_axis("row").reset_index())]
         notes = lines.loc[lines["note"] != "", ["method", "note"]].drop_duplicates()
         out += [f"{m}: {n}." for m, n in notes.itertuples(index=False)]
     return "\n".join(out + ["", sentences(df, window_only), ""])
