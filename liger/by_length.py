@@ -2,8 +2,8 @@
 request reaches (`coverage_items.csv`, `liger.coverage`), with the paired difference from the window-only row in
 each length bucket.
 
-An item's reach is the tokens of its longest request less 2 (coverage's rule: the last prediction sits at input
-position L - 2). Buckets: inside the window (reach <= window), then up to 256, 512, 1,024, 2,048 tokens and beyond.
+An item's reach is that of its longest request (`liger.coverage.reach`: the last prediction sits at input position
+L - 2). Buckets: inside the window (reach <= window), then up to 256, 512, 1,024, 2,048 tokens and beyond.
 Only tasks with at least half their items beyond the window are split (`MIN_BEYOND`): elsewhere the window is
 nearly full attention. A row is split only when its documents' digest for the task equals the coverage table's,
 so the lengths are those of the items it was scored on.
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liger.coverage import DIGEST, reach
 from liger.fileio import atomic_target
 from liger.markdown import markdown_table
 from liger.paired import LEVEL, RESAMPLES, SEED, paired_interval
@@ -37,7 +38,7 @@ def buckets(reach: np.ndarray, window: int) -> tuple[np.ndarray, list[str]]:
 
 def split_tasks(items: pd.DataFrame, window: int) -> list[str]:
     """The tasks with at least `MIN_BEYOND` of their items beyond the window, in the items table's order."""
-    beyond = (items["tokens"] - 2 > window).groupby(items["task"], sort=False).mean()
+    beyond = (reach(items["tokens"]) > window).groupby(items["task"], sort=False).mean()
     return [t for t, share in beyond.items() if share >= MIN_BEYOND]
 
 
@@ -48,7 +49,7 @@ def table(items: pd.DataFrame, digests: Mapping[str, str], outcomes: Mapping[str
     coverage table; `outcomes`: row -> `paired.read_items`; `roles`: row -> role."""
     lines = []
     for task in split_tasks(items, window):
-        index, labels = buckets(items.loc[items["task"] == task, "tokens"].to_numpy() - 2, window)
+        index, labels = buckets(reach(items.loc[items["task"] == task, "tokens"].to_numpy()), window)
         usable = {m: got[task][1] for m, got in outcomes.items() if task in got and got[task][0] == digests.get(task)}
         ref = usable.get(window_only) if window_only else None
         for b, label in enumerate(labels):
@@ -177,8 +178,6 @@ def write(out_dir: Path, items_csv: Path, coverage: pd.DataFrame, outcomes: Mapp
           resamples: int = RESAMPLES) -> str:
     """`out_dir`/by_length.csv and .md and the plot `plot_png` from the coverage items table and each row's
     outcomes; returns the Markdown."""
-    from liger.coverage import DIGEST
-
     digests = dict(zip(coverage["task"], coverage[DIGEST], strict=True)) if DIGEST in coverage else {}
     df = table(pd.read_csv(items_csv), digests, outcomes, roles, window, window_only, resamples)
     df.to_csv(out_dir / "by_length.csv", index=False)

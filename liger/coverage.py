@@ -50,6 +50,11 @@ def window_of(df: pd.DataFrame) -> int | None:
     return min(found) if found else None
 
 
+def reach(tokens: np.ndarray) -> np.ndarray:
+    """The input position of a request's last scored prediction (L - 2 for L tokens): beyond a window when > it."""
+    return tokens - 2
+
+
 def beyond_column(window: int) -> str:
     return f"items beyond window {window} %"
 
@@ -82,7 +87,7 @@ def summarize(task: str, shots: int, item_lengths: dict, windows: Sequence[int])
            "tokens_median": float(np.median(requests)), "tokens_p90": float(np.percentile(requests, 90)),
            "tokens_max": int(requests.max()), "tokens_mean": round(float(requests.mean()), 1)}  # fmt: skip
     for w in windows:
-        row[beyond_column(w)] = round(100 * float(np.mean(longest - 2 > w)), 1)
+        row[beyond_column(w)] = round(100 * float(np.mean(reach(longest) > w)), 1)
     return row
 
 
@@ -133,8 +138,9 @@ def coverage(
                     keys.append((name, inst.doc_id))
                     requests.append(inst.args)
                     leaf_docs[inst.doc_id] = inst.doc
-                order += [(name, d) for d in sorted(leaf_docs)]
-                docs += [leaf_docs[d] for d in sorted(leaf_docs)]
+                ids = sorted(leaf_docs)
+                order += [(name, d) for d in ids]
+                docs += [leaf_docs[d] for d in ids]
             items: dict = {}
             for key, n in zip(keys, request_lengths(tokenizer, requests), strict=True):
                 items.setdefault(key, []).append(n)

@@ -237,24 +237,19 @@ def sentences(table: pd.DataFrame, method_rows: Sequence[str], claim: dict | Non
     return " ".join(text)
 
 
-def write_tables(out_dir: Path, model: str, metrics: Mapping[str, Mapping], roles: Mapping[str, str],
+def write_tables(out_dir: Path, model: str, items: Mapping[str, Mapping], roles: Mapping[str, str],
                  tasks: Sequence[str], paper_csv: Path, paper_name: str | None = None, resamples: int = RESAMPLES,
-                 seed: int = SEED, *, sources: Mapping[str, Path] | None = None, reference: str | None = None,
-                 window_only: str | None = None) -> str:
-    """out_dir/paired.csv and paired.md from each method's metrics report (parsed; `sources`: the files, for
-    errors): every row's difference from the base, the window-only row and the reference method; `tasks`: the six
-    the average runs over; `reference`, `window_only`: the config's rows of those roles (`report`). Returns the text
-    of paired.md."""
-    if resamples < 1:
-        raise LigerError(f"--resamples {resamples}: must be >= 1")
-    sources = sources or {}
-    items = {m: read_items(doc, sources.get(m, m)) for m, doc in metrics.items()}
+                 seed: int = SEED, *, reference: str | None = None, window_only: str | None = None) -> str:
+    """out_dir/paired.csv and paired.md from each row's outcomes (`items`: row -> `read_items`): every row's
+    difference from the base, the window-only row and the reference method; `tasks`: the six the average runs over;
+    `reference`, `window_only`: the config's rows of those roles (`report`); `resamples` >= 1 (`liger.report` checks
+    it). Returns the text of paired.md."""
     base = next((m for m, role in roles.items() if role == "base"), BASE)
     references = tuple(dict.fromkeys(r for r in (base, window_only, reference) if r))
     table = differences(items, roles, tasks, resamples, seed, references=references)
     table.assign(resamples=resamples, seed=seed, level=LEVEL).to_csv(out_dir / "paired.csv", index=False)
     claim = paper_recurrence_gain(paper_csv, reference, window_only, paper_name) if reference and window_only else None
-    method_rows = [m for m in metrics if roles.get(m) == "method"]
+    method_rows = [m for m in items if roles.get(m) == "method"]
     text = (f"Row minus reference, in points: the six-task average (each task's items resampled, the same indices "
             f"for both rows) and MMLU, with the {100 * LEVEL:g}% percentile interval of a paired bootstrap "
             f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table, references) + "\n"

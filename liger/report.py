@@ -286,9 +286,10 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     """`out_dir`/main.csv, main.md, paired.csv, paired.md (`liger.paired`: differences from the base and the
     window-only row with bootstrap intervals), by_length.csv and .md and the plot `by_length_plot(plots, model)`
     when the coverage items are given (`liger.by_length`), the probes' tables when their files are given, and
-    report.md
-    (`OUTPUTS`); the loss-by-position plot in `plots`. With `ablations` (the config's `paper_row`s) also
+    report.md (`OUTPUTS`); the loss-by-position plot in `plots`. With `ablations` (the config's `paper_row`s) also
     ablations.csv and .md (`liger.ablations.OUTPUTS`) and the plot `ablation_plot(plots, model)`."""
+    if resamples < 1:  # the paired tables' and the by-length tables' bootstrap
+        raise LigerError(f"--resamples {resamples}: must be >= 1")
     roles = roles or Roles()
     controls = [m for m in files.metrics if m in roles.controls]
     ours, chance = our_rows(model, files, controls, roles.base)
@@ -308,24 +309,22 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
             "0.04B); `train stages` splits it, with each stage's wall time in the run that trained it (other jobs "
             "may have shared its GPU).", "",
             main_sentences(ours, roles.reference, roles.window_only), ""]
-    metrics = {m: read_json(path, "evaluate") for m, path in files.metrics.items()}
+    items = {m: paired.read_items(read_json(path, "evaluate"), path) for m, path in files.metrics.items()}
     row_roles = {m: role_of(m, controls, roles.base) for m in files.metrics}
+    reference = pick_reference(roles.reference, row_roles)
     text += ["## Paired differences (bootstrap over the same items)", "",
-             paired.write_tables(out_dir, model, metrics, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
-                                 sources=files.metrics, reference=pick_reference(roles.reference, row_roles),
-                                 window_only=roles.window_only)]
+             paired.write_tables(out_dir, model, items, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
+                                 reference=reference, window_only=roles.window_only)]
     if files.coverage is not None and files.coverage_items is not None:
         from liger.coverage import window_of
 
         table = pd.read_csv(files.coverage)
-        items = {m: paired.read_items(doc, files.metrics[m]) for m, doc in metrics.items()}
         text += ["## Accuracy by request length (paired with the window-only row)", "",
                  by_length.write(out_dir, files.coverage_items, table, items, row_roles, window_of(table) or window,
                                  roles.window_only, by_length_plot(plots, model),
                                  f"{model}: accuracy by the items' request length", resamples)]
     if ablations is not None and ablations.rows:
-        text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations,
-                                     pick_reference(roles.reference, row_roles),
+        text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations, reference,
                                      files.train, out_dir, ablation_plot(plots, model), paper_csv)
     text += probe_sections(model, files, out_dir, plots, window)
     images = sorted(plots.glob(f"{model}_*.png"))
