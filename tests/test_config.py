@@ -16,6 +16,7 @@ from liger.pipeline import (
     ConfigError,
     ablations,
     check_config,
+    kind,
     layer_options,
     liger_options,
     load_config,
@@ -276,6 +277,25 @@ def test_softmax_every_keeps_one_layer_in_n_of_each_models_depth():
     with pytest.raises(ConfigError, match=r"^c\.yaml: models\.llama\.layers: methods\.liger_gla_h\.softmax_every needs "
                                           "the model's depth; add `layers: N`"):
         check_config(config, "c.yaml")
+
+
+def test_the_1_5b_ablations_are_the_135m_rows_on_the_1_5b_recipe_and_reuse_restores_the_shared_ones():
+    """The 1.5B ablation run has the 135M ablation rows on the main 1.5B run's model, recipe, data and benchmarks;
+    the rows both 1.5B runs fine-tune have the same layer options and training there, so `reuse` of the main run's
+    published fine-tunes (matched by model and row name) restores exactly what the ablation run would train."""
+    small, large = load_config(ABLATIONS), load_config(ROOT / "config" / "ablations-qwen2.5-coder-1.5b.yaml")
+    main = load_config(ROOT / "config" / "qwen2.5-coder-1.5b.yaml")
+    assert large["methods"] == small["methods"]
+    for key in ("models", "data", "train", "eval", "probes"):
+        assert large[key] == main[key], key
+    assert ablations(large) == ablations(small) and large["report"] == small["report"]
+    depth = model_layers(large, "qwen2.5-coder-1.5b")
+    assert layer_options(large["methods"]["liger_gla_h"], depth)["softmax_layers"] == [5, 11, 17, 23]
+    shared = [name for name, entry in large["methods"].items() if name in main["methods"] and kind(entry) == TRAINED]
+    assert shared == ["liger_gla", "liger_hgrn2", "liger_gsa", "liger_gla_no_window", "window_only"]
+    for name in shared:
+        assert layer_options(large["methods"][name], depth) == layer_options(main["methods"][name], depth), name
+        assert stage_train(large, name, "finetune") == stage_train(main, name, "finetune"), name
 
 
 def test_the_embedded_models_depths_are_their_configs():
