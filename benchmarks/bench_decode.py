@@ -1,7 +1,8 @@
 """Decoding side by side: Liger-GLA through `liger.decode.GraphDecoder` against the unconverted model through
 transformers' fast path (`generate` with a static cache and the compiled step, `base_static_compile`) and through
 its plain loop with SDPA (`base_sdpa`), at each context length, in one run; and each variant's ms/token against
-its memory floor.
+its memory floor. On CUDA with triton, `liger_gla_fused` too: GraphDecoder(fused=True), each layer's attention step
+in one kernel (`liger.ops.fused_step`).
 
     python benchmarks/bench_decode.py                          # CUDA: llama3-8b shape, 1K..32K; CPU: tiny lengths
     python benchmarks/bench_decode.py --shape llama3-8b --batch-size 16 --lengths 1024,8192
@@ -22,9 +23,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from liger.ops import fused_step
 from liger.profile import copy_bandwidth, profile
 
 VARIANTS = ["liger_gla", "base_static_compile", "base_sdpa"]
+FUSED = "liger_gla_fused"  # on CUDA with triton: the decoding step in one kernel per layer (liger.ops.fused_step)
 
 
 def floors(df: pd.DataFrame, bandwidth: float) -> pd.Series:
@@ -32,18 +35,18 @@ def floors(df: pd.DataFrame, bandwidth: float) -> pd.Series:
     return 1e3 * (df["weights_gib"] + df["state_gib"]) * 2**30 / bandwidth
 
 
-def ratio_table(df: pd.DataFrame, bandwidth: float) -> pd.DataFrame:
+def ratio_table(df: pd.DataFrame, bandwidth: float, variants: list[str] = VARIANTS) -> pd.DataFrame:
     """One row per context length: ms/token per variant, the ratios to Liger-GLA, each variant's ms / floor."""
     df = df.assign(floor=floors(df, bandwidth))
     out = []
     for length, g in df.groupby("length", sort=True):
         by = g.set_index("variant")
         row: dict = {"length": length}
-        for v in VARIANTS:
+        for v in variants:
             ok = v in by.index and by.at[v, "status"] == "ok"
             row[f"{v} ms"] = by.at[v, "decode_ms_median"] if ok else float("nan")
             row[f"{v} / floor"] = by.at[v, "decode_ms_median"] / by.at[v, "floor"] if ok else float("nan")
-        for v in VARIANTS[1:]:
+        for v in variants[1:]:
             row[f"{v} / liger_gla"] = row[f"{v} ms"] / row["liger_gla ms"]
         out.append(row)
     return pd.DataFrame(out)
@@ -70,9 +73,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     shape = args.shape or (None if args.model else "llama3-8b")
     lengths = [int(x) for x in (args.lengths or ("1024,2048,4096,8192,16384,32768" if cuda else "32,64")).split(",")]
     new_tokens = args.new_tokens or (128 if cuda else 8)
+    fused = cuda and fused_step.unavailable(torch.device(device)) is None
+    variants = [VARIANTS[0], FUSED, *VARIANTS[1:]] if fused else VARIANTS
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "profile.csv"
-        df = profile(out, model_dir=args.model, shape=shape, variants=VARIANTS, lengths=lengths,
+        df = profile(out, model_dir=args.model, shape=shape, variants=variants, lengths=lengths,
                      new_tokens=new_tokens, batch=args.batch_size, kernels=args.kernels)
     # the profile measured the copy bandwidth on CUDA (in the same run); on the CPU it records none
     bandwidth = df["copy_tb_s"].iloc[0] * 1e12 if cuda else copy_bandwidth(device, gib=0.0625, repeats=5)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"{new_tokens} timed steps per length")
     for v, g in df.groupby("variant", sort=False):
         print(f"{v}: {g['decoder'].iloc[0]}")
-    table = ratio_table(df, bandwidth)
+    table = ratio_table(df, bandwidth, variants)
     with pd.option_context("display.float_format", "{:.3g}".format, "display.width", 200):
         print(table.to_string(index=False))
     return table

@@ -23,6 +23,7 @@ from liger import methods
 from liger.cache import LigerCacheLayer, StepBuffers, cache_nbytes
 from liger.errors import LigerError
 from liger.layers.base import LinearizedAttention
+from liger.ops import fused_step
 
 
 class LigerCache(Cache):
@@ -52,11 +53,12 @@ class GraphDecoder:
 
     `graph` (default: on CUDA) captures a step as a CUDA graph; `compile` (default: on CUDA) compiles the
     decoder block with torch.compile (one compilation serves every layer). `prefill_chunk` bounds the tokens
-    one prefill forward sees (None: the whole prompt at once).
+    one prefill forward sees (None: the whole prompt at once). `fused` runs the attention of each default
+    Liger-GLA layer in one Triton kernel (`liger.ops.fused_step`; the same tokens); it sets the layers' `fused`.
     """
 
     def __init__(self, model: nn.Module, batch_size: int = 1, *, graph: bool | None = None,
-                 compile: bool | None = None, prefill_chunk: int | None = 4096) -> None:
+                 compile: bool | None = None, prefill_chunk: int | None = 4096, fused: bool = False) -> None:
         layers = model.get_decoder().layers
         plain = [i for i, layer in enumerate(layers) if not isinstance(layer.self_attn, LinearizedAttention)]
         if plain:
@@ -73,6 +75,16 @@ class GraphDecoder:
         self.model = model
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
+        if fused:
+            attns = [layer.self_attn for layer in layers]
+            if not all(getattr(a, "fusable", False) for a in attns):
+                raise LigerError("fused=True needs default Liger-GLA layers (gate pooled from k, softmax feature "
+                                 "maps); decode this model with fused=False")
+            why = fused_step.unavailable(self.device)
+            if why:
+                raise LigerError(f"fused=True: {why}; decode with fused=False")
+            for a in attns:
+                a.fused = True
         cuda = self.device.type == "cuda"
         self.use_graph = cuda if graph is None else graph
         if self.use_graph and not cuda:

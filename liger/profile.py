@@ -32,6 +32,7 @@ TABLE9_COLUMNS = ["variant", "decoder", "generated", "batch", "prompt", "total_s
 KERNEL_COLUMNS = ["variant", "decoder", "length", "batch", "kind", "rank", "name", "calls_per_step",
                   "calls_per_layer_step", "ms_per_step", "share"]
 BASE_VARIANTS = ("base_eager", "base_sdpa", "base_static_compile")
+FUSED = "_fused"  # a Liger variant named METHOD_fused converts as METHOD and decodes with GraphDecoder(fused=True)
 TABLE9_GENERATED = [1024, 2048, 4096, 8192, 16384, 32768]
 PAPER_TABLE9 = Path(__file__).resolve().parents[1] / "config" / "paper_table9.csv"
 
@@ -154,11 +155,12 @@ class HFDecoder(StepDecoder):
 class GraphDecoderAdapter(StepDecoder):
     """`liger.decode.GraphDecoder` (CUDA graph + compiled blocks on CUDA; chunked prefill) behind the same calls."""
 
-    def __init__(self, model, batch: int, prefill_chunk: int | None) -> None:
+    def __init__(self, model, batch: int, prefill_chunk: int | None, fused: bool = False) -> None:
         from liger.decode import GraphDecoder
 
-        self.decoder = GraphDecoder(model, batch, prefill_chunk=prefill_chunk)
+        self.decoder = GraphDecoder(model, batch, prefill_chunk=prefill_chunk, fused=fused)
         self.prefill_chunk = prefill_chunk
+        self.fused = fused
 
     @property
     def name(self) -> str:
@@ -166,6 +168,8 @@ class GraphDecoderAdapter(StepDecoder):
         parts = ["cuda graph" if self.decoder.use_graph else "static loop"]
         if self.decoder.compiled:
             parts.append("torch.compile")
+        if self.fused:
+            parts.append("fused GLA step")
         parts.append(f"prefill chunk {self.prefill_chunk}" if self.prefill_chunk else "one-shot prefill")
         return ", ".join(parts)
 
@@ -365,7 +369,7 @@ def weight_bytes(model) -> int:
 def build_variant(variant: str, model_dir: Path | None, shape: str | None, device: str, dtype: torch.dtype,
                   liger_options: dict | None = None):
     """A base variant (`base_eager`, `base_sdpa`, `base_static_compile`: the last two with sdpa attention), or a
-    Liger method name (converted from the base with sdpa attention)."""
+    Liger method name, or METHOD_fused (converted from the base with sdpa attention)."""
     import liger
     from liger.shapes import random_model
 
@@ -375,7 +379,7 @@ def build_variant(variant: str, model_dir: Path | None, shape: str | None, devic
     else:
         model = random_model(shape, dtype=dtype, device=device, attn_implementation=attn)
     if variant not in BASE_VARIANTS:
-        opts = dict(liger_options or {"method": variant})
+        opts = dict(liger_options or {"method": variant.removesuffix(FUSED)})
         liger.linearize(model, opts.pop("method"), **opts)
     return model
 
@@ -383,7 +387,10 @@ def build_variant(variant: str, model_dir: Path | None, shape: str | None, devic
 def make_decoder(model, variant: str, liger_decoder: str, batch: int, prefill_chunk: int | None,
                  static_compile: bool | None = None):
     """`generate` with a static cache for `base_static_compile`; the transformers loop for the other base variants,
-    `--liger-decoder hf` and layers GraphDecoder does not cover; GraphDecoder for the rest."""
+    `--liger-decoder hf` and layers GraphDecoder does not cover; GraphDecoder for the rest (METHOD_fused: with
+    `fused=True`, or a one-line error where that cannot run)."""
+    if variant.endswith(FUSED):
+        return GraphDecoderAdapter(model, batch, prefill_chunk, fused=True)
     if variant == "base_static_compile":
         return StaticCompileDecoder(model, static_compile)
     if variant.startswith("base_") or liger_decoder == "hf":
@@ -738,7 +745,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                         "16 after a 128-token prompt, with the paper's A800 numbers beside (OUT.md)")
     p.add_argument("--variants", default="base_eager,base_sdpa,base_static_compile,liger_gla",
                    help="comma-separated: base_eager (w/o FA2), base_sdpa (w/ FA2), base_static_compile (generate "
-                        "with a static cache, compiled step), Liger method names")
+                        "with a static cache, compiled step), Liger method names; liger_gla_fused: Liger-GLA with "
+                        "its decoding step in one kernel (liger.ops.fused_step)")
     p.add_argument("--methods", type=json_object_arg('{"gla64": {"method": "liger_gla", "window": 64}}'),
                    help="JSON {variant: Liger options} for variants named other than their method")
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768", help="latency: context lengths")

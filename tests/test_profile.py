@@ -150,6 +150,16 @@ def test_bench_decode_smoke_on_cpu(tmp_path, capsys):
     assert "base_static_compile / liger_gla" in capsys.readouterr().out
 
 
+def test_a_fused_variant_converts_as_its_method_and_asks_for_the_fused_step(tmp_path, monkeypatch):
+    """`liger_gla_fused` is Liger-GLA decoded with GraphDecoder(fused=True); where that cannot run (here: no CUDA
+    and no Triton interpreter), a one-line error instead of a silent fallback to another decoder."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = prof.build_variant("liger_gla_fused", _tiny_folder(tmp_path), None, "cpu", torch.float32)
+    assert {layer.self_attn.options.method for layer in model.get_decoder().layers} == {"liger_gla"}
+    with pytest.raises(prof.LigerError, match=r"^fused=True: it (needs triton|runs on CUDA)"):
+        prof.make_decoder(model, "liger_gla_fused", "graph", 1, None)
+
+
 def test_bench_cold_start_smoke_on_cpu(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_cold_start", ROOT / "benchmarks" / "bench_cold_start.py")
     bench = importlib.util.module_from_spec(spec)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liger.layers.base import PaddingContext, repeat_heads
+from liger.layers.base import PaddingContext, repeat_heads, rotate
 from liger.layers.hybrid import WindowedHybrid
 from liger.methods.liger import GATE_RANK, LigerOptions, gate_width
 from liger.ops import gated_recurrence, gated_slot_attention
@@ -161,7 +161,32 @@ class LigerAttention(WindowedHybrid):
 
 class GLAAttention(LigerAttention):
     """Liger-GLA: a gated linear recurrence with per-key-dimension decays g = logsigmoid(Pool(k)) / normaliser
-    (`gate: none`: no decay, gk None, which every implementation reads as a log-gate of 0)."""
+    (`gate: none`: no decay, gk None, which every implementation reads as a log-gate of 0).
+
+    `fused` (set by `GraphDecoder(fused=True)` where `fusable`): `step` runs in one kernel
+    (`liger.ops.fused_step`)."""
+
+    fused = False
+
+    @property
+    def fusable(self) -> bool:
+        """Whether `liger.ops.fused_step` computes this layer's step: the default Liger-GLA layer (gate pooled from
+        k, which is then the keys themselves; softmax feature maps), not HGRN2's or an ablation's."""
+        o = self.options
+        return type(self) is GLAAttention and (o.gate, o.gate_source, o.feature_map) == ("pooled", "k", "softmax")
+
+    def step(self, hidden_states, cos, sin, buffers):
+        if not self.fused:
+            return super().step(hidden_states, cos, sin, buffers)
+        from liger.ops.fused_step import gla_step
+
+        B = hidden_states.shape[0]
+        q, k, v = self.project(hidden_states)
+        o = self.options
+        out = gla_step(q, k, v, rotate(q, cos, sin), rotate(k, cos, sin), buffers, scale=self.scaling,
+                       gate_normalizer=o.gate_normalizer, alpha=o.alpha, beta=o.beta, use_recurrence=o.uses_recurrence,
+                       use_window=o.uses_window, scale_recurrence=o.hybrid != "none")
+        return self.o_proj(out.reshape(B, 1, -1))
 
     def _keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         return self._features(k, self.feature_map_k)
