@@ -21,6 +21,7 @@ from liger.layers.base import PaddingContext, repeat_heads, rotate
 from liger.layers.hybrid import WindowedHybrid
 from liger.methods.liger import GATE_RANK, LigerOptions, gate_width
 from liger.ops import gated_recurrence, gated_slot_attention
+from liger.ops.fused_step import gla_step
 
 GATE_SEED = 0  # layer i's gate projection is drawn from torch.Generator().manual_seed(GATE_SEED + i)
 GATE_GAIN = 2 ** -2.5  # xavier-uniform gain of the gate projection's two factors (GLA's init of its projections)
@@ -178,8 +179,6 @@ class GLAAttention(LigerAttention):
     def step(self, hidden_states, cos, sin, buffers):
         if not self.fused:
             return super().step(hidden_states, cos, sin, buffers)
-        from liger.ops.fused_step import gla_step
-
         B = hidden_states.shape[0]
         q, k, v = self.project(hidden_states)
         o = self.options

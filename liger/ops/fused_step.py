@@ -11,6 +11,7 @@ CUDA, or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for the tes
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -23,11 +24,13 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def unavailable(device: torch.device) -> str | None:
-    """Why the fused step cannot run on `device` (None: it can)."""
+    """Why the fused step cannot run on `device` (None: it can, and its kernel is imported, so that a compiled
+    step finds it loaded)."""
     if importlib.util.find_spec("triton") is None:
         return "it needs triton, which is not installed"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"it runs on CUDA (or the CPU under TRITON_INTERPRET=1), not {device.type}"
+    importlib.import_module("liger.ops._triton_step")
     return None
 
 
