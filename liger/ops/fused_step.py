@@ -1,10 +1,11 @@
-"""A Liger-GLA layer's decoding step in one Triton kernel (`_triton_step`) instead of about a dozen small ones.
+"""A Liger-GLA layer's attention decoding step in one Triton kernel (`_triton_step`).
 
-At batch 1 a decoding step reads each weight once, and what it loses beyond that is mostly the launch of many
-tiny kernels per layer (gate, feature maps, state update and read, window attention, mix); the kernel does all
-of them for every head in one launch, and three in-place copies then write the new key and value into the ring
-buffer. Same inputs and outputs as `WindowedHybrid.step`'s attention part (tests compare them); the
-`GraphDecoder(fused=True)` option uses it. Its speed is for `benchmarks/bench_decode.py` to measure.
+At batch 1 a decoding step should cost little more than reading each weight once. The unfused step runs the
+gate, the feature maps, the state update and read, the window attention and the mix as separate operations on a
+few kilobytes each (torch.compile fuses the elementwise ones, not the rest); the kernel does all of them for every
+head in one launch, and three in-place copies then write the new key and value into the ring buffer. Same inputs
+and outputs as `WindowedHybrid.step`'s attention part (tests compare them); `GraphDecoder(fused=True)` uses it.
+Its speed is for `benchmarks/bench_decode.py` to measure.
 
 CUDA, or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for the tests); float32, bfloat16 or float16.
 """
