@@ -50,7 +50,8 @@ class StepBuffers:
 
     state: the recurrent state (a tensor, or a tuple for GSA; None without the recurrent branch); win_k, win_v
     (B, kept, Hkv, D) and win_mask (B, kept): a ring buffer of the last keys and values (None without the
-    window branch); slot: the ring's next write position (a one-element long tensor).
+    window branch); slot: the ring's next write position (a one-element long tensor); fused: the step runs as one
+    kernel (`GraphDecoder(fused=True)`, `liger.ops.fused_step`), a setting of the decoder that owns the buffers.
     """
 
     state: Any
@@ -58,9 +59,10 @@ class StepBuffers:
     win_v: torch.Tensor | None
     win_mask: torch.Tensor | None
     slot: torch.Tensor
+    fused: bool = False
 
     @classmethod
-    def from_layer(cls, layer: LigerCacheLayer) -> StepBuffers:
+    def from_layer(cls, layer: LigerCacheLayer, fused: bool = False) -> StepBuffers:
         """Copies of a cache layer's state and window (oldest slot first, so the ring starts at slot 0)."""
         def own(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().clone().contiguous()
@@ -68,7 +70,7 @@ class StepBuffers:
         state = _map(layer.state, own)
         device = next((t.device for t in flat_tensors([layer.state, layer.win_k])), None)
         return cls(state, own(layer.win_k), own(layer.win_v), own(layer.win_mask),
-                   torch.zeros(1, dtype=torch.long, device=device))
+                   torch.zeros(1, dtype=torch.long, device=device), fused)
 
     def load_(self, layer: LigerCacheLayer) -> None:
         """Overwrite the buffers in place with a cache layer's state and window (same shapes)."""

@@ -54,7 +54,8 @@ class GraphDecoder:
     `graph` (default: on CUDA) captures a step as a CUDA graph; `compile` (default: on CUDA) compiles the
     decoder block with torch.compile (one compilation serves every layer). `prefill_chunk` bounds the tokens
     one prefill forward sees (None: the whole prompt at once). `fused` runs the attention of each default
-    Liger-GLA layer in one Triton kernel (`liger.ops.fused_step`; the same tokens); it sets the layers' `fused`.
+    Liger-GLA layer in one Triton kernel (`liger.ops.fused_step`; the same tokens), through its buffers' `fused`
+    (the model is not changed: decoders with and without it can share one model).
     """
 
     def __init__(self, model: nn.Module, batch_size: int = 1, *, graph: bool | None = None,
@@ -83,8 +84,7 @@ class GraphDecoder:
             why = fused_step.unavailable(self.device)
             if why:
                 raise LigerError(f"fused=True: {why}; decode with fused=False")
-            for a in attns:
-                a.fused = True
+        self.fused = fused
         cuda = self.device.type == "cuda"
         self.use_graph = cuda if graph is None else graph
         if self.use_graph and not cuda:
@@ -118,7 +118,7 @@ class GraphDecoder:
                                 logits_to_keep=1).logits[:, -1]
         layers: list[LigerCacheLayer] = list(cache.layers)
         if self.buffers is None:
-            self.buffers = [StepBuffers.from_layer(layer) for layer in layers]
+            self.buffers = [StepBuffers.from_layer(layer, fused=self.fused) for layer in layers]
         else:
             for buf, layer in zip(self.buffers, layers, strict=True):
                 buf.load_(layer)

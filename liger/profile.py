@@ -160,7 +160,6 @@ class GraphDecoderAdapter(StepDecoder):
 
         self.decoder = GraphDecoder(model, batch, prefill_chunk=prefill_chunk, fused=fused)
         self.prefill_chunk = prefill_chunk
-        self.fused = fused
 
     @property
     def name(self) -> str:
@@ -168,7 +167,7 @@ class GraphDecoderAdapter(StepDecoder):
         parts = ["cuda graph" if self.decoder.use_graph else "static loop"]
         if self.decoder.compiled:
             parts.append("torch.compile")
-        if self.fused:
+        if self.decoder.fused:
             parts.append("fused GLA step")
         parts.append(f"prefill chunk {self.prefill_chunk}" if self.prefill_chunk else "one-shot prefill")
         return ", ".join(parts)

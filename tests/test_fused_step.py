@@ -72,7 +72,27 @@ def test_fused_step_is_refused_where_it_does_not_apply(monkeypatch):
     model = linearize(tiny_model("llama"), "liger_gla", window=8)
     with pytest.raises(LigerError, match=r"fused=True: it runs on CUDA \(or the CPU under TRITON_INTERPRET=1\), "):
         GraphDecoder(model, 1, graph=False, compile=False, fused=True)
-    assert not any(layer.self_attn.fused for layer in model.get_decoder().layers)
+
+
+@interpreted
+def test_a_fused_decoder_leaves_the_model_unfused_for_other_decoders(monkeypatch):
+    """`fused` belongs to the decoder (its buffers), not the model: an unfused decoder created after, or beside, a
+    fused one on the same model never calls the kernel."""
+    import liger.layers.liger as layers
+
+    model = linearize(tiny_model("llama"), "liger_gla", window=8)
+    prompt = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(0))
+    fused = GraphDecoder(model, 1, graph=False, compile=False, fused=True)
+    fused.generate(prompt, 3)
+    plain = GraphDecoder(model, 1, graph=False, compile=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the unfused decoder ran the fused step")
+
+    monkeypatch.setattr(layers, "gla_step", refuse)
+    plain.generate(prompt, 3)
+    with pytest.raises(AssertionError, match="ran the fused step"):
+        fused.generate(prompt, 3)  # the fused one still takes the kernel's path
 
 
 @pytest.mark.gpu

@@ -164,10 +164,8 @@ class GLAAttention(LigerAttention):
     """Liger-GLA: a gated linear recurrence with per-key-dimension decays g = logsigmoid(Pool(k)) / normaliser
     (`gate: none`: no decay, gk None, which every implementation reads as a log-gate of 0).
 
-    `fused` (set by `GraphDecoder(fused=True)` where `fusable`): `step` runs in one kernel
+    With buffers marked `fused` (`GraphDecoder(fused=True)`, only where `fusable`), `step` runs in one kernel
     (`liger.ops.fused_step`)."""
-
-    fused = False
 
     @property
     def fusable(self) -> bool:
@@ -177,7 +175,7 @@ class GLAAttention(LigerAttention):
         return type(self) is GLAAttention and (o.gate, o.gate_source, o.feature_map) == ("pooled", "k", "softmax")
 
     def step(self, hidden_states, cos, sin, buffers):
-        if not self.fused:
+        if not buffers.fused:
             return super().step(hidden_states, cos, sin, buffers)
         B = hidden_states.shape[0]
         q, k, v = self.project(hidden_states)
