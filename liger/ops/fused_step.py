@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from liger.cache import StepBuffers
+from liger.ops.window import advance_ring
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -67,9 +68,6 @@ def gla_step(q: Tensor, k: Tensor, v: Tensor, q_rot: Tensor, k_rot: Tensor, buff
         BD=_pow2(D), BV=BV, BW=max(_pow2(W), 1),
         USE_REC=use_recurrence, USE_WINDOW=use_window, SCALE_REC=scale_recurrence,
     )  # fmt: skip
-    if use_window and W:  # as window_decode_step: the new key and value replace the oldest slot
-        buffers.win_k.index_copy_(1, buffers.slot, k_rot)
-        buffers.win_v.index_copy_(1, buffers.slot, v)
-        buffers.win_mask.index_copy_(1, buffers.slot, buffers.win_mask.new_ones(B, 1))
-        buffers.slot.add_(1).remainder_(W)
+    if use_window:
+        advance_ring(buffers.win_k, buffers.win_v, buffers.win_mask, buffers.slot, k_rot, v)
     return out.view(B, 1, H, DV)

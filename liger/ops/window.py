@@ -271,7 +271,7 @@ def window_decode_step(
     in q's dtype.
     """
     B, _, H, D = q.shape
-    W, Hkv = win_k.shape[1], win_k.shape[2]
+    Hkv = win_k.shape[2]
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     keys = torch.cat([win_k, k], dim=1).to(dt)  # (B,W+1,Hkv,D)
     values = torch.cat([win_v, v], dim=1).to(dt)
@@ -280,9 +280,17 @@ def window_decode_step(
     scores = torch.einsum("bhgd,bjhd->bhgj", qg, keys) * scale
     scores = scores.masked_fill(~seen[:, None, None, :], float("-inf"))
     o = torch.einsum("bhgj,bjhd->bhgd", scores.softmax(-1), values)
+    advance_ring(win_k, win_v, win_mask, slot, k, v)
+    return o.reshape(B, 1, H, -1).to(q.dtype)
+
+
+def advance_ring(win_k: Tensor, win_v: Tensor, win_mask: Tensor, slot: Tensor, k: Tensor, v: Tensor) -> None:
+    """The new key and value (B,1,Hkv,D) replace the oldest slot of the ring buffer, in place; `slot` advances
+    (nothing with no slots)."""
+    W = win_k.shape[1]
     if W:
         win_k.index_copy_(1, slot, k)
         win_v.index_copy_(1, slot, v)
-        win_mask.index_copy_(1, slot, seen[:, -1:])  # (index_fill_ on a bool tensor trips inductor in torch 2.11)
+        # (index_fill_ on a bool tensor trips inductor in torch 2.11)
+        win_mask.index_copy_(1, slot, win_mask.new_ones(win_mask.shape[0], 1))
         slot.add_(1).remainder_(W)
-    return o.reshape(B, 1, H, -1).to(q.dtype)
