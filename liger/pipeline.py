@@ -330,6 +330,7 @@ def row_problems(config: dict, given: dict) -> list[str]:
         if name is not None and name not in methods:
             problems.append(f"report.{role}: {name!r} is not a row of `methods`; name one")
     problems += _softmax_every_problems(config)
+    problems += _layer_options_problems(methods)
     problems += _ablation_problems(config)
     trained = rows(config, TRAINED)
     stray = sorted(set(config["profile"].get("methods", [])) - set(trained))
@@ -367,6 +368,29 @@ def _softmax_every_problems(config: dict) -> list[str]:
         if "layers" in entry and "embedded" in entry and entry["layers"] != EMBEDDED[entry["embedded"]].layers:
             problems.append(f"models.{model}.layers: {entry['layers']} but the embedded {entry['embedded']} has "
                             f"{EMBEDDED[entry['embedded']].layers}; remove the key")
+    return problems
+
+
+def _layer_options_problems(methods: Mapping) -> list[str]:
+    """Each row's `layer_options`: on a converted row (its own model) or a `weights_of` row (that row's model), and
+    only runtime options of that model's method, so a wrong key stops the run before anything trains."""
+    problems = []
+    for name, entry in methods.items():
+        layer = entry.get("layer_options")
+        if not layer:
+            continue
+        scored = methods.get(entry["weights_of"], {}) if "weights_of" in entry else entry
+        method = scored.get("method")
+        if method not in registry.names():
+            if "weights_of" not in entry:  # a bad `weights_of` or `method` has its own message
+                problems.append(f"methods.{name}.layer_options: the base model has no layer options; remove them "
+                                "or give the row a `method`")
+            continue
+        runtime = registry.get(method).runtime_options
+        bad = sorted(set(layer) - set(runtime))
+        if bad:
+            problems.append(f"methods.{name}.layer_options: {bad} are not runtime options of {method} (those are "
+                            f"{', '.join(runtime) or 'none'}); set the others as the row's options")
     return problems
 
 

@@ -113,6 +113,15 @@ BAD = {
                                        "methods.x: options ['softmax_every'] but no `method`"),
     "wrong depth of an embedded model": (_set("models", "smollm2-135m", "layers", value=32),
                                          "models.smollm2-135m.layers: 32 but the embedded smollm2-135m has 30"),
+    "layer_options on the base": (_set("methods", "base", "layer_options", value={"window": 8}),
+                                  "methods.base.layer_options: the base model has no layer options"),
+    "layer_options not runtime": (_set("methods", "liger_gla", "layer_options", value={"query_block": 64}),
+                                  "methods.liger_gla.layer_options: ['query_block'] are not runtime options of "
+                                  "liger_gla (those are window, chunk_size)"),
+    "weights_of layer_options not runtime": (_set("methods", "x", value={"weights_of": "lolcats",
+                                                                          "layer_options": {"chunk_size": 8}}),
+                                             "methods.x.layer_options: ['chunk_size'] are not runtime options of "
+                                             "lolcats (those are window, window_shape, query_block)"),
     "weights_of with finetune": (_set("methods", "x", value={"weights_of": "lolcats", "finetune": True}),
                                  "methods.x: a `weights_of` row takes only layer_options, control, about, "
                                  "paper_row (it has ['finetune'])"),

@@ -266,6 +266,20 @@ def test_a_lolcats_stage_takes_its_recipe_not_trains(tmp_path):
         assert not [flag for flag in recipe - {"--eval-every "} if flag in command], command
 
 
+def test_a_trained_row_is_scored_with_its_layer_options(tmp_path):
+    """A converted row's `layer_options` reach its evaluation and probes, not its training: the 1.5B
+    `lolcats_liger_rerun` trains with blocks of 256 queries and is scored with blocks of 1,024."""
+    row = "results/qwen/qwen2.5-coder-1.5b/lolcats_liger_rerun"
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", f"{row}/metrics.json", f"{row}/passkey.csv",
+                         "--configfile", str(ROOT / "config" / "qwen2.5-coder-1.5b.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    commands = shell_commands(proc)
+    scored = [c for c in commands if " evaluate " in c or " passkey " in c]
+    trained = [c for c in commands if " transfer " in c or " finetune " in c]
+    assert len(scored) == 2 and all("""--layer-options '{"query_block": 1024}'""" in c for c in scored), scored
+    assert len(trained) == 2 and all('"query_block": 256' in c and "--layer-options" not in c for c in trained)
+
+
 def test_snakefile_and_the_vocabulary_load_without_torch(tmp_path):
     """The Snakefile (a dry run of the smoke DAG) and liger/pipeline.py run where torch cannot load."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
