@@ -1,13 +1,16 @@
 """Cold start: the first prefill and the first training step of a new process against the later ones of the same
 process, for a process on a machine whose Triton cache is empty, for the next process (which finds fla's compiled
-kernels and autotuning results on disk: `liger` sets TRITON_CACHE_AUTOTUNING=1), and for a next process with the
-autotuning results not kept (TRITON_CACHE_AUTOTUNING=0), side by side in one run.
+kernels and autotuning results on disk: `liger` sets TRITON_CACHE_AUTOTUNING=1), for a next process with the
+autotuning results not kept (TRITON_CACHE_AUTOTUNING=0), and for a process on another new machine (an empty Triton
+cache of its own) that starts from the configurations the first process chose (`LIGER_TRITON_CONFIGS`, a table
+`liger.ops.tuning` records and preloads), side by side in one run.
 
     python benchmarks/bench_cold_start.py                      # CUDA: llama3-8b shape; CPU: a small smoke run
     python benchmarks/bench_cold_start.py --shape llama3-8b --prompt 8192 --train-len 1024 --train-batch 8
 
-Each process is a fresh Python (`--child`), all sharing one Triton cache folder, new and empty unless
---cache-dir names one. The target (the performance issue): each first call within 10 s of the later ones.
+Each process is a fresh Python (`--child`); the first three share one Triton cache folder, new and empty unless
+--cache-dir names one, the last has a new empty one beside it. The target (the performance issue): each first call
+within 10 s of the later ones. `--table FILE` keeps the recorded table (default: beside the cache).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-PROCESSES = [  # (what the process finds, its TRITON_CACHE_AUTOTUNING)
-    ("empty Triton cache (a new machine)", "1"),
-    ("next process", "1"),
-    ("next process, autotuning not kept", "0"),
+PROCESSES = [  # (what the process finds, its TRITON_CACHE_AUTOTUNING, its Triton cache, the table it starts from)
+    ("empty Triton cache (a new machine)", "1", "shared", "records"),
+    ("next process", "1", "shared", "none"),
+    ("next process, autotuning not kept", "0", "shared", "none"),
+    ("another new machine, configurations chosen ahead", "1", "new", "preloads"),
 ]
 TARGET_S = 10.0
 
@@ -37,6 +41,7 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from liger.device import timed
+    from liger.ops import tuning
     from liger.ops._fla import fla_importable
     from liger.profile import build_variant
 
@@ -62,6 +67,7 @@ def child(args: argparse.Namespace) -> dict:
         model.zero_grad(set_to_none=True)
 
     out = {"load_s": load_s, "fla": cuda and fla_importable()}
+    out["preloaded"] = sum(len(t.cache) for _, t in tuning.autotuners()) if out["fla"] else 0  # nothing ran yet
     for name, fn in (("prefill", prefill), ("train", train_step)):
         out[f"{name}_first_s"] = timed(fn, device)
         out[f"{name}_later_s"] = statistics.median(timed(fn, device) for _ in range(args.repeats))
@@ -80,6 +86,8 @@ def table(rows: list[dict]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     import torch
 
+    from liger.ops import tuning
+
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     p.add_argument("--processes", type=int, default=len(PROCESSES), choices=range(1, len(PROCESSES) + 1),
                    help="how many of the processes to run, in order (default all)")
     p.add_argument("--cache-dir", type=Path, help="the Triton cache folder (default: a new empty one)")
+    p.add_argument("--table", type=Path, help="where the first process records its configurations (default: "
+                                              "beside the cache)")
     p.add_argument("--out", type=Path, help="also write the table as CSV")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -105,13 +115,21 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         return None
 
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="triton-cold-start-"))
+    other = Path(tempfile.mkdtemp(prefix="triton-cold-start-other-"))  # the other new machine's cache
+    recorded = args.table or cache.parent / f"{cache.name}-configs.json"
+    if recorded.exists():
+        sys.exit(f"bench_cold_start: {recorded} exists; the first process records a new table there: name another "
+                 "with --table")
+    unused = Path(tempfile.mkdtemp(prefix="cold-start-no-table-")) / "configs.json"  # not even a shipped table
+    tables = {"records": recorded, "preloads": recorded, "none": unused}
     passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--child"]
     where = torch.cuda.get_device_name() if cuda else "CPU (no fla kernels: a smoke run)"
     print(f"cold start on {where}: {args.method}, {args.model or args.shape}, prefill {args.batch_size} x "
           f"{args.prompt}, training step {args.train_batch} x {args.train_len}; Triton cache {cache}", flush=True)
     rows = []
-    for what, keep in PROCESSES[:args.processes]:
-        env = {**os.environ, "TRITON_CACHE_DIR": str(cache), "TRITON_CACHE_AUTOTUNING": keep}
+    for what, keep, folder, table_use in PROCESSES[:args.processes]:
+        env = {**os.environ, "TRITON_CACHE_DIR": str(cache if folder == "shared" else other),
+               "TRITON_CACHE_AUTOTUNING": keep, tuning.ENV: str(tables[table_use])}
         done = subprocess.run([sys.executable, __file__, *passed, "--child"], env=env, capture_output=True,
                               text=True)
         if done.returncode:
@@ -122,8 +140,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     df = table(rows)
     if args.out:
         df.to_csv(args.out, index=False)
-    shown = df[["process", "load_s", "prefill_first_s", "prefill_later_s", "prefill extra s", "train_first_s",
-                "train_later_s", "train extra s", "within target"]]
+    shown = df[["process", "preloaded", "load_s", "prefill_first_s", "prefill_later_s", "prefill extra s",
+                "train_first_s", "train_later_s", "train extra s", "within target"]]
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(f"target: each first call within {TARGET_S:g} s of the later ones (extra s <= {TARGET_S:g})")
     return df

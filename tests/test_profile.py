@@ -167,5 +167,6 @@ def test_bench_cold_start_smoke_on_cpu(tmp_path, capsys):
     df = bench.main(["--model", str(_tiny_folder(tmp_path)), "--prompt", "8", "--train-len", "8", "--repeats", "1",
                      "--processes", "1", "--cache-dir", str(tmp_path / "triton"), "--out", str(tmp_path / "c.csv")])
     assert list(df["process"]) == ["empty Triton cache (a new machine)"] and not df["fla"].any()
+    assert list(df["preloaded"]) == [0]
     assert (df[["load_s", "prefill_first_s", "prefill_later_s", "train_first_s", "train_later_s"]] > 0).all(axis=None)
     assert len(pd.read_csv(tmp_path / "c.csv")) == 1 and "within 10 s" in capsys.readouterr().out

@@ -38,6 +38,10 @@ def fla_importable() -> bool:
         import fla.ops.gsa  # noqa: F401
     except Exception:  # any import failure means "not usable"
         return False
+    if torch.cuda.is_available():
+        from liger.ops import tuning
+
+        tuning.start()  # configurations chosen ahead, where a table has them
     return True
 
 
