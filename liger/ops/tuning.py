@@ -5,7 +5,9 @@ call compiles and times every candidate configuration, then keeps the fastest in
 disk cache keeps the compiled kernels for later processes on the same machine, not for a new one. A table
 (`record`) names the configuration each kernel chose at each key; `preload` puts those choices into the autotuners'
 caches, where Triton looks before it times anything, so only the chosen configuration is compiled. Keys not in the
-table are autotuned as before; a table recorded with another GPU model, Triton or fla is not used.
+table are autotuned as before; a table recorded with another GPU model, Triton or fla is not used. (fla 0.6.0 reads
+such tables itself, `FLA_CACHE_MODE` and `FLA_CONFIG_DIR`, but only for kernels declared with its own decorator,
+not e.g. `chunk_h`'s or `fused_recurrent`'s, and writes none; filling Triton's cache covers every kernel.)
 
 `LIGER_TRITON_CONFIGS=FILE` preloads FILE and, at the process's exit, merges the process's choices back into it
 (so a run on one machine writes the table the next machine starts from); without it, the table shipped for this
@@ -83,7 +85,7 @@ def choices(kind: type | None = None) -> dict[str, list[dict[str, Any]]]:
     for name, tuner in autotuners(kind):
         entries = [entry for key, config in tuner.cache.items() if (entry := _entry(key, config)) is not None]
         if entries:
-            out[name] = sorted(entries, key=lambda e: json.dumps(e["key"]))
+            out[name] = entries
     return out
 
 
