@@ -222,11 +222,11 @@ def layer_config(path: Path, layer_options: dict):
     if not saved:
         raise LigerError(f"{path}: not a converted model; layer options apply to converted models only")
     options = options_from_dict(saved)
-    runtime = methods.get(options.method).runtime_options
-    bad = sorted(set(layer_options) - set(runtime))
+    spec = methods.get(options.method)
+    bad = spec.not_runtime(layer_options)
     if bad:
-        raise LigerError(f"layer options {bad}: only {', '.join(runtime) or 'none'} can be changed on a trained "
-                         f"{options.method} model (the others change its parameters)")
+        raise LigerError(f"layer options {bad}: only {', '.join(spec.runtime_options) or 'none'} can be changed on a "
+                         f"trained {options.method} model (the others change its parameters)")
     config = AutoConfig.from_pretrained(path)
     config.liger = build_options(**{**options.to_dict(), **layer_options}).to_dict()
     return config

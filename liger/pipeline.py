@@ -386,11 +386,11 @@ def _layer_options_problems(methods: Mapping) -> list[str]:
                 problems.append(f"methods.{name}.layer_options: the base model has no layer options; remove them "
                                 "or give the row a `method`")
             continue
-        runtime = registry.get(method).runtime_options
-        bad = sorted(set(layer) - set(runtime))
+        spec = registry.get(method)
+        bad = spec.not_runtime(layer)
         if bad:
             problems.append(f"methods.{name}.layer_options: {bad} are not runtime options of {method} (those are "
-                            f"{', '.join(runtime) or 'none'}); set the others as the row's options")
+                            f"{', '.join(spec.runtime_options) or 'none'}); set the others as the row's options")
     return problems
 
 

@@ -91,6 +91,10 @@ class Method:
     exact_window_shapes: tuple[str, ...] | None = None
     runtime_options: tuple[str, ...] = ()
 
+    def not_runtime(self, keys: Any) -> list[str]:
+        """The keys, sorted, that are not runtime options of this method (a saved model cannot take them)."""
+        return sorted(set(keys) - set(self.runtime_options))
+
     def recipe(self, stage: str, options: Any) -> dict[str, Any]:
         """The TrainConfig fields that `stage` sets for these options (a copy: safe to edit)."""
         if stage not in self.stages:
