@@ -22,6 +22,7 @@ import torch
 
 from liger.eval_model import LigerLM
 from liger.evaluate import PAPER_METRIC, PAPER_TASKS, check_tasks
+from liger.provenance import versions
 from liger.tasks.loading import lm_eval_name, loaded_tasks
 
 
@@ -67,7 +68,10 @@ def main() -> None:
             del lm
             if device == "cuda":
                 torch.cuda.empty_cache()
-    print(f"\n{args.model.name}, {device}, {dtype}, limit {args.limit or 'none'}")
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    stack = versions("torch", "transformers", "lm_eval")
+    print(f"\n{args.model.name}, {where}, {dtype}, limit {args.limit or 'none'}, hf batch {args.hf_batch_size}; "
+          + ", ".join(f"{k} {v}" for k, v in stack.items()))
     print(f"{'task':14s} {'liger s':>8s} {'hf s':>8s} {'speed-up':>8s} {'liger':>7s} {'hf':>7s} {'diff':>6s}")
     total = [0.0, 0.0]
     for task in tasks:
@@ -77,7 +81,8 @@ def main() -> None:
         print(f"{task:14s} {ls:8.1f} {hs:8.1f} {hs / ls:7.2f}x {100 * lv:7.2f} {100 * hv:7.2f} {100 * (lv - hv):+6.2f}")
     print(f"{'all':14s} {total[0]:8.1f} {total[1]:8.1f} {total[1] / total[0]:7.2f}x")
     if args.out:
-        args.out.write_text(json.dumps({"device": device, "dtype": str(dtype), "limit": args.limit, "rows": rows},
+        args.out.write_text(json.dumps({"device": where, "dtype": str(dtype), "limit": args.limit,
+                                        "hf_batch_size": args.hf_batch_size, "versions": stack, "rows": rows},
                                        indent=1))
 
 
