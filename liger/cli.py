@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "liger.position_loss",
     "liger.profile",
     "liger.report",
+    "liger.publish",
     "liger.plan",
 ]
 
