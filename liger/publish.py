@@ -125,16 +125,17 @@ def _files(row: Path) -> list[Path]:
 def plan(rows: list[Path], to: Path, root: Path) -> list[tuple[Path, Path, bytes, int]]:
     """(source, destination, content, paths replaced) for every file of `rows`; one-line errors for a row that is
     not a folder of files or lies under `to`."""
-    jobs, seen = [], {}
+    jobs, seen, top = [], {}, to.resolve()
     for row in rows:
         if not row.is_dir():
             raise LigerError(f"{row}: not a folder; give a run's row folder (results/RUN/MODEL/ROW)")
-        if row.resolve() == to.resolve() or to.resolve() in row.resolve().parents:
+        where = row.resolve()
+        if where == top or top in where.parents:
             raise LigerError(f"{row}: already under {to}; give a run's row folder (results/RUN/MODEL/ROW)")
         files = _files(row)
         if not files:
             raise LigerError(f"{row}: holds no files to publish")
-        model, name = row.resolve().parent.name, row.resolve().name
+        model, name = where.parent.name, where.name
         if (other := seen.setdefault((model, name), row)) != row:
             raise LigerError(f"{row} and {other}: both publish as {to / model / name}; publish one of them")
         for f in files:
