@@ -7,7 +7,9 @@ Both variants run the same training step as `liger.train.finetune` (LoRA r=8 on 
 
 On CUDA the defaults are the paper's setting (1024-token chunks, bf16 weights, fla kernels when installed);
 on CPU the defaults shrink (128 tokens, fp32, 1 warm-up and 3 timed steps) and the table says so. Without
---data the chunks are random token ids, every position a target (fine for throughput).
+--data the chunks are random token ids, every position a target (fine for throughput). `--kernels N` traces N more
+steps per variant and prints where a step's time goes: the device's busy time against the step's (a share well below
+100% on a GPU means the step waits on the host: launches and synchronisations), then the top kernels.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: 
         losses.append(train_step(model, params, opt, batches, cfg.max_grad_norm))
         times.append(time.perf_counter() - t0)
     timed = times[args.warmup:]
+    kernels = trace(model, params, opt, ids, mask, args, cfg, device) if args.kernels else None
     tokens = args.steps * per_step * args.seq_len
     if options is None:
         attn = getattr(model.config, "_attn_implementation", None) or "default"
@@ -82,11 +85,43 @@ def run_variant(name: str, options: dict | None, args: argparse.Namespace, cfg: 
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "trainable": sum(p.numel() for p in params),
+        "kernels": kernels,
     }
     del model, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def trace(model, params: list, opt, ids: np.ndarray, mask: np.ndarray, args: argparse.Namespace, cfg: TrainConfig,
+          device: torch.device) -> list[dict]:
+    """Where a training step's time goes: `args.kernels` more steps (after one untraced) under torch.profiler,
+    ranked by self time (`liger.profile.rank_kernels`: CUDA kernels on a GPU, CPU ops on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from liger.profile import rank_kernels
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    rows = np.arange(cfg.micro_batch) % ids.shape[0]
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=args.kernels, repeat=1)) as prof:
+        for _ in range(args.kernels + 1):
+            batches = [batch(ids, mask, rows, device) for _ in range(cfg.grad_accum)]
+            train_step(model, params, opt, batches, cfg.max_grad_norm)
+            prof.step()
+    return rank_kernels(prof, args.kernels, model.config.num_hidden_layers, cuda, top=args.top)
+
+
+def print_kernels(results: list[dict], steps: int) -> None:
+    """Per variant: the device's busy time per traced step against the untraced step time, then the top rows."""
+    for r in results:
+        busy = sum(k["ms_per_step"] for k in r["kernels"])
+        kind = r["kernels"][0]["kind"] + "s" if r["kernels"] else "kernels"
+        print(f"\n{r['variant']}: {kind}, {steps} traced steps: {busy:.1f} ms busy per step, "
+              f"{busy / r['ms_per_step']:.0%} of the untraced {r['ms_per_step']:.1f} ms")
+        print(f"  {'ms/step':>8} {'share':>6} {'calls/step':>10}  name")
+        for k in r["kernels"]:
+            print(f"  {k['ms_per_step']:>8.2f} {k['share']:>6.1%} {k['calls_per_step']:>10.0f}  {k['name'][:90]}")
 
 
 def random_model(model_dir: Path) -> Path:
@@ -116,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of --model's shape (only its config.json is read): throughput only")
+    p.add_argument("--kernels", type=int, default=0,
+                   help="also trace this many steps per variant (torch.profiler) and print where the time goes")
+    p.add_argument("--top", type=int, default=15, help="with --kernels: rows per variant before '(other)'")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.random_weights:
@@ -144,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         print(f"{r['variant']:<30} {r['attention']:<30} {r['tokens_per_s']:>10.1f} {r['ms_per_step']:>9.1f} "
               f"{r['tokens_per_s'] / base:>7.2f}x {mem:>9} {r['loss_first']:>8.3f}->{r['loss_last']:.3f}")
+    if args.kernels:
+        print_kernels(results, args.kernels)
     if args.json:
         args.json.write_text(json.dumps({"device": where, "seq_len": args.seq_len, "dtype": str(dtype),
                                          "results": results}, indent=2))

@@ -330,6 +330,13 @@ def trace_kernels(decoder, length: int, steps: int, batch: int, device: str, voc
     # step 0 of the schedule is the prompt, step 1 an untraced decoding step, then `steps` traced ones
     with torch.no_grad(), profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=steps)) as prof:
         decoder.run(prompt, steps + 1, Clock(device, on_mark=prof.step))
+    return rank_kernels(prof, steps, layers, cuda, top)
+
+
+def rank_kernels(prof, steps: int, layers: int, cuda: bool, top: int = 15) -> list[dict]:
+    """A finished torch.profiler trace of `steps` steps as rows: the `top` entries by self time (CUDA kernels on a
+    GPU, CPU ops on the CPU), then one "(other)" row for the rest, so the shares sum to 1 and the rows' `ms_per_step`
+    to the time the device was busy in a step."""
     kind = "cuda kernel" if cuda else "cpu op"
     times: dict[str, tuple[int, float]] = {}
     for event in prof.key_averages():

@@ -359,6 +359,8 @@ def _cli(args: argparse.Namespace) -> int:
                   window_only=args.window_only or None, about=json.loads(args.about))
     ablations = ablation_table.Ablations(json.loads(args.ablations), args.ablation_paper_model) \
         if args.ablations else None
+    for folder in (args.out_dir, args.plot.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     report = write_report(args.model, files, args.out_dir, args.plot.parent, args.paper_name, args.paper_csv,
                           args.note, roles, window=args.window, resamples=args.resamples, ablations=ablations)
     print(report)

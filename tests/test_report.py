@@ -209,12 +209,13 @@ def test_report_cli_writes_the_ablation_table_from_its_flags(tmp_path):
 
     write_ablation_run(tmp_path)
     rows = {"liger_gla": "Liger-GLA", "window_only": "Liger-GLA w/o GLA (SWA only)"}
-    folder = tmp_path / "m"
+    folder, out = tmp_path / "m", tmp_path / "new"  # the output folders are made
     assert main(["report", "--model", "m", "--metrics", *(str(folder / r / "metrics.json") for r in ABLATION_RUN),
-                 "--train", *(str(p) for p in sorted(folder.glob("*/train_summary.json"))), "--out-dir", str(folder),
-                 "--plot", str(tmp_path / "plots" / "m_position_loss.png"), "--paper-csv", str(PAPER_CSV),
-                 "--reference", "liger_gla", "--ablations", json.dumps(rows), "--resamples", "10"]) == 0
-    table = pd.read_csv(folder / "ablations.csv")
+                 "--train", *(str(p) for p in sorted(folder.glob("*/train_summary.json"))),
+                 "--out-dir", str(out / "m"), "--plot", str(out / "plots" / "m_position_loss.png"),
+                 "--paper-csv", str(PAPER_CSV), "--reference", "liger_gla", "--ablations", json.dumps(rows),
+                 "--resamples", "10"]) == 0
+    table = pd.read_csv(out / "m" / "ablations.csv")
     assert list(table["row"]) == ["liger_gla", "liger_gla", "window_only", "window_only"]
     assert table.loc[2, "Val loss"] == pytest.approx(1.83) and table.loc[3, "Val PPL"] == 3.01
-    assert (tmp_path / "plots" / "m_ablations.png").exists()
+    assert (out / "plots" / "m_ablations.png").exists()
