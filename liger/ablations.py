@@ -36,18 +36,23 @@ class Ablations:
     paper_model: str = "Llama-3-8B"
 
 
-def final_val_loss(summary: Path | None) -> float | None:
-    """A LoRA summary's `final_val_loss` (None without a summary or a validation)."""
-    if summary is None:
-        return None
-    value = read_json(summary, "finetune").get("final_val_loss")
+def val_loss(summary: Path | None, metrics: Path | None) -> float | None:
+    """A row's validation loss: its LoRA fine-tune's last (`final_val_loss` in its summary), else, for a row not
+    trained, the one `liger evaluate --val-data` measured (`val_loss` in its metrics); None without either."""
+    if summary is not None:
+        value = read_json(summary, "finetune").get("final_val_loss")
+    elif metrics is not None:
+        value = (read_json(metrics, "evaluate").get("val_loss") or {}).get("value")
+    else:
+        value = None
     return None if value is None else float(value)
 
 
 def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, reference: str,
-          summaries: Mapping[str, Path], paper_csv: Path) -> pd.DataFrame:
+          summaries: Mapping[str, Path], paper_csv: Path, metrics: Mapping[str, Path] | None = None) -> pd.DataFrame:
     """Our row then its paper row, for each ablation row. `ours`: our rows of the main table (liger.report.our_rows);
-    `paper`: the paper model's rows (liger.report.paper_rows); `summaries`: the trained rows' LoRA summaries."""
+    `paper`: the paper model's rows (liger.report.paper_rows); `summaries`: the trained rows' LoRA summaries;
+    `metrics`: the rows' metrics files (an untrained row's validation loss)."""
     ours = ours.set_index("method")
     paper = paper.set_index("method")
     missing = [row for row in ablations.rows if row not in ours.index]
@@ -66,7 +71,7 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
     out = []
     for row, name in ablations.rows.items():
         mine, theirs = ours.loc[row], paper.loc[name + PAPER]
-        loss = final_val_loss(summaries.get(row))
+        loss = val_loss(summaries.get(row), (metrics or {}).get(row))
         ppl = paper_val_ppl(str(theirs["source"]))
         role = "base" if mine["role"] == "base" else "reference" if row == reference else "ablation"
         out.append({"row": row, "model": mine["model"], "method": row, "role": role, **mine[HEADERS].to_dict(),
@@ -143,9 +148,10 @@ def plot(df: pd.DataFrame, reference: str, out_png: Path, title: str) -> None:
 
 
 def write(model: str, ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, reference: str,
-          summaries: Mapping[str, Path], out_dir: Path, plot_png: Path, paper_csv: Path) -> list[str]:
+          summaries: Mapping[str, Path], out_dir: Path, plot_png: Path, paper_csv: Path,
+          metrics: Mapping[str, Path] | None = None) -> list[str]:
     """`out_dir`/ablations.csv and .md and the plot; returns the report's section."""
-    df = table(ours, paper, ablations, reference, summaries, paper_csv)
+    df = table(ours, paper, ablations, reference, summaries, paper_csv, metrics)
     df.to_csv(out_dir / "ablations.csv", index=False)
     md = markdown(df)
     text = sentences(df, reference)
@@ -156,6 +162,7 @@ def write(model: str, ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablati
             f"Each of our rows is followed by the paper row its `paper_row` names (config/paper_results.csv). "
             f"{DELTA}: the row's average minus {reference}'s (for the paper's rows, minus its "
             f"{ablations.rows[reference]} row). Val loss: the final validation loss of the row's LoRA fine-tune "
-            "(nats; untrained rows have none), Val PPL its exp; the paper gives validation perplexity for its Table "
+            "(nats; for a row not trained, its loss on the same validation chunks when its evaluation measured it), "
+            "Val PPL its exp; the paper gives validation perplexity for its Table "
             "12 rows only (its loss here is the log of that). The paper's averages are the means of its six tasks, as "
             "ours are (its printed averages differ for a few rows: see `source`).", "", text, ""]

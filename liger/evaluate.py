@@ -7,6 +7,8 @@ the local tasks of `liger/tasks/` reading the offline JSONL mirrors (`liger.task
 by tests/test_evaluate.py against the official YAMLs). The report (`metrics.json`) holds, per task, every lm-eval
 metric with its stderr, the paper's metric, the chance level, each item's outcome (`liger.paired`) and, for MMLU,
 its categories and subjects; each task's entry is also saved as it finishes, so an interrupted run resumes.
+With `val_data` (a prepare-data folder) it also holds `val_loss`: the model's loss on that folder's validation
+chunks, the measure a fine-tune logs (`liger.steps.validation_loss`), for rows that are converted and not trained.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from liger.device import resolve_device, resolve_dtype
 from liger.errors import LigerError
 from liger.eval_model import LigerLM
 from liger.fileio import sha256_file, write_json_atomic
+from liger.packed import PackedData, check_vocab, load_packed
 from liger.paired import record as record_items
 from liger.pipeline import PAPER_METRIC, PAPER_TASKS  # the paper's tasks and the metric each reports
 from liger.provenance import versions
@@ -136,6 +139,7 @@ def evaluate(
     num_fewshot_mmlu: int = 5,
     seed: int = 0,
     layer_options: dict | None = None,
+    val_data: str | Path | None = None,
 ) -> dict:
     """Score a saved model (base or Liger; `adapter` merged) on the paper's tasks; write and return the report.
 
@@ -145,8 +149,8 @@ def evaluate(
     seeds are `seed`. `layer_options` evaluates a converted model's weights with other runtime layer settings
     (its method's `runtime_options` in `liger.methods`, e.g. {"window_shape": "sliding"}). `batch_size`: at most
     that many requests' inputs per forward (None: no cap); `mmlu_batch_size` (default `batch_size`) is MMLU's
-    alone; `batch_tokens`: padded tokens per forward (None: `default_batch_tokens`). Input errors raise LigerError
-    before the model loads.
+    alone; `batch_tokens`: padded tokens per forward (None: `default_batch_tokens`). `val_data`: a prepare-data
+    folder whose validation loss is added as `val_loss`. Input errors raise LigerError before the model loads.
     """
     from lm_eval import simple_evaluate
 
@@ -174,6 +178,7 @@ def evaluate(
             raise LigerError(f"{flag} {value}: must be >= 1")
     sizes = {"mmlu": mmlu_batch_size if mmlu_batch_size is not None else batch_size}
     mmlu_limit = math.ceil(limit / len(MMLU_SUBJECTS)) if limit is not None else None
+    val = load_packed(val_data) if val_data is not None else None
 
     # Each run's reports are saved as it finishes: a rerun with the same settings (an interrupted job) skips them.
     partial = out_json.with_name(out_json.name + ".partial")
@@ -192,7 +197,7 @@ def evaluate(
 
     with loaded_tasks(task_list, data_dir) as (manager, top, leaves):
         lm = LigerLM(model_path, adapter=adapter, layer_options=layer_options, device=dev, dtype=torch_dtype,
-                     batch_tokens=batch_tokens) if runs else None  # fmt: skip
+                     batch_tokens=batch_tokens) if runs or val is not None else None  # fmt: skip
         seeds = dict(random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         for run_tasks, shots, run_limit in runs:
             given = sizes.get(run_tasks[0], batch_size)
@@ -212,6 +217,7 @@ def evaluate(
                 reports[t] = _task_report(t, raw, samples, local, mmlu_limit) | {
                     "batch_size": bs, "batch_tokens": lm.batch_tokens, "chance": chance, "run_wall_time_s": run_s}
             write_json_atomic(partial, {"settings": settings, "tasks": reports})
+        val_loss = None if val is None else _val_loss(lm, val)
 
     report = {
         "model": str(model_path),
@@ -231,10 +237,22 @@ def evaluate(
         "versions": versions("lm_eval", "torch", "transformers", "liger"),
         "wall_time_s": round(time.perf_counter() - start, 2),  # this process's; resumed runs add their own
         "resumed": sorted(resumed),
+        "val_loss": val_loss,
     }
     write_json_atomic(out_json, report)
     partial.unlink(missing_ok=True)
     return report
+
+
+def _val_loss(lm: LigerLM, val: PackedData) -> dict[str, Any]:
+    """The evaluated model's loss on the validation chunks of a prepare-data folder (every target token, as a
+    fine-tune's validation), with the folder and the number of chunks."""
+    from liger.steps import validation_loss
+
+    check_vocab(val, lm.model.config, lm.tokenizer)
+    value = validation_loss(lm.model, val, micro_batch=8, device=lm.model.device)
+    log.info("validation loss on %d chunks of %s: %s", val.val_ids.shape[0], val.path, value)
+    return {"value": value, "chunks": int(val.val_ids.shape[0]), "data": str(val.path)}
 
 
 def _fingerprint(folder: Path, files: Sequence[Path] | None = None) -> list[list]:
@@ -276,11 +294,14 @@ def _cli(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, mmlu_batch_size=args.mmlu_batch_size, batch_tokens=args.batch_tokens,
         device=args.device, dtype=args.dtype,
         num_fewshot_mmlu=args.num_fewshot_mmlu, seed=args.seed, layer_options=args.layer_options,
+        val_data=args.val_data,
     )  # fmt: skip
     for task, entry in report["tasks"].items():
         value = entry["value"]
         shown = f"{100 * value:.1f}" if value is not None else "n/a"
         print(f"{task:14s} {entry['paper_metric']:8s} {shown:>6s}  (n={entry['n']}, {entry['num_fewshot']}-shot)")
+    if report["val_loss"] is not None:
+        print(f"validation loss {report['val_loss']['value']:.4f} ({report['val_loss']['chunks']} chunks)")
     print(f"{args.out}: written ({report['wall_time_s']:.0f} s)")
     return 0
 
@@ -298,5 +319,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     add_inference_flags(p)
     p.add_argument("--num-fewshot-mmlu", type=int, default=5, help="MMLU shots (default 5, as the paper)")
     p.add_argument("--seed", type=int, default=0, help="lm-eval seeds (default 0)")
+    p.add_argument("--val-data", type=Path, help="also score the loss on this prepare-data folder's validation chunks")
     p.add_argument("--out", required=True, type=Path, help="output JSON file")
     p.set_defaults(func=_cli)

@@ -325,7 +325,7 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
                                  f"{model}: accuracy by the items' request length", resamples)]
     if ablations is not None and ablations.rows:
         text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations, reference,
-                                     files.train, out_dir, ablation_plot(plots, model), paper_csv)
+                                     files.train, out_dir, ablation_plot(plots, model), paper_csv, files.metrics)
     text += probe_sections(model, files, out_dir, plots, window)
     images = sorted(plots.glob(f"{model}_*.png"))
     if images:

@@ -346,7 +346,8 @@ def _sources(method: str) -> list[str]:
 
 def test_the_ablation_config_builds_its_dag(tmp_path):
     """`snakemake -n` on config/ablations-135m.yaml: eleven fine-tunes and one conversion in its own run folder, the
-    hybrid trained with its layer list, the report asked for the ablation table with every row's paper row."""
+    hybrid trained with its layer list, the untrained row's validation loss scored by its evaluation, the report
+    asked for the ablation table with every row's paper row."""
     import json
     import subprocess
     import sys
@@ -361,6 +362,9 @@ def test_the_ablation_config_builds_its_dag(tmp_path):
     assert (counts["finetune"], counts["convert"], counts["evaluate"]) == (11, 1, 13), counts
     hybrid = next(line for line in out.splitlines() if "liger finetune" in line and "/liger_gla_h " in line)
     assert '"softmax_layers": [5, 11, 17, 23, 29]' in hybrid and "softmax_every" not in out.split("Job stats")[0]
+    scored = [line for line in out.splitlines() if "liger evaluate --model" in line]  # only the untrained row's
+    val = [line for line in scored if "--val-data resources/ablations/data/smollm2-135m " in line]  # loss is scored
+    assert len(val) == 1 and "/converted/smollm2-135m/no_lora/model " in val[0] and len(scored) == 13
     report = next(line for line in out.splitlines() if "liger report --model" in line)
     flag = json.loads(report.split("--ablations '", 1)[1].split("'", 1)[0])
     assert flag == ablations(load_config(ABLATIONS)) and "--ablation-paper-model Llama-3-8B" in report

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -749,6 +750,37 @@ def test_evaluate_liger_with_adapter_and_cli(liger_dir, short_mirror, tmp_path, 
     _check_report(report, ["winogrande", "piqa"], n=2)
     assert report["adapter"] == str(adapter) and report["batch_size"] == 2
     assert report["liger"]["method"] == "liger_gla" and report["liger"]["window"] == 4
+
+
+def test_evaluate_adds_the_validation_loss_of_a_prepare_data_folder(liger_dir, short_mirror, tmp_path, capsys):
+    """`--val-data`: the model's mean loss over the validation chunks' target tokens, against cross-entropy by hand
+    (fp32, 1e-5 relative); an unusable folder is a one-line error before the model loads."""
+    from transformers import AutoTokenizer
+
+    from liger.cli import main
+    from tests.test_train import write_packed
+
+    tok = AutoTokenizer.from_pretrained(liger_dir)
+    data = write_packed(tmp_path / "data", n_val=3, seq_len=24, vocab=len(tok))
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tokenizer"]["eos_token_id"] = tok.eos_token_id
+    (data / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(liger_dir), "--tasks", "piqa", "--data-dir", str(short_mirror), "--limit",
+                 "2", "--device", "cpu", "--val-data", str(data), "--out", str(out)]) == 0
+    assert "validation loss" in capsys.readouterr().out
+    got = json.loads(out.read_text())["val_loss"]
+    ids = torch.from_numpy(np.load(data / "val_ids.npy").astype(np.int64))
+    mask = torch.from_numpy(np.load(data / "val_mask.npy"))
+    with torch.no_grad():
+        logits = liger.load(liger_dir).eval()(input_ids=ids).logits.double()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    want = float(nll[mask[:, 1:]].mean())
+    assert got["chunks"] == 3 and got["data"] == str(data)
+    assert got["value"] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(LigerError, match="train_ids.npy: missing; the data folder must come from prepare-data"):
+        evaluate(liger_dir, tmp_path / "no.json", tasks="piqa", val_data=tmp_path / "nothing")
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_evaluate_with_other_layer_options(liger_dir, short_mirror, tmp_path, capsys):

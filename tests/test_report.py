@@ -148,6 +148,8 @@ def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
     from liger.ablations import Ablations
 
     write_ablation_run(tmp_path)
+    m = tmp_path / "m" / "no_lora" / "metrics.json"  # an untrained row's loss comes from its evaluation (--val-data)
+    m.write_text(json.dumps({**json.loads(m.read_text()), "val_loss": {"value": 2.5, "chunks": 20, "data": "d"}}))
     report = write_model_report("m", list(ABLATION_RUN), tmp_path, None, PAPER_CSV,
                                 roles=Roles(controls=["window_only"], reference="liger_gla"),
                                 ablations=Ablations(ABLATION_ROWS))
@@ -161,7 +163,8 @@ def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
     assert q["Δ Avg vs reference"] == pytest.approx(-0.5) and gla["Δ Avg vs reference"] == 0
     assert q["Recovery %"] == pytest.approx(round(100 * 50.5 / 56.7, 1))
     assert q["Val loss"] == pytest.approx(1.85) and q["Val PPL"] == pytest.approx(6.360, abs=1e-3)  # exp(1.85)
-    assert pd.isna(rows.loc["no_lora", "Val loss"]) and pd.isna(rows.loc["base", "Val PPL"])
+    assert rows.loc["no_lora", "Val loss"] == 2.5 and pd.isna(rows.loc["base", "Val loss"])
+    assert pd.isna(rows.loc["base", "Val PPL"])
     paper_q = rows.loc["Liger-GLA gate from Q pooling (paper)"]  # Table 8, beside its Liger-GLA (Avg 67.6)
     assert (paper_q["PiQA"], paper_q["MMLU"], paper_q["Avg"]) == (80.2, 41.7, 66.7)
     assert paper_q["Δ Avg vs reference"] == pytest.approx(-0.9) and paper_q["model"] == "Llama-3-8B"

@@ -180,6 +180,18 @@ def model_ready(wc):
     return f"{evaluated_model(wc)}/config.json"
 
 
+def val_data(wc):
+    """An untrained row of the ablation table is also scored on the run's validation chunks (its Val loss there,
+    as a trained row's comes from its fine-tune); the data folder, or None."""
+    return f"resources/{wc.run}/data/{wc.model}" if wc.method in UNTRAINED and wc.method in ABLATIONS else None
+
+
+def val_data_ready(wc):
+    """The file that says `val_data` is complete, or nothing."""
+    folder = val_data(wc)
+    return [f"{folder}/meta.json"] if folder else []
+
+
 def layer_flag(wc):
     """`--layer-options JSON` of a `weights_of` row that sets them, else nothing."""
     layer = config["methods"][wc.method].get("layer_options")
@@ -189,7 +201,7 @@ def layer_flag(wc):
 def eval_flags(wc):
     e = config["eval"]
     opts = flags({"tasks": e["tasks"], "data_dir": eval_data_dir(), "limit": e["limit"],
-                  "batch_size": e["batch_size"], "mmlu_batch_size": e["mmlu_batch_size"]})
+                  "batch_size": e["batch_size"], "mmlu_batch_size": e["mmlu_batch_size"], "val_data": val_data(wc)})
     return f"{opts} {layer_flag(wc)}"
 
 

@@ -1,7 +1,9 @@
 rule evaluate:
-    """lm-eval on the six benchmarks (the paper's metrics and shots), base or Liger model."""
+    """lm-eval on the six benchmarks (the paper's metrics and shots), base or Liger model; an untrained row of the
+    ablation table also gets its validation loss (`val_data`)."""
     input:
         model_ready,
+        val_data_ready,
     output:
         row_file(pipeline.ROW_FILES["metrics"]),
     params:
