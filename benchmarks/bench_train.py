@@ -8,8 +8,8 @@ Both variants run the same training step as `liger.train.finetune` (LoRA r=8 on 
 On CUDA the defaults are the paper's setting (1024-token chunks, bf16 weights, fla kernels when installed);
 on CPU the defaults shrink (128 tokens, fp32, 1 warm-up and 3 timed steps) and the table says so. Without
 --data the chunks are random token ids, every position a target (fine for throughput). `--kernels N` traces N more
-steps per variant and prints where a step's time goes: the device's busy time against the step's (a share well below
-100% on a GPU means the step waits on the host: launches and synchronisations), then the top kernels.
+steps per variant and prints where a step's time goes: on a GPU, its busy time against the step's (a share well below
+100% means the step waits on the host: launches and synchronisations), then the top kernels (on the CPU, its ops).
 """
 
 from __future__ import annotations
@@ -116,9 +116,11 @@ def print_kernels(results: list[dict], steps: int) -> None:
     """Per variant: the device's busy time per traced step against the untraced step time, then the top rows."""
     for r in results:
         busy = sum(k["ms_per_step"] for k in r["kernels"])
-        kind = r["kernels"][0]["kind"] + "s" if r["kernels"] else "kernels"
-        print(f"\n{r['variant']}: {kind}, {steps} traced steps: {busy:.1f} ms busy per step, "
-              f"{busy / r['ms_per_step']:.0%} of the untraced {r['ms_per_step']:.1f} ms")
+        if r["kernels"] and r["kernels"][0]["kind"] == "cuda kernel":
+            print(f"\n{r['variant']}: CUDA kernels, {steps} traced steps: the GPU busy {busy:.1f} ms per step, "
+                  f"{busy / r['ms_per_step']:.0%} of the untraced step's {r['ms_per_step']:.1f} ms")
+        else:  # the CPU's ops are the step (the profiler's own time among them): no share to show
+            print(f"\n{r['variant']}: CPU ops, {steps} traced steps, {busy:.1f} ms per step")
         print(f"  {'ms/step':>8} {'share':>6} {'calls/step':>10}  name")
         for k in r["kernels"]:
             print(f"  {k['ms_per_step']:>8.2f} {k['share']:>6.1%} {k['calls_per_step']:>10.0f}  {k['name'][:90]}")
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=15, help="with --kernels: rows per variant before '(other)'")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
+    if args.kernels < 0 or args.top < 1:
+        p.error("--kernels must be >= 0 and --top >= 1")
     if args.random_weights:
         args.model = random_model(args.model)
 
