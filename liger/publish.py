@@ -147,14 +147,15 @@ def publish(rows: list[Path], to: Path = PUBLISHED, *, replace: bool = False, ro
     """Publish `rows` under `to` (module docstring); returns one line per file saying what happened to it."""
     root = (root or Path.cwd()).resolve()
     jobs = plan(rows, to, root)
-    clashes = [dst for _, dst, content, _ in jobs if dst.is_file() and dst.read_bytes() != content]
+    current = {dst: dst.read_bytes() for _, dst, _, _ in jobs if dst.is_file()}
+    clashes = [dst for _, dst, content, _ in jobs if current.get(dst, content) != content]
     if clashes and not replace:
         shown = ", ".join(map(str, clashes[:3])) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
         raise LigerError(f"{shown}: already published with other content; nothing was copied: give --replace to "
                          "overwrite them")
     lines = []
     for src, dst, content, n in jobs:
-        if dst.is_file() and dst.read_bytes() == content:
+        if current.get(dst) == content:
             lines.append(f"{dst}: unchanged")
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)

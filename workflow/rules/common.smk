@@ -133,6 +133,11 @@ def reused_run(wc, stage):
     return next((run for run in runs if os.path.isfile(os.path.join(run, "summary.json"))), None)
 
 
+def packed_data(wc):
+    """The run's packed data for this model (rule prepare_data)."""
+    return f"resources/{wc.run}/data/{wc.model}"
+
+
 def stage_inputs(wc, stage):
     """A training stage's inputs: the model it starts from and the packed data, or the published run it restores."""
     before = previous_stage(wc, stage)
@@ -140,7 +145,7 @@ def stage_inputs(wc, stage):
     run = reused_run(wc, stage)
     if run:
         return {"model": start, "run": os.path.join(run, "summary.json")}
-    return {"model": start, "data": f"resources/{wc.run}/data/{wc.model}/meta.json"}
+    return {"model": start, "data": f"{packed_data(wc)}/meta.json"}
 
 
 def stage_command(wc, stage):
@@ -152,7 +157,7 @@ def stage_command(wc, stage):
         return f"{LIGER} restore --model {model} --run {shlex.quote(run)} --out {out}"
     options = shlex.quote(json.dumps(liger_options(wc.method, wc.model)))
     train = flags(pipeline.stage_train(config, wc.method, stage))
-    return (f"{LIGER} {pipeline.STAGES[stage].command} --model {model} --data resources/{wc.run}/data/{wc.model} "
+    return (f"{LIGER} {pipeline.STAGES[stage].command} --model {model} --data {packed_data(wc)} "
             f"--out {out} --options {options} {train}")
 
 
@@ -183,7 +188,7 @@ def model_ready(wc):
 def val_data(wc):
     """An untrained row of the ablation table is also scored on the run's validation chunks (its Val loss there,
     as a trained row's comes from its fine-tune); the data folder, or None."""
-    return f"resources/{wc.run}/data/{wc.model}" if wc.method in UNTRAINED and wc.method in ABLATIONS else None
+    return packed_data(wc) if wc.method in UNTRAINED and wc.method in ABLATIONS else None
 
 
 def val_data_ready(wc):
