@@ -85,10 +85,11 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The table in Markdown: scores with one decimal, validation loss and perplexity with three and two."""
+    """The table in Markdown: scores with one decimal, validation loss with three, perplexity with two (in powers of
+    ten from 1e5: an untrained row's can be astronomical)."""
     shown = df.astype({"Val loss": object, "Val PPL": object})
-    for column, digits in (("Val loss", 3), ("Val PPL", 2)):
-        shown[column] = [None if pd.isna(v) else f"{v:.{digits}f}" for v in df[column]]
+    shown["Val loss"] = [None if pd.isna(v) else f"{v:.3f}" for v in df["Val loss"]]
+    shown["Val PPL"] = [None if pd.isna(v) else f"{v:.2e}" if v >= 1e5 else f"{v:.2f}" for v in df["Val PPL"]]
     return markdown_table(shown.drop(columns=["row"]))
 
 

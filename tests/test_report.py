@@ -149,7 +149,7 @@ def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
 
     write_ablation_run(tmp_path)
     m = tmp_path / "m" / "no_lora" / "metrics.json"  # an untrained row's loss comes from its evaluation (--val-data)
-    m.write_text(json.dumps({**json.loads(m.read_text()), "val_loss": {"value": 2.5, "chunks": 20, "data": "d"}}))
+    m.write_text(json.dumps({**json.loads(m.read_text()), "val_loss": {"value": 21.3, "chunks": 20, "data": "d"}}))
     report = write_model_report("m", list(ABLATION_RUN), tmp_path, None, PAPER_CSV,
                                 roles=Roles(controls=["window_only"], reference="liger_gla"),
                                 ablations=Ablations(ABLATION_ROWS))
@@ -163,7 +163,7 @@ def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
     assert q["Δ Avg vs reference"] == pytest.approx(-0.5) and gla["Δ Avg vs reference"] == 0
     assert q["Recovery %"] == pytest.approx(round(100 * 50.5 / 56.7, 1))
     assert q["Val loss"] == pytest.approx(1.85) and q["Val PPL"] == pytest.approx(6.360, abs=1e-3)  # exp(1.85)
-    assert rows.loc["no_lora", "Val loss"] == 2.5 and pd.isna(rows.loc["base", "Val loss"])
+    assert rows.loc["no_lora", "Val loss"] == 21.3 and pd.isna(rows.loc["base", "Val loss"])
     assert pd.isna(rows.loc["base", "Val PPL"])
     paper_q = rows.loc["Liger-GLA gate from Q pooling (paper)"]  # Table 8, beside its Liger-GLA (Avg 67.6)
     assert (paper_q["PiQA"], paper_q["MMLU"], paper_q["Avg"]) == (80.2, 41.7, 66.7)
@@ -174,7 +174,8 @@ def test_ablation_table_puts_each_row_beside_its_paper_row(tmp_path):
     assert rows.loc["Liger-GLA w/o GLA (SWA only) (paper)", "Avg"] == pytest.approx(66.4)  # its six tasks' mean
     md = (tmp_path / "m" / "ablations.md").read_text()
     assert md.startswith("| model | method | role |") and "| m | gate_from_q | ablation | 68.0 |" in md
-    assert "| 1.850 | 6.36 |" in md and "| Llama-3-8B | Liger-GLA w/o LoRA (paper) | paper |" in md
+    assert "| 1.850 | 6.36 |" in md and "| 21.300 | 1.78e+09 |" in md  # exp(21.3) in powers of ten
+    assert "| Llama-3-8B | Liger-GLA w/o LoRA (paper) | paper |" in md
     # no_lora 42.7 vs the paper's 61.7; window_only 51.2, above liger_gla where the paper's is below: 2 signs of 3
     assert ("gate_from_q -0.5 (-0.9); no_lora -8.3 (-5.9); window_only +0.2 (-1.2). Same sign as the paper's in 2 "
             "of 3 rows.") in md
