@@ -1,6 +1,7 @@
 """The ablation table: each row the config gives a `paper_row` beside that row of the paper (its ablations are on
-Llama-3-8B), with the six tasks, the average, recovery, the change from the reference row and the final validation
-loss and perplexity; a plot of each row's change from the reference, ours against the paper's.
+Llama-3-8B), with the six tasks, the average, recovery, the change from the reference row (with its paired bootstrap
+interval when both rows recorded per-item outcomes, `liger.paired`) and the final validation loss and perplexity; a
+plot of each row's change from the reference, ours against the paper's.
 
 `liger report --ablations` writes it (`OUTPUTS` in the model's folder, the plot where the rule declares it). Which
 rows are ablations, and which paper row each sits beside, come from the config (`liger.pipeline.ablations`).
@@ -18,11 +19,14 @@ import pandas as pd
 from liger.errors import LigerError
 from liger.fileio import read_json
 from liger.markdown import markdown_table
+from liger.paired import LEVEL
 from liger.pipeline import TASKS, paper_val_ppl
 
 HEADERS = [task.header for task in TASKS.values()]
 DELTA = "Δ Avg vs reference"
-COLUMNS = ["row", "model", "method", "role", *HEADERS, "Avg", "Recovery %", DELTA, "Val loss", "Val PPL", "source"]
+LOW, HIGH = "Δ low", "Δ high"  # its paired bootstrap interval (ours only; liger.paired.LEVEL)
+COLUMNS = ["row", "model", "method", "role", *HEADERS, "Avg", "Recovery %", DELTA, LOW, HIGH, "Val loss", "Val PPL",
+           "source"]
 OUTPUTS = ("ablations.csv", "ablations.md")
 PAPER = " (paper)"  # what liger.report.paper_rows appends to a paper row's method
 
@@ -49,10 +53,12 @@ def val_loss(summary: Path | None, metrics: Path | None) -> float | None:
 
 
 def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, reference: str,
-          summaries: Mapping[str, Path], paper_csv: Path, metrics: Mapping[str, Path] | None = None) -> pd.DataFrame:
+          summaries: Mapping[str, Path], paper_csv: Path, metrics: Mapping[str, Path] | None = None,
+          paired: pd.DataFrame | None = None) -> pd.DataFrame:
     """Our row then its paper row, for each ablation row. `ours`: our rows of the main table (liger.report.our_rows);
     `paper`: the paper model's rows (liger.report.paper_rows); `summaries`: the trained rows' LoRA summaries;
-    `metrics`: the rows' metrics files (an untrained row's validation loss)."""
+    `metrics`: the rows' metrics files (an untrained row's validation loss); `paired`: the paired differences
+    (`liger.paired.differences`), whose Avg lines from `reference` give our rows' intervals."""
     ours = ours.set_index("method")
     paper = paper.set_index("method")
     missing = [row for row in ablations.rows if row not in ours.index]
@@ -68,6 +74,11 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
         raise LigerError(f"liger report --ablations: the reference row {reference!r} has no paper_row; give it one "
                          "(e.g. Liger-GLA), or name another with --reference (config: report.reference)")
     ref_ours, ref_paper = ours.loc[reference, "Avg"], paper.loc[ablations.rows[reference] + PAPER, "Avg"]
+    intervals = {}
+    if paired is not None and not paired.empty:
+        lines = paired[(paired["reference"] == reference) & (paired["measure"] == "Avg")].dropna(subset=["low"])
+        intervals = {m: (round(lo, 1), round(hi, 1)) for m, lo, hi in zip(lines["method"], lines["low"], lines["high"],
+                                                                           strict=True)}
     out = []
     for row, name in ablations.rows.items():
         mine, theirs = ours.loc[row], paper.loc[name + PAPER]
@@ -76,6 +87,7 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
         role = "base" if mine["role"] == "base" else "reference" if row == reference else "ablation"
         out.append({"row": row, "model": mine["model"], "method": row, "role": role, **mine[HEADERS].to_dict(),
                     "Avg": mine["Avg"], "Recovery %": mine["Recovery %"], DELTA: round(mine["Avg"] - ref_ours, 1),
+                    LOW: intervals.get(row, (None, None))[0], HIGH: intervals.get(row, (None, None))[1],
                     "Val loss": loss, "Val PPL": None if loss is None else math.exp(loss), "source": mine["source"]})
         out.append({"row": row, "model": theirs["model"], "method": name + PAPER, "role": "paper",
                     **theirs[HEADERS].to_dict(), "Avg": theirs["Avg"], "Recovery %": theirs["Recovery %"],
@@ -85,12 +97,15 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The table in Markdown: scores with one decimal, validation loss with three, perplexity with two (in powers of
-    ten from 1e5: an untrained row's can be astronomical)."""
-    shown = df.astype({"Val loss": object, "Val PPL": object})
+    """The table in Markdown: scores with one decimal, the change from the reference signed with its interval in
+    brackets, validation loss with three decimals, perplexity with two (in powers of ten from 1e5: an untrained
+    row's can be astronomical)."""
+    shown = df.astype({DELTA: object, "Val loss": object, "Val PPL": object})
+    shown[DELTA] = [None if pd.isna(d) else f"{d:+.1f}" if pd.isna(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                    for d, lo, hi in zip(df[DELTA], df[LOW], df[HIGH], strict=True)]
     shown["Val loss"] = [None if pd.isna(v) else f"{v:.3f}" for v in df["Val loss"]]
     shown["Val PPL"] = [None if pd.isna(v) else f"{v:.2e}" if v >= 1e5 else f"{v:.2f}" for v in df["Val PPL"]]
-    return markdown_table(shown.drop(columns=["row"]))
+    return markdown_table(shown.drop(columns=["row", LOW, HIGH]))
 
 
 def sentences(df: pd.DataFrame, reference: str) -> str:
@@ -107,8 +122,18 @@ def sentences(df: pd.DataFrame, reference: str) -> str:
         if pd.notna(mine) and pd.notna(theirs):
             both += 1
             same += _sign(mine) == _sign(theirs)
-    return (f"Change of the average from {reference}, ours (the paper's, from its Liger-GLA): " + "; ".join(parts)
+    text = (f"Change of the average from {reference}, ours (the paper's, from its Liger-GLA): " + "; ".join(parts)
             + f". Same sign as the paper's in {same} of {both} rows.")
+    ours = pd.DataFrame([group.iloc[0] for _, group in pairs])
+    paired = ours.dropna(subset=[LOW])
+    if not paired.empty:
+        apart = [f"{r.row} {_signed(r[DELTA])}" for _, r in paired.iterrows() if r[LOW] > 0 or r[HIGH] < 0]
+        text += (f" Paired with {reference} on the same items, {len(apart)} of {len(paired)} rows differ beyond their "
+                 f"{100 * LEVEL:g}% interval" + (f": {', '.join(apart)}." if apart else "."))
+    unpaired = list(ours.loc[ours[LOW].isna(), "row"])
+    if unpaired:
+        text += f" Not paired (no per-item outcomes in both rows): {', '.join(unpaired)}."
+    return text
 
 
 def _sign(value: float) -> int:
@@ -150,9 +175,9 @@ def plot(df: pd.DataFrame, reference: str, out_png: Path, title: str) -> None:
 
 def write(model: str, ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, reference: str,
           summaries: Mapping[str, Path], out_dir: Path, plot_png: Path, paper_csv: Path,
-          metrics: Mapping[str, Path] | None = None) -> list[str]:
+          metrics: Mapping[str, Path] | None = None, paired: pd.DataFrame | None = None) -> list[str]:
     """`out_dir`/ablations.csv and .md and the plot; returns the report's section."""
-    df = table(ours, paper, ablations, reference, summaries, paper_csv, metrics)
+    df = table(ours, paper, ablations, reference, summaries, paper_csv, metrics, paired)
     df.to_csv(out_dir / "ablations.csv", index=False)
     md = markdown(df)
     text = sentences(df, reference)
@@ -162,8 +187,10 @@ def write(model: str, ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablati
     return [f"## Ablations (each row beside the paper's on {ablations.paper_model}; values in %)", "", md,
             f"Each of our rows is followed by the paper row its `paper_row` names (config/paper_results.csv). "
             f"{DELTA}: the row's average minus {reference}'s (for the paper's rows, minus its "
-            f"{ablations.rows[reference]} row). Val loss: the final validation loss of the row's LoRA fine-tune "
-            "(nats; for a row not trained, its loss on the same validation chunks when its evaluation measured it), "
-            "Val PPL its exp; the paper gives validation perplexity for its Table "
-            "12 rows only (its loss here is the log of that). The paper's averages are the means of its six tasks, as "
-            "ours are (its printed averages differ for a few rows: see `source`).", "", text, ""]
+            f"{ablations.rows[reference]} row); in brackets, for our rows, its {100 * LEVEL:g}% paired bootstrap "
+            "interval over the same items (paired.md), when both rows recorded per-item outcomes. Val loss: the "
+            "final validation loss of the row's LoRA fine-tune (nats; for a row not trained, its loss on the same "
+            "validation chunks when its evaluation measured it), Val PPL its exp; the paper gives validation "
+            "perplexity for its Table 12 rows only (its loss here is the log of that). The paper's averages are the "
+            "means of its six tasks, as ours are (its printed averages differ for a few rows: see `source`).", "",
+            text, ""]

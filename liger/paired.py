@@ -239,11 +239,12 @@ def sentences(table: pd.DataFrame, method_rows: Sequence[str], claim: dict | Non
 
 def write_tables(out_dir: Path, model: str, items: Mapping[str, Mapping], roles: Mapping[str, str],
                  tasks: Sequence[str], paper_csv: Path, paper_name: str | None = None, resamples: int = RESAMPLES,
-                 seed: int = SEED, *, reference: str | None = None, window_only: str | None = None) -> str:
+                 seed: int = SEED, *, reference: str | None = None,
+                 window_only: str | None = None) -> tuple[str, pd.DataFrame]:
     """out_dir/paired.csv and paired.md from each row's outcomes (`items`: row -> `read_items`): every row's
     difference from the base, the window-only row and the reference method; `tasks`: the six the average runs over;
     `reference`, `window_only`: the config's rows of those roles (`report`); `resamples` >= 1 (`liger.report` checks
-    it). Returns the text of paired.md."""
+    it). Returns the text of paired.md and the differences (`differences`), which the ablation table also shows."""
     base = next((m for m, role in roles.items() if role == "base"), BASE)
     references = tuple(dict.fromkeys(r for r in (base, window_only, reference) if r))
     table = differences(items, roles, tasks, resamples, seed, references=references)
@@ -255,4 +256,4 @@ def write_tables(out_dir: Path, model: str, items: Mapping[str, Mapping], roles:
             f"({resamples:,} resamples, seed {seed}).\n\n" + markdown(table, references) + "\n"
             + sentences(table, method_rows, claim, model, window_only) + "\n")
     (out_dir / "paired.md").write_text(text)
-    return text
+    return text, table

@@ -312,9 +312,10 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
     items = {m: paired.read_items(read_json(path, "evaluate"), path) for m, path in files.metrics.items()}
     row_roles = {m: role_of(m, controls, roles.base) for m in files.metrics}
     reference = pick_reference(roles.reference, row_roles)
-    text += ["## Paired differences (bootstrap over the same items)", "",
-             paired.write_tables(out_dir, model, items, row_roles, PAPER_TASKS, paper_csv, paper_name, resamples,
-                                 reference=reference, window_only=roles.window_only)]
+    paired_text, differences = paired.write_tables(out_dir, model, items, row_roles, PAPER_TASKS, paper_csv,
+                                                   paper_name, resamples, reference=reference,
+                                                   window_only=roles.window_only)
+    text += ["## Paired differences (bootstrap over the same items)", "", paired_text]
     if files.coverage is not None and files.coverage_items is not None:
         from liger.coverage import window_of
 
@@ -325,7 +326,8 @@ def write_report(model: str, files: RowFiles, out_dir: Path, plots: Path, paper_
                                  f"{model}: accuracy by the items' request length", resamples)]
     if ablations is not None and ablations.rows:
         text += ablation_table.write(model, ours, paper_rows(ablations.paper_model, paper_csv), ablations, reference,
-                                     files.train, out_dir, ablation_plot(plots, model), paper_csv, files.metrics)
+                                     files.train, out_dir, ablation_plot(plots, model), paper_csv, files.metrics,
+                                     differences)
     text += probe_sections(model, files, out_dir, plots, window)
     images = sorted(plots.glob(f"{model}_*.png"))
     if images:

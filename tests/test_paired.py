@@ -268,3 +268,38 @@ def test_sentence_says_where_the_interval_lies():
            "gain; the paper's +6.4 lies inside it." in text
     assert sentences(table, [], None, "1.5b", "window_only") == ("No method row beside window_only here, so 1.5b "
                                                                 "cannot test it.")
+
+
+def test_ablation_table_shows_each_rows_paired_interval_from_the_reference(tmp_path):
+    """The ablation table's change from the reference carries the paired interval of paired.csv (reference, Avg) for
+    rows with per-item outcomes in both; the sentence says which rows differ beyond it and which are not paired."""
+    from liger.ablations import Ablations
+
+    rng = np.random.default_rng(1)
+    gla = {t: "".join("1" if x else "0" for x in rng.random(400) < 0.5) for t in TASKS}
+    gla_options = {"method": "liger_gla", "hybrid": "liger_attention"}
+    _write(tmp_path, "base", {t: "1" * 300 + "0" * 100 for t in TASKS})
+    _write(tmp_path, "liger_gla", gla, gla_options)
+    _write(tmp_path, "gate_from_q", gla | {"mmlu": "1" * 100 + gla["mmlu"][100:]}, gla_options)  # MMLU up
+    _write(tmp_path, "gate_from_v", gla | {"piqa": gla["piqa"][::-1]}, gla_options)  # the same count, other items
+    _write(tmp_path, "no_lora", None, gla_options)  # scored before items were recorded
+    rows = {"base": "Base (Transformer)", "liger_gla": "Liger-GLA", "gate_from_q": "Liger-GLA gate from Q pooling",
+            "gate_from_v": "Liger-GLA gate from V pooling", "no_lora": "Liger-GLA w/o LoRA"}
+    write_model_report("m", list(rows), tmp_path, None, PAPER_CSV, roles=Roles(reference="liger_gla"),
+                       resamples=2_000, ablations=Ablations(rows))
+
+    paired = pd.read_csv(tmp_path / "m" / "paired.csv").set_index(["method", "reference", "measure"])
+    table = pd.read_csv(tmp_path / "m" / "ablations.csv").set_index("method")
+    for row in ("gate_from_q", "gate_from_v"):
+        line = paired.loc[(row, "liger_gla", "Avg")]
+        assert (table.loc[row, "Δ low"], table.loc[row, "Δ high"]) == (round(line["low"], 1), round(line["high"], 1))
+    q = table.loc["gate_from_q"]
+    gain = 100 * (gla["mmlu"][:100].count("0") / 400) / 6  # the items MMLU gained, over six tasks
+    assert q["Δ Avg vs reference"] == pytest.approx(gain, abs=0.1) and q["Δ low"] > 0
+    assert table.loc["gate_from_v", "Δ low"] < 0 < table.loc["gate_from_v", "Δ high"]
+    assert pd.isna(table.loc["no_lora", "Δ low"]) and pd.isna(table.loc["Liger-GLA gate from Q pooling (paper)",
+                                                                         "Δ low"])
+    md = (tmp_path / "m" / "ablations.md").read_text()
+    assert f"| {q['Δ Avg vs reference']:+.1f} [{q['Δ low']:+.1f}, {q['Δ high']:+.1f}] |" in md
+    assert (f"Paired with liger_gla on the same items, 1 of 2 rows differ beyond their 95% interval: gate_from_q "
+            f"{q['Δ Avg vs reference']:+.1f}. Not paired (no per-item outcomes in both rows): no_lora.") in md
