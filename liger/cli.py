@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "liger.coverage",
     "liger.passkey",
     "liger.position_loss",
+    "liger.gates",
     "liger.profile",
     "liger.report",
     "liger.publish",

@@ -188,14 +188,18 @@ class GLAAttention(LigerAttention):
     def _keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         return self._features(k, self.feature_map_k)
 
+    def log_decay(self, gate_in: torch.Tensor | None) -> torch.Tensor | None:
+        """The per-key-dimension log decays g = logsigmoid(Pool(gate_in)) / normaliser, (B, T, kv heads, head_dim),
+        from what `_gate_input` gave (None: no gate, no decay)."""
+        if gate_in is None:
+            return None
+        B, T = gate_in.shape[:2]
+        logits = pool(gate_in.to(_compute_dtype(gate_in)), self.num_kv_heads * self.head_dim)
+        return F.logsigmoid(logits.view(B, T, -1, self.head_dim)) / self.options.gate_normalizer
+
     def gated(self, q, k, v, gate_in, valid, state, want_state, impl):
-        B, T = q.shape[:2]
         n_rep = self.n_rep
-        g = None
-        if gate_in is not None:
-            width = self.num_kv_heads * self.head_dim
-            logits = pool(gate_in.to(_compute_dtype(gate_in)), width).view(B, T, -1, self.head_dim)
-            g = F.logsigmoid(logits) / self.options.gate_normalizer
+        g = self.log_decay(gate_in)
         qf = self._features(q, self.feature_map_q)
         kf = self._keys(k, g)
         return gated_recurrence(
