@@ -77,17 +77,19 @@ def table(ours: pd.DataFrame, paper: pd.DataFrame, ablations: Ablations, referen
     intervals = {}
     if paired is not None and not paired.empty:
         lines = paired[(paired["reference"] == reference) & (paired["measure"] == "Avg")].dropna(subset=["low"])
-        intervals = {m: (round(lo, 1), round(hi, 1)) for m, lo, hi in zip(lines["method"], lines["low"], lines["high"],
-                                                                           strict=True)}
+        intervals = {m: (round(d, 1), round(lo, 1), round(hi, 1))
+                     for m, d, lo, hi in zip(lines["method"], lines["difference"], lines["low"], lines["high"],
+                                             strict=True)}
     out = []
     for row, name in ablations.rows.items():
         mine, theirs = ours.loc[row], paper.loc[name + PAPER]
         loss = val_loss(summaries.get(row), (metrics or {}).get(row))
         ppl = paper_val_ppl(str(theirs["source"]))
         role = "base" if mine["role"] == "base" else "reference" if row == reference else "ablation"
+        # paired: the unrounded averages' difference, inside its interval; else that of the rounded averages
+        delta, low, high = intervals.get(row, (round(mine["Avg"] - ref_ours, 1), None, None))
         out.append({"row": row, "model": mine["model"], "method": row, "role": role, **mine[HEADERS].to_dict(),
-                    "Avg": mine["Avg"], "Recovery %": mine["Recovery %"], DELTA: round(mine["Avg"] - ref_ours, 1),
-                    LOW: intervals.get(row, (None, None))[0], HIGH: intervals.get(row, (None, None))[1],
+                    "Avg": mine["Avg"], "Recovery %": mine["Recovery %"], DELTA: delta, LOW: low, HIGH: high,
                     "Val loss": loss, "Val PPL": None if loss is None else math.exp(loss), "source": mine["source"]})
         out.append({"row": row, "model": theirs["model"], "method": name + PAPER, "role": "paper",
                     **theirs[HEADERS].to_dict(), "Avg": theirs["Avg"], "Recovery %": theirs["Recovery %"],

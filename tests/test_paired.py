@@ -293,6 +293,7 @@ def test_ablation_table_shows_each_rows_paired_interval_from_the_reference(tmp_p
     for row in ("gate_from_q", "gate_from_v"):
         line = paired.loc[(row, "liger_gla", "Avg")]
         assert (table.loc[row, "Δ low"], table.loc[row, "Δ high"]) == (round(line["low"], 1), round(line["high"], 1))
+        assert table.loc[row, "Δ Avg vs reference"] == round(line["difference"], 1)  # unrounded averages
     q = table.loc["gate_from_q"]
     gain = 100 * (gla["mmlu"][:100].count("0") / 400) / 6  # the items MMLU gained, over six tasks
     assert q["Δ Avg vs reference"] == pytest.approx(gain, abs=0.1) and q["Δ low"] > 0
