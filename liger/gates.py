@@ -10,9 +10,10 @@ validation chunks), per layer: the mean and median r, the share of writes rememb
 (r >= 0.99), and the median and 90th percentile of the memory.
 
 It shows how a conversion starts: the gate pooled from k decays least in exactly the dimensions where the softmax
-feature map writes most (both grow with k_d), so Liger-GLA's default conversion starts close to linear attention
-without a gate, where a gate pooled from q or v forgets within tens of tokens. Covers the GLA-family layers (GLA,
-HGRN2 and their ablations); GSA's slots and LoLCATs (no gate) are refused.
+feature map writes most (both grow with k_d), so a Liger-GLA conversion can start close to linear attention without
+a gate (SmolLM2-135M does, where a gate pooled from q or v forgets within tens of tokens:
+docs/method.md#what-the-gate-keeps-at-conversion). Covers the GLA-family layers (GLA, HGRN2 and their ablations);
+GSA's slots and LoLCATs (no gate) are refused.
 """
 
 from __future__ import annotations
