@@ -147,7 +147,8 @@ def _signed(value: float) -> str:
 
 
 def plot(df: pd.DataFrame, reference: str, out_png: Path, title: str) -> None:
-    """Horizontal bars, two per ablation row: our change of the average from the reference and the paper's."""
+    """Horizontal bars, two per ablation row: our change of the average from the reference (with its paired interval
+    as an error bar where there is one) and the paper's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,11 +158,16 @@ def plot(df: pd.DataFrame, reference: str, out_png: Path, title: str) -> None:
             and df.loc[df["row"] == row, "role"].iloc[0] == "ablation"]
     fig, ax = plt.subplots(figsize=(7, 0.55 * max(len(rows), 1) + 1.5))
     y = range(len(rows))
-    for offset, role, label, color in ((-0.2, "ours", "ours", "C0"), (0.2, "paper", "paper (Llama-3-8B)", "C1")):
-        values = [df.loc[(df["row"] == row) & ((df["role"] == "paper") == (role == "paper")), DELTA].iloc[0]
-                  for row in rows]
-        drawn = [(i + offset, v) for i, v in zip(y, values, strict=True) if pd.notna(v)]  # a missing value: no bar
-        ax.barh([p for p, _ in drawn], [v for _, v in drawn], height=0.4, label=label, color=color)
+    ours = f"ours (whiskers: {100 * LEVEL:g}% paired interval)" if df[LOW].notna().any() else "ours"
+    for offset, role, label, color in ((-0.2, "ours", ours, "C0"), (0.2, "paper", "paper (Llama-3-8B)", "C1")):
+        lines = [df.loc[(df["row"] == row) & ((df["role"] == "paper") == (role == "paper"))].iloc[0] for row in rows]
+        drawn = [(i + offset, line) for i, line in zip(y, lines, strict=True) if pd.notna(line[DELTA])]  # none: no bar
+        ax.barh([p for p, _ in drawn], [line[DELTA] for _, line in drawn], height=0.4, label=label, color=color)
+        bars = [(p, line) for p, line in drawn if pd.notna(line[LOW])]
+        if bars:
+            ax.errorbar([line[DELTA] for _, line in bars], [p for p, _ in bars], fmt="none", ecolor="black",
+                        elinewidth=0.8, capsize=2, xerr=[[line[DELTA] - line[LOW] for _, line in bars],
+                                                         [line[HIGH] - line[DELTA] for _, line in bars]])
     ax.set_yticks(list(y), rows)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
