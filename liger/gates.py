@@ -53,11 +53,12 @@ def retention(attn: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tenso
 def summary(r: torch.Tensor | np.ndarray, layer: str) -> dict:
     """One row of the table from the r of many writes."""
     r = np.asarray(r, dtype=np.float64).ravel()
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         memory = np.where(r < 1.0, 1.0 / (1.0 - np.minimum(r, 1.0)), np.inf)  # r = 1: never forgotten
-    return {"layer": layer, "writes": r.size, "mean": r.mean(), "median": float(np.median(r)),
+        p90 = np.nan_to_num(np.percentile(memory, 90), nan=np.inf)  # interpolated between two infs: inf
+    return {"layer": layer, "writes": r.size, "mean": float(r.mean()), "median": float(np.median(r)),
             f"share r >= {LONG}": float((r >= LONG).mean()), "median memory": float(np.median(memory)),
-            "p90 memory": float(np.percentile(memory, 90))}
+            "p90 memory": float(p90)}
 
 
 @torch.no_grad()

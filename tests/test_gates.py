@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 import liger
 from liger.cli import main
-from liger.gates import retention
+from liger.gates import LONG, retention, summary
 from tests.conftest import tiny_model
 from tests.test_train import SEQ
 
@@ -51,6 +52,14 @@ def test_hgrn2_retention_weights_the_decays_by_its_tied_keys():
 def test_without_a_gate_nothing_is_forgotten():
     attn = converted(gate="none").model.layers[0].self_attn
     assert (retention(attn, hidden()) == 1).all()
+
+
+def test_summary_counts_a_write_never_forgotten_as_an_infinite_memory():
+    row = summary(np.array([0.5, 0.9, 1.0, 1.0]), "0")
+    assert row["writes"] == 4 and row["mean"] == pytest.approx(0.85) and row[f"share r >= {LONG}"] == 0.5
+    assert row["median memory"] == np.inf and row["p90 memory"] == np.inf  # memories 2, 10, inf, inf
+    row = summary(np.array([0.5, 0.9]), "all")
+    assert row["median memory"] == pytest.approx(6.0) and row["p90 memory"] == pytest.approx(9.2)  # of 2 and 10
 
 
 def test_gates_cli_writes_a_row_per_converted_layer(model_dir, data_dir, tmp_path, capsys):
