@@ -43,17 +43,12 @@ def fetch_model(args: argparse.Namespace) -> None:
 def convert(model_dir: Path, options: dict, out: Path) -> Path:
     """Linearize the base model in `model_dir` with `options` and save it (weights in their stored dtype)."""
     import liger
+    from liger.convert import linearize_base, split_method
 
-    options = dict(options)
-    method = options.pop("method", None)
-    if not method:
-        raise LigerError(f"--options {options}: needs a Liger method (e.g. liger_gla)")
+    method, options = split_method(options)
     inputs = {"--model": model_dir}
     check_output(out, "convert", inputs=inputs)
-    model = liger.load(model_dir, dtype="auto")
-    if liger.options_of(model) is not None:
-        raise LigerError(f"{model_dir}: already converted; give the base model folder")
-    liger.linearize(model, method, **options)
+    model = linearize_base(liger.load(model_dir, dtype="auto"), method, options, model_dir)
     save_model_dir(model, out, load_tokenizer(model_dir), "convert", inputs=inputs)
     return out
 

@@ -112,6 +112,22 @@ def linearize(model: PreTrainedModel, method: str = "liger_gla", **options) -> P
     return model
 
 
+def split_method(options: dict) -> tuple[str, dict]:
+    """The method of a conversion's `--options` JSON and its other options; a one-line error without a method."""
+    rest = dict(options)
+    method = rest.pop("method", None)
+    if not method:
+        raise LigerError(f"--options {rest}: needs a Liger method (e.g. liger_gla)")
+    return method, rest
+
+
+def linearize_base(model: PreTrainedModel, method: str, options: dict, where: str | Path) -> PreTrainedModel:
+    """`linearize` the model loaded from the folder `where`, refusing one that is already converted."""
+    if options_of(model) is not None:
+        raise LigerError(f"{where}: already converted; give the base model folder")
+    return linearize(model, method, **options)
+
+
 def options_of(model: PreTrainedModel):
     """The options (of its method, `liger.methods`) of a converted model, None for an unconverted one."""
     d = getattr(model.config, "liger", None)

@@ -85,8 +85,9 @@ def retention_table(model: torch.nn.Module, input_ids: torch.Tensor, micro_batch
     finally:
         for h in handles:
             h.remove()
-    rows = [summary(torch.cat(found[i]).numpy(), str(i)) for i in sorted(found)]
-    rows.append(summary(np.concatenate([torch.cat(found[i]).numpy().ravel() for i in found]), "all"))
+    per_layer = {i: torch.cat(found[i]).numpy().ravel() for i in sorted(found)}
+    rows = [summary(r, str(i)) for i, r in per_layer.items()]
+    rows.append(summary(np.concatenate(list(per_layer.values())), "all"))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -94,24 +95,19 @@ def gates(model_dir: Path, data_dir: Path, chunks: int = 2, options: dict | None
           dtype: str = "auto", layer_options: dict | None = None) -> pd.DataFrame:
     """The table for the model in `model_dir` (converted, or a base model converted here with `options`) on the first
     `chunks` validation chunks of the prepare-data folder `data_dir`."""
-    import liger
+    from liger.convert import linearize_base, split_method
     from liger.device import load_for_inference
     from liger.packed import load_packed
 
     if chunks < 1:
         raise LigerError(f"--chunks {chunks}: must be >= 1")
-    options = dict(options or {})
-    method = options.pop("method", None)
-    if options and not method:
-        raise LigerError(f"--options {options}: needs a Liger method (e.g. liger_gla)")
+    conversion = split_method(options) if options else None
     data = load_packed(data_dir)
     if data.val_ids.shape[0] == 0:
         raise LigerError(f"{data_dir}: no validation chunks (prepare-data --n-val)")
     model, _ = load_for_inference(model_dir, device, dtype, layer_options)
-    if method:
-        if liger.options_of(model) is not None:
-            raise LigerError(f"{model_dir}: already converted; --options converts a base model folder")
-        liger.linearize(model, method, **options)
+    if conversion:
+        linearize_base(model, *conversion, model_dir)
     ids = torch.from_numpy(np.asarray(data.val_ids[:chunks], dtype=np.int64))
     return retention_table(model, ids)
 
@@ -120,8 +116,9 @@ def _cli(args: argparse.Namespace) -> int:
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
     table = gates(args.model, args.data, args.chunks, args.options, args.device, args.dtype, args.layer_options)
     write_text_atomic(args.out, table.to_csv(index=False))
-    write_text_atomic(args.out.with_suffix(".md"), markdown_table(table.round(4)))
-    print(table.round(4).to_string(index=False))
+    shown = table.round(4)
+    write_text_atomic(args.out.with_suffix(".md"), markdown_table(shown))
+    print(shown.to_string(index=False))
     print(f"{args.out}: written")
     return 0
 

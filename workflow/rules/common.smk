@@ -138,6 +138,11 @@ def packed_data(wc):
     return f"resources/{wc.run}/data/{wc.model}"
 
 
+def packed_data_ready(wc):
+    """The file that says the packed data is complete (rule prepare_data's output)."""
+    return f"{packed_data(wc)}/meta.json"
+
+
 def stage_inputs(wc, stage):
     """A training stage's inputs: the model it starts from and the packed data, or the published run it restores."""
     before = previous_stage(wc, stage)
@@ -145,7 +150,7 @@ def stage_inputs(wc, stage):
     run = reused_run(wc, stage)
     if run:
         return {"model": start, "run": os.path.join(run, "summary.json")}
-    return {"model": start, "data": f"{packed_data(wc)}/meta.json"}
+    return {"model": start, "data": packed_data_ready(wc)}
 
 
 def stage_command(wc, stage):
@@ -193,8 +198,7 @@ def val_data(wc):
 
 def val_data_ready(wc):
     """The file that says `val_data` is complete, or nothing."""
-    folder = val_data(wc)
-    return [f"{folder}/meta.json"] if folder else []
+    return [packed_data_ready(wc)] if val_data(wc) else []
 
 
 def layer_flag(wc):
