@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -223,3 +224,34 @@ def test_report_cli_writes_the_ablation_table_from_its_flags(tmp_path):
     assert list(table["row"]) == ["liger_gla", "liger_gla", "window_only", "window_only"]
     assert table.loc[2, "Val loss"] == pytest.approx(1.83) and table.loc[3, "Val PPL"] == 3.01
     assert (out / "plots" / "m_ablations.png").exists()
+
+
+def test_the_published_135m_ablation_table_follows_from_its_published_rows(tmp_path, monkeypatch):
+    """The committed ablation table and paired differences are what `liger report` writes from the ablation run's
+    committed rows (the command in results/README.md), and every one of its rows is paired with the reference."""
+    import yaml
+
+    from liger.cli import main
+    from liger.pipeline import ablations
+
+    monkeypatch.chdir(ROOT)  # the tables name each row's file relative to the project
+    config = yaml.safe_load(Path("config/ablations-135m.yaml").read_text())
+    methods, report = config["methods"], config["report"]
+    published = Path("results/published/ablations/smollm2-135m")
+    controls = [m for m, entry in methods.items() if entry.get("control")]
+    out = tmp_path / "smollm2-135m"
+    assert main(["report", "--model", "smollm2-135m",
+                 "--metrics", *(str(published / m / "metrics.json") for m in methods),
+                 "--train", *(str(p) for m in methods if (p := published / m / "train_summary.json").exists()),
+                 "--out-dir", str(out), "--plot", str(tmp_path / "plots" / "smollm2-135m_position_loss.png"),
+                 "--paper-csv", "config/paper_results.csv", "--controls", ",".join(controls), "--base", "base",
+                 "--reference", report["reference"], "--window-only", report["window_only"],
+                 "--about", json.dumps({m: methods[m]["about"] for m in controls}),
+                 "--ablations", json.dumps(ablations(config)),
+                 "--ablation-paper-model", report["ablation_paper_model"]]) == 0
+    for name in ("ablations.csv", "paired.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(published / name))
+    table = pd.read_csv(published / "ablations.csv")
+    ours = table[table["role"] != "paper"]
+    assert ours["source"].str.startswith(f"{published}/").all()  # no row borrowed from another run
+    assert ours.loc[ours["row"] != report["reference"], "Δ low"].notna().all()
