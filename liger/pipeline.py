@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +127,19 @@ def windows(config: Mapping) -> list[int]:
 def ablations(config: Mapping) -> dict[str, str]:
     """The ablation table's rows, in the config's order: {row: its `paper_row`} (none: no ablation table)."""
     return {name: entry["paper_row"] for name, entry in config["methods"].items() if "paper_row" in entry}
+
+
+def report_roles(config: Mapping) -> dict[str, str | None]:
+    """What `liger report` is told of a config's rows, as its flags' values (None: leave the flag out): the base row
+    (the first unconverted one), the reference and window-only rows (`report`), the control rows and what each shows
+    (`about`), the ablation table's rows and the paper model they are of, and the methods' window."""
+    bases, table = rows(config, BASE), ablations(config)
+    about = {m: e["about"] for m, e in config["methods"].items() if "about" in e}
+    return {"base": bases[0] if bases else None, "reference": config["report"]["reference"],
+            "window_only": config["report"]["window_only"], "controls": ",".join(controls(config)) or None,
+            "about": json.dumps(about) if about else None, "ablations": json.dumps(table) if table else None,
+            "ablation_paper_model": config["report"]["ablation_paper_model"] if table else None,
+            "window": str(windows(config)[0])}
 
 
 def paper_methods(model: str, paper_csv: Path = PAPER_CSV) -> list[str]:

@@ -345,17 +345,57 @@ def write_tables(model_tables: list[Path], out_dir: Path) -> None:
     (out_dir / "main.md").write_text(markdown_table(table))
 
 
+def from_config(args: argparse.Namespace) -> RowFiles:
+    """`--configfile` and `--rows`: each of the config's rows read from the first `--rows` folder (laid out as
+    results/RUN/MODEL) that has its metrics file, the roles and window set from the config
+    (`liger.pipeline.report_roles`), the model named by the first folder; returns the rows' files."""
+    from liger.pipeline import ConfigError, load_config, report_roles
+
+    if args.configfile is None or args.out_dir is None:
+        raise LigerError("liger report --rows: give --configfile (it says each row's role) and --out-dir too")
+    try:
+        config = load_config(args.configfile)
+    except ConfigError as e:
+        raise LigerError(str(e)) from None
+    model = args.model or args.rows[0].name
+    if model not in config["models"]:
+        raise LigerError(f"{args.rows[0]}: {model!r} is not a model of {args.configfile} "
+                         f"({', '.join(config['models'])}); give a folder results/RUN/MODEL, or --model")
+    for key, value in report_roles(config).items():
+        if value is not None:
+            setattr(args, key, int(value) if key == "window" else value)
+    args.model, args.paper_name = model, args.paper_name or config["models"][model]["paper_name"]
+    args.plot = args.plot or args.out_dir.parent / "plots" / f"{model}_position_loss.png"
+    args.note = args.note or f"Config: {args.configfile}. Rows read from {', '.join(map(str, args.rows))}."
+    where = {m: next((folder for folder in args.rows if (folder / m / ROW_FILES["metrics"]).exists()), None)
+             for m in config["methods"]}
+    if not any(where.values()):
+        raise LigerError(f"none of {args.configfile}'s rows has a metrics file in {', '.join(map(str, args.rows))} "
+                         f"(ROW/{ROW_FILES['metrics']}); give the folders its run wrote, results/RUN/{model}")
+    found = {m: folder for m, folder in where.items() if folder is not None}
+    rows = [RowFiles.layout(folder.parent, folder.name, [m]) for m, folder in found.items()]
+    coverage = next((r for r in (RowFiles.layout(folder.parent, folder.name, []) for folder in args.rows)
+                     if r.coverage is not None), RowFiles({}))
+    return RowFiles(*({m: p for r in rows for m, p in getattr(r, name).items()}
+                      for name in ("metrics", "train", "transfer", "passkey", "position_loss")),
+                    coverage.coverage, coverage.coverage_items)
+
+
 def _cli(args: argparse.Namespace) -> int:
     if args.tables:
         write_tables(args.tables, args.out)
         print(f"{args.out}/main.csv")
         return 0
-    if not args.metrics or not args.out_dir or not args.plot:
-        raise LigerError("liger report: give --metrics, --out-dir and --plot (or --tables)")
-    if args.coverage_items is not None and args.coverage is None:
+    if args.rows:
+        files = from_config(args)
+    elif not args.metrics or not args.out_dir or not args.plot:
+        raise LigerError("liger report: give --metrics, --out-dir and --plot, or --configfile, --rows and --out-dir "
+                         "(or --tables)")
+    else:
+        files = RowFiles.from_paths(args.metrics, args.train, args.transfer, args.passkey, args.position_loss,
+                                    args.coverage, args.coverage_items)
+    if files.coverage_items is not None and files.coverage is None:
         raise LigerError("liger report: --coverage-items needs --coverage (the table with the documents' digests)")
-    files = RowFiles.from_paths(args.metrics, args.train, args.transfer, args.passkey, args.position_loss,
-                                args.coverage, args.coverage_items)
     roles = Roles(controls=[m for m in (args.controls or "").split(",") if m], base=args.base,
                   reference=args.reference or None,
                   window_only=args.window_only or None, about=json.loads(args.about))
@@ -397,6 +437,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=64, help="the methods' window (for the probes' sentences)")
     p.add_argument("--resamples", type=int, default=paired.RESAMPLES,
                    help=f"paired bootstrap resamples (default {paired.RESAMPLES:,})")
+    p.add_argument("--configfile", type=Path, help="with --rows: the config whose rows these are; the roles, "
+                   "window, ablation rows and paper name are taken from it (the flags above need not be given)")
+    p.add_argument("--rows", nargs="+", type=Path, help="with --configfile: folders laid out as results/RUN/MODEL "
+                   "(e.g. a published run's); each of the config's rows is read from the first that has its "
+                   "metrics.json, and its other files from there; --plot defaults to --out-dir/../plots/")
     p.add_argument("--tables", nargs="+", type=Path, help="stack these main.csv files into --out")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
     p.set_defaults(func=_cli)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from liger.errors import LigerError
 from liger.report import Roles, paper_rows, write_model_report, write_tables
@@ -226,32 +228,67 @@ def test_report_cli_writes_the_ablation_table_from_its_flags(tmp_path):
     assert (out / "plots" / "m_ablations.png").exists()
 
 
-def test_the_published_135m_ablation_table_follows_from_its_published_rows(tmp_path, monkeypatch):
-    """The committed ablation table and paired differences are what `liger report` writes from the ablation run's
-    committed rows (the command in results/README.md), and every one of its rows is paired with the reference."""
-    import yaml
-
+def test_the_published_135m_ablation_report_follows_from_its_published_rows(tmp_path, monkeypatch):
+    """What the ablation run's published folder holds besides its rows is what `liger report --configfile --rows`
+    writes from those rows (the command in results/README.md), and every row is paired with the reference."""
     from liger.cli import main
-    from liger.pipeline import ablations
 
     monkeypatch.chdir(ROOT)  # the tables name each row's file relative to the project
-    config = yaml.safe_load(Path("config/ablations-135m.yaml").read_text())
-    methods, report = config["methods"], config["report"]
     published = Path("results/published/ablations/smollm2-135m")
-    controls = [m for m, entry in methods.items() if entry.get("control")]
     out = tmp_path / "smollm2-135m"
-    assert main(["report", "--model", "smollm2-135m",
-                 "--metrics", *(str(published / m / "metrics.json") for m in methods),
-                 "--train", *(str(p) for m in methods if (p := published / m / "train_summary.json").exists()),
-                 "--out-dir", str(out), "--plot", str(tmp_path / "plots" / "smollm2-135m_position_loss.png"),
-                 "--paper-csv", "config/paper_results.csv", "--controls", ",".join(controls), "--base", "base",
-                 "--reference", report["reference"], "--window-only", report["window_only"],
-                 "--about", json.dumps({m: methods[m]["about"] for m in controls}),
-                 "--ablations", json.dumps(ablations(config)),
-                 "--ablation-paper-model", report["ablation_paper_model"]]) == 0
-    for name in ("ablations.csv", "paired.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(published / name))
+    assert main(["report", "--configfile", "config/ablations-135m.yaml", "--rows", str(published),
+                 "--out-dir", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["ablations.csv", "ablations.md", "main.csv", "main.md", "paired.csv", "paired.md", "report.md"]
+    for name in written:
+        text = (out / name).read_text().replace(str(tmp_path), "")  # report.md names no output path, checked here
+        assert text == (published / name).read_text(), name
+    assert (tmp_path / "plots" / "smollm2-135m_ablations.png").exists()
     table = pd.read_csv(published / "ablations.csv")
     ours = table[table["role"] != "paper"]
     assert ours["source"].str.startswith(f"{published}/").all()  # no row borrowed from another run
-    assert ours.loc[ours["row"] != report["reference"], "Δ low"].notna().all()
+    assert ours.loc[ours["row"] != "liger_gla", "Δ low"].notna().all()
+
+
+def test_report_rows_take_each_row_from_the_first_folder_that_has_it(tmp_path):
+    """--rows with several folders: a row missing from the first is read from the next; the config gives the
+    roles (here the controls and the base) without their flags."""
+    from liger.cli import main
+
+    write_ablation_run(tmp_path)
+    first, second = tmp_path / "a" / "m", tmp_path / "m"
+    first.mkdir(parents=True)
+    (first / "liger_gla").mkdir()
+    for name in ("metrics.json", "train_summary.json"):
+        (first / "liger_gla" / name).write_text((second / "liger_gla" / name).read_text())
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["models"] = {"m": next(iter(config["models"].values()))}
+    config["methods"] = {"base": {}, "liger_gla": {"method": "liger_gla"},
+                         "window_only": {"method": "liger_gla", "alpha": 1.0, "beta": 0.0, "control": True}}
+    config["report"] = {}
+    (config_file := tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out" / "m"
+    assert main(["report", "--configfile", str(config_file), "--rows", str(first), str(second), "--out-dir", str(out),
+                 "--paper-csv", str(PAPER_CSV), "--resamples", "10"]) == 0
+    table = pd.read_csv(out / "main.csv").set_index("method")
+    assert table.loc["liger_gla", "source"] == str(first / "liger_gla" / "metrics.json")
+    assert table.loc["base", "source"] == str(second / "base" / "metrics.json")
+    assert table.loc["window_only", "role"] == "control" and table.loc["base", "role"] == "base"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "{tmp}/m", "--out-dir", "{tmp}/o"], r"--rows: give --configfile .* and --out-dir too"),
+    (["--configfile", "{tmp}/none.yaml", "--rows", "{tmp}/m", "--out-dir", "{tmp}/o"], r"none.yaml: cannot read it"),
+    (["--configfile", "config/smoke.yaml", "--rows", "{tmp}/other", "--out-dir", "{tmp}/o"],
+     r"'other' is not a model of config/smoke.yaml \(smollm2-135m\); give a folder results/RUN/MODEL"),
+    (["--configfile", "config/smoke.yaml", "--rows", "{tmp}/smollm2-135m", "--out-dir", "{tmp}/o"],
+     r"none of config/smoke.yaml's rows has a metrics file in .*smollm2-135m \(ROW/metrics.json\)"),
+])
+def test_report_rows_say_what_is_missing(tmp_path, monkeypatch, capsys, argv, message):
+    from liger.cli import main
+
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "smollm2-135m").mkdir()
+    assert main(["report", *(a.replace("{tmp}", str(tmp_path)) for a in argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err

@@ -44,9 +44,6 @@ def liger_options(method: str, model: str | None = None, shape: str | None = Non
 
 TRAINED = pipeline.rows(config, pipeline.TRAINED)  # converted and fine-tuned
 UNTRAINED = pipeline.rows(config, pipeline.UNTRAINED)  # converted only (base_window)
-BASES = pipeline.rows(config, pipeline.BASE)  # the unconverted model (recoveries and differences are from it)
-CONTROLS = pipeline.controls(config)
-ABOUT = {m: e["about"] for m, e in config["methods"].items() if "about" in e}  # what each control row shows
 ABLATIONS = pipeline.ablations(config)  # {row: its paper_row}: the ablation table's rows (none: no table)
 ABLATION_OUTPUTS = {
     "ablations": report("results/{run}/{model}/ablations.csv", category="tables"),

@@ -34,12 +34,7 @@ rule report:
     params:
         liger=LIGER,
         out_dir=lambda wc, output: os.path.dirname(output.table),
-        controls=",".join(CONTROLS) or "''",
-        roles=flags({"base": BASES[0] if BASES else None, "reference": config["report"]["reference"],
-                     "window_only": config["report"]["window_only"], "about": json.dumps(ABOUT) if ABOUT else None}),
-        ablations=flags({"ablations": json.dumps(ABLATIONS) if ABLATIONS else None,
-                         "ablation_paper_model": config["report"]["ablation_paper_model"] if ABLATIONS else None}),
-        window=WINDOWS[0],
+        roles=flags(pipeline.report_roles(config)),  # base, reference, controls, ablation rows, window
         paper=lambda wc: shlex.quote(config["models"][wc.model]["paper_name"] or ""),
         note=lambda wc: shlex.quote(run_note()),
     log:
@@ -56,8 +51,7 @@ rule report:
         "--transfer {input.transfer} --passkey {input.passkey} --position-loss {input.position_loss} "
         "--coverage {input.coverage} --coverage-items {input.coverage_items} --out-dir {params.out_dir} "
         "--plot {output.position_plot} "
-        "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} --controls {params.controls} "
-        "{params.roles} {params.ablations} --window {params.window} > {log} 2>&1"
+        "--paper-name {params.paper} --paper-csv {input.paper} --note {params.note} {params.roles} > {log} 2>&1"
 
 
 rule tables:
