@@ -24,6 +24,7 @@ import jsonschema
 import yaml
 
 from liger import methods as registry
+from liger.errors import LigerError
 from liger.models import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,8 +228,8 @@ ROW_FILES = {"metrics": "metrics.json", "passkey": "passkey.csv", "position_loss
 # ----------------------------------------------------------------------------------------- the config file
 
 
-class ConfigError(ValueError):
-    """A config problem, said on one line: `FILE: key: what is wrong and what to do`."""
+class ConfigError(LigerError, ValueError):
+    """A config problem, said on one line: `FILE: key: what is wrong and what to do` (the CLI prints it so)."""
 
 
 def read_config(path: Path) -> dict:

@@ -16,14 +16,12 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from liger.errors import LigerError
 from liger.models import EMBEDDED
 from liger.pipeline import (
     STAGES,
     TASKS,
     TRAINED,
     UNTRAINED,
-    ConfigError,
     load_config,
     profiled,
     reuse_dirs,
@@ -199,10 +197,7 @@ def _why(kind: str, work: dict) -> str:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.configfile)
-    except ConfigError as e:
-        raise LigerError(str(e)) from None
+    config = load_config(args.configfile)
     work = plan(config)
     for name, w in work["models"].items():
         print(f"{name}: rows {', '.join(w['methods'])}; {w['train_tokens_per_method']:,} training tokens per stage "

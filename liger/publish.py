@@ -116,6 +116,42 @@ def published_bytes(path: Path, root: Path) -> tuple[bytes, int]:
     return text.encode("utf-8"), len(found)
 
 
+def thin_redraws(text: str, keep: int = 40) -> str:
+    """`text` with each line a progress bar redraws (`\\r`) cut to its first, its last and about `keep` evenly spaced
+    redraws, each on a line of its own; lines without a redraw stay as they are."""
+    lines = []
+    for line in text.split("\n"):
+        draws = [d for d in line.split("\r") if d.strip()] if "\r" in line else [line]
+        if len(draws) > keep + 2:
+            draws = [draws[i] for i in sorted({round(j * (len(draws) - 1) / keep) for j in range(keep + 1)})]
+        lines.extend(draws)
+    return "\n".join(lines)
+
+
+def log_plan(sources: list[Path], to: Path, root: Path, keep: int) -> list[tuple[Path, Path, bytes, int]]:
+    """(source, destination, content, paths replaced) for each log: a file keeps its name, a folder's `*.log` and
+    `*.tsv` files are named by their path below it joined with `_`; one-line errors for what is neither."""
+    jobs, seen = [], {}
+    for source in sources:
+        if source.is_file():
+            files = {source: source.name}
+        elif source.is_dir():
+            files = {f: "_".join(f.relative_to(source).parts) for f in sorted(source.rglob("*"))
+                     if f.is_file() and f.suffix in (".log", ".tsv") and not f.name.startswith(".")}
+            if not files:
+                raise LigerError(f"{source}: holds no .log or .tsv files; give a run's logs folder (logs/RUN)")
+        else:
+            raise LigerError(f"{source}: no such file or folder; give a run's logs folder (logs/RUN) or log files")
+        for f, name in files.items():
+            if (other := seen.setdefault(name, f)) != f:
+                raise LigerError(f"{f} and {other}: both publish as {to / name}; publish one of them")
+            content, n = published_bytes(f, root)
+            if f.suffix == ".log":
+                content = thin_redraws(content.decode("utf-8", errors="replace"), keep).encode("utf-8")
+            jobs.append((f, to / name, content, n))
+    return jobs
+
+
 def _files(row: Path) -> list[Path]:
     """The row's files to publish: every regular file below it but markers and hidden (temporary) ones."""
     return sorted(p for p in row.rglob("*") if p.is_file() and p.name != OUTPUT_MARKER
@@ -145,8 +181,17 @@ def plan(rows: list[Path], to: Path, root: Path) -> list[tuple[Path, Path, bytes
 
 def publish(rows: list[Path], to: Path = PUBLISHED, *, replace: bool = False, root: Path | None = None) -> list[str]:
     """Publish `rows` under `to` (module docstring); returns one line per file saying what happened to it."""
-    root = (root or Path.cwd()).resolve()
-    jobs = plan(rows, to, root)
+    return write(plan(rows, to, (root or Path.cwd()).resolve()), replace)
+
+
+def publish_logs(sources: list[Path], to: Path, *, keep: int = 40, replace: bool = False,
+                 root: Path | None = None) -> list[str]:
+    """Publish the logs `sources` (files or a run's logs folders) flat in `to` (module docstring)."""
+    return write(log_plan(sources, to, (root or Path.cwd()).resolve(), keep), replace)
+
+
+def write(jobs: list[tuple[Path, Path, bytes, int]], replace: bool) -> list[str]:
+    """Write planned files, all or none: a file that would change needs `replace`; one line per file."""
     current = {dst: dst.read_bytes() for _, dst, _, _ in jobs if dst.is_file()}
     clashes = [dst for _, dst, content, _ in jobs if current.get(dst, content) != content]
     if clashes and not replace:
@@ -166,15 +211,25 @@ def publish(rows: list[Path], to: Path = PUBLISHED, *, replace: bool = False, ro
 
 
 def _cli(args: argparse.Namespace) -> None:
-    for line in publish(args.rows, args.to, replace=args.replace):
-        print(line)
-    print("Now say where these rows came from (session, machine, commit) in results/README.md.")
+    if args.logs:
+        if args.to == PUBLISHED:
+            raise LigerError("liger publish --logs: give --to, the session's folder (results/published/gpu-runs/NAME)")
+        lines = publish_logs(args.rows, args.to, keep=args.keep, replace=args.replace, root=args.root)
+    else:
+        lines = publish(args.rows, args.to, replace=args.replace, root=args.root)
+    print("\n".join(lines))
+    print("Now say where these came from (session, machine, commit) in results/README.md.")
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="copy a run's rows under results/published/, machine paths replaced",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("rows", nargs="+", type=Path, help="row folders, results/RUN/MODEL/ROW")
+    p.add_argument("rows", nargs="+", type=Path, help="row folders, results/RUN/MODEL/ROW (with --logs: a run's logs "
+                   "folder logs/RUN, or log files)")
     p.add_argument("--to", type=Path, default=PUBLISHED, help=f"the published folder (default {PUBLISHED})")
     p.add_argument("--replace", action="store_true", help="overwrite published files that differ")
+    p.add_argument("--logs", action="store_true", help="publish job logs flat in --to, progress bars thinned")
+    p.add_argument("--keep", type=int, default=40, help="with --logs: redraws kept of each progress bar (default 40)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the project folder the files were written in (default: this one)")
     p.set_defaults(func=_cli)

@@ -349,14 +349,11 @@ def from_config(args: argparse.Namespace) -> RowFiles:
     """`--configfile` and `--rows`: each of the config's rows read from the first `--rows` folder (laid out as
     results/RUN/MODEL) that has its metrics file, the roles and window set from the config
     (`liger.pipeline.report_roles`), the model named by the first folder; returns the rows' files."""
-    from liger.pipeline import ConfigError, load_config, report_roles
+    from liger.pipeline import load_config, report_roles
 
     if args.configfile is None or args.out_dir is None:
         raise LigerError("liger report --rows: give --configfile (it says each row's role) and --out-dir too")
-    try:
-        config = load_config(args.configfile)
-    except ConfigError as e:
-        raise LigerError(str(e)) from None
+    config = load_config(args.configfile)
     model = args.model or args.rows[0].name
     if model not in config["models"]:
         raise LigerError(f"{args.rows[0]}: {model!r} is not a model of {args.configfile} "

@@ -11,7 +11,17 @@ import pytest
 from liger.cli import main
 from liger.errors import LigerError
 from liger.fileio import OUTPUT_MARKER
-from liger.publish import MACHINE, MIRROR, TEXT_SUFFIXES, json_paths, machine_paths, publish, scrub_text
+from liger.publish import (
+    MACHINE,
+    MIRROR,
+    TEXT_SUFFIXES,
+    json_paths,
+    machine_paths,
+    publish,
+    publish_logs,
+    scrub_text,
+    thin_redraws,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +127,47 @@ def test_published_results_name_no_machine_path():
                 paths |= set(json_paths(json.loads(text), ROOT))
             found += [f"{path.relative_to(ROOT)}: {p}" for p in sorted(paths)]
     assert not found, "machine paths in published files (liger publish replaces them):\n" + "\n".join(found[:20])
+
+
+def test_thin_redraws_keeps_first_last_and_evenly_spaced_redraws():
+    bar = "".join(f"\rstep {i}/100" for i in range(101))
+    text = f"start\n{bar}\ndone\n"
+    lines = thin_redraws(text, keep=4).split("\n")
+    assert lines == ["start", "step 0/100", "step 25/100", "step 50/100", "step 75/100", "step 100/100", "done", ""]
+    short = "\ra 1\ra 2\n"
+    assert thin_redraws(short, keep=4) == "a 1\na 2\n"  # few redraws: each kept, one per line
+    assert thin_redraws("x\n\ny", keep=4) == "x\n\ny"  # blank lines without a redraw stay
+
+
+def test_publish_logs_flat_thinned_and_scrubbed(tmp_path, capsys):
+    gpu = tmp_path / "elsewhere" / "w"  # the project folder on the machine that ran the jobs
+    logs = gpu / "logs" / "default"
+    (logs / "tiny" / "row").mkdir(parents=True)
+    bar = "".join(f"\rfinetune: {i}%" for i in range(101))
+    (logs / "tiny" / "row" / "finetune.log").write_text(f"python -m liger finetune --out {gpu}/resources/x\n{bar}\n")
+    (logs / "tiny" / "row" / "finetune.benchmark.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
+    (logs / "tiny" / "prepare_data.log").write_text("read /mirrors/alpaca/alpaca_data.jsonl\n")
+    extra = tmp_path / "2026-12-04.snakemake.log"
+    extra.write_text("done\n")
+    to = tmp_path / "session"
+    lines = publish_logs([logs, extra], to, keep=10, root=gpu)
+    assert sorted(p.name for p in to.iterdir()) == ["2026-12-04.snakemake.log", "tiny_prepare_data.log",
+                                                     "tiny_row_finetune.benchmark.tsv", "tiny_row_finetune.log"]
+    log = (to / "tiny_row_finetune.log").read_text().split("\n")
+    assert log[0] == "python -m liger finetune --out resources/x"  # the other machine's project path: relative
+    assert log[1:] == [f"finetune: {i}%" for i in range(0, 101, 10)] + [""]
+    assert (to / "tiny_prepare_data.log").read_text() == f"read {MACHINE}\n"
+    assert len(lines) == 4 and all(line.endswith(": unchanged") for line in publish_logs([logs, extra], to, keep=10,
+                                                                                          root=gpu))
+    with pytest.raises(LigerError, match="already published with other content"):
+        publish_logs([logs, extra], to, keep=5, root=gpu)
+    with pytest.raises(LigerError, match="no such file or folder"):
+        publish_logs([tmp_path / "missing"], to)
+    twin = tmp_path / "other" / extra.name
+    twin.parent.mkdir()
+    twin.write_text("other\n")
+    with pytest.raises(LigerError, match="both publish as"):
+        publish_logs([extra, twin], to)
+    assert main(["publish", "--logs", str(logs)]) == 2  # --to is required with --logs
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give --to" in err
