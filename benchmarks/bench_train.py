@@ -4,6 +4,7 @@ Both variants run the same training step as `liger.train.finetune` (LoRA r=8 on 
 1.0; micro batch 1 by default): a few warm-up optimizer steps, then timed ones; tokens/s counts every input token.
 
     python benchmarks/bench_train.py --model resources/models/smollm2-135m [--data resources/data/smollm2-135m]
+    python benchmarks/bench_train.py --shape llama3.2-1b --micro-batch 8 --kernels 3   # random weights of a shape
 
 On CUDA the defaults are the paper's setting (1024-token chunks, bf16 weights, fla kernels when installed);
 on CPU the defaults shrink (128 tokens, fp32, 1 warm-up and 3 timed steps) and the table says so. Without
@@ -26,6 +27,7 @@ import torch
 
 from liger.cli_args import json_object_arg
 from liger.packed import load_packed
+from liger.shapes import SHAPES
 from liger.stages import build_model, device_and_dtype
 from liger.steps import batch, make_optimizer, train_step
 from liger.train_config import TrainConfig
@@ -126,11 +128,16 @@ def print_kernels(results: list[dict], steps: int) -> None:
             print(f"  {k['ms_per_step']:>8.2f} {k['share']:>6.1%} {k['calls_per_step']:>10.0f}  {k['name'][:90]}")
 
 
-def random_model(model_dir: Path) -> Path:
-    """Save a randomly initialised model of `model_dir`'s config (bf16) into a temporary folder."""
+def random_model(model_dir: Path | None, shape: str | None = None) -> Path:
+    """Save a randomly initialised model (bf16) of `model_dir`'s config, or of the named `shape`
+    (`liger.shapes.SHAPES`), into a temporary folder."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    if shape is not None:
+        spec = dict(SHAPES[shape])
+        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    else:
+        config = AutoConfig.from_pretrained(model_dir)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     out = Path(tempfile.mkdtemp(prefix="bench-train-model-"))
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of --model's shape (only its config.json is read): throughput only")
+    p.add_argument("--shape", choices=sorted(SHAPES),
+                   help="random weights of a named shape instead of --model (throughput only; no --data)")
     p.add_argument("--kernels", type=int, default=0,
                    help="also trace this many steps per variant (torch.profiler) and print where the time goes")
     p.add_argument("--top", type=int, default=15, help="with --kernels: rows per variant before '(other)'")
@@ -160,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kernels < 0 or args.top < 1:
         p.error("--kernels must be >= 0 and --top >= 1")
-    if args.random_weights:
+    if args.shape and args.data:
+        p.error("--shape runs on random token chunks: leave out --data (its tokens need the model's vocabulary)")
+    if args.shape:
+        args.model = random_model(None, args.shape)
+    elif args.random_weights:
         args.model = random_model(args.model)
 
     if args.data:
@@ -171,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(grad_accum=args.grad_accum, micro_batch=args.micro_batch, dtype=args.dtype, progress=False)
     device, dtype = device_and_dtype(cfg)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads (small settings)"
-    print(f"LoRA fine-tuning throughput on {where}: {args.model}, {args.seq_len}-token chunks, micro batch "
+    what = f"{args.shape} shape, random weights" if args.shape else args.model
+    print(f"LoRA fine-tuning throughput on {where}: {what}, {args.seq_len}-token chunks, micro batch "
           f"{args.micro_batch}, grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, "
           f"{args.warmup} warm-up + "
           f"{args.steps} timed steps, {'data ' + str(args.data) if args.data else 'random tokens'}")

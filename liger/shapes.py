@@ -8,6 +8,12 @@ SHAPES: dict[str, dict] = {
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
                          rms_norm_eps=1e-5),
+    # Llama-3.2-1B, the performance issue's fine-tuning shape (its llama3 rope scaling left out: no timing depends
+    # on it)
+    "llama3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                        max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
+                        rms_norm_eps=1e-5),
     # Llama-3-8B, the paper's efficiency figure
     "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,

@@ -170,3 +170,19 @@ def test_bench_cold_start_smoke_on_cpu(tmp_path, capsys):
     assert list(df["preloaded"]) == [0]
     assert (df[["load_s", "prefill_first_s", "prefill_later_s", "train_first_s", "train_later_s"]] > 0).all(axis=None)
     assert len(pd.read_csv(tmp_path / "c.csv")) == 1 and "within 10 s" in capsys.readouterr().out
+
+
+def test_bench_train_smoke_on_cpu_with_a_named_shape(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setitem(bench.SHAPES, "tiny", dict(model_type="llama", vocab_size=128, hidden_size=32,
+                                                   intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                   num_key_value_heads=2, max_position_embeddings=64))
+    assert bench.main(["--shape", "tiny", "--seq-len", "16", "--warmup", "1", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny shape, random weights, 16-token chunks" in out
+    assert "liger_gla + Liger Attention" in out and "base (unconverted)" in out
+    with pytest.raises(SystemExit):
+        bench.main(["--shape", "tiny", "--data", "resources/anything"])
+    assert "leave out --data" in capsys.readouterr().err
