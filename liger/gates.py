@@ -43,8 +43,8 @@ def retention(attn: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tenso
         raise LigerError(f"{type(attn).__name__}: retention covers the GLA-family layers (liger_gla, liger_hgrn2), "
                          "whose state is per key dimension")
     q, k, v = attn.project(hidden_states)
-    g = attn.log_decay(attn._gate_input(q, k, v))
-    written = attn._keys(k, g).to(torch.float64 if k.dtype == torch.float64 else torch.float32)
+    g = attn.log_decay(attn.gate_input(q, k, v))
+    written = attn.recurrence_keys(k, g).to(torch.float64 if k.dtype == torch.float64 else torch.float32)
     if g is None:
         return torch.ones(written.shape[:3], dtype=written.dtype, device=written.device)
     return (written * g.exp()).sum(-1) / written.sum(-1)

@@ -125,8 +125,9 @@ class LigerAttention(WindowedHybrid):
             self._gate_logits = self.gk_proj(hidden_states)
         return q, k, v
 
-    def _gate_input(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
-        """What `gated` pools into the gate logits (None: no gate)."""
+    def gate_input(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        """What `gated` pools into the gate logits (None: no gate); with `gate: projection`, the logits `project`
+        kept, handed over once."""
         gate = self.options.gate
         if gate == "none":
             return None
@@ -150,7 +151,7 @@ class LigerAttention(WindowedHybrid):
                    want_state: bool, impl: str | None = None) -> tuple[torch.Tensor, Any]:
         if valid is not None:  # padded positions write nothing into the state
             v = v * valid[:, :, None, None].to(v.dtype)
-        gate_in = self._gate_input(q, k, v)
+        gate_in = self.gate_input(q, k, v)
         o, new_state = self.gated(q, k, v, gate_in, valid, state, want_state, impl or self.options.impl)
         return o.to(v.dtype), new_state
 
@@ -185,12 +186,14 @@ class GLAAttention(LigerAttention):
                        use_window=o.uses_window, scale_recurrence=o.hybrid != "none")
         return self.o_proj(out.reshape(B, 1, -1))
 
-    def _keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    def recurrence_keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """The keys the recurrence writes with, (B, T, kv heads, head_dim) in k's dtype, from k and the log decays
+        `g` (`liger gates` weighs the decays by them too)."""
         return self._features(k, self.feature_map_k)
 
     def log_decay(self, gate_in: torch.Tensor | None) -> torch.Tensor | None:
         """The per-key-dimension log decays g = logsigmoid(Pool(gate_in)) / normaliser, (B, T, kv heads, head_dim),
-        from what `_gate_input` gave (None: no gate, no decay)."""
+        from what `gate_input` gave (None: no gate, no decay)."""
         if gate_in is None:
             return None
         B, T = gate_in.shape[:2]
@@ -201,7 +204,7 @@ class GLAAttention(LigerAttention):
         n_rep = self.n_rep
         g = self.log_decay(gate_in)
         qf = self._features(q, self.feature_map_q)
-        kf = self._keys(k, g)
+        kf = self.recurrence_keys(k, g)
         return gated_recurrence(
             qf, repeat_heads(kf, n_rep), repeat_heads(v, n_rep), gk=None if g is None else repeat_heads(g, n_rep),
             initial_state=state, output_final_state=want_state, impl=impl, chunk_size=self.options.chunk_size,
@@ -211,7 +214,7 @@ class GLAAttention(LigerAttention):
 class HGRN2Attention(GLAAttention):
     """Liger-HGRN2: GLA whose keys are 1 - exp(g), tied to the gates."""
 
-    def _keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    def recurrence_keys(self, k: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         return (-torch.expm1(g)).to(k.dtype)
 
 
