@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     p.add_argument("--table", type=Path, help="where the first process records its configurations (default: "
                                               "beside the cache)")
     p.add_argument("--out", type=Path, help="also write the table as CSV")
+    p.add_argument("--md", type=Path, help="also write the table as Markdown, with device, versions, date, command")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.model is None and args.shape is None:
@@ -144,6 +145,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
                 "train_first_s", "train_later_s", "train extra s", "within target"]]
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(f"target: each first call within {TARGET_S:g} s of the later ones (extra s <= {TARGET_S:g})")
+    if args.md:
+        from liger.markdown import benchmark_record
+
+        args.md.write_text(benchmark_record(
+            f"Cold start: {args.method}, {args.model or args.shape}, prefill {args.batch_size} x {args.prompt}, "
+            f"training step {args.train_batch} x {args.train_len} (target: extra s <= {TARGET_S:g})",
+            {"Seconds, first call and later ones, per fresh process": shown}, where,
+            ["python", "benchmarks/bench_cold_start.py", *passed]))
     return df
 
 

@@ -17,6 +17,7 @@ their key/value cache, all `max_cache_len` slots for the static cache). Times ar
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def ratio_table(df: pd.DataFrame, bandwidth: float, variants: list[str] = VARIAN
     out = []
     for length, g in df.groupby("length", sort=True):
         by = g.set_index("variant")
-        row: dict = {"length": length}
+        row: dict = {"length": int(length)}
         for v in variants:
             ok = v in by.index and by.at[v, "status"] == "ok"
             row[f"{v} ms"] = by.at[v, "decode_ms_median"] if ok else float("nan")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--kernels", type=int, default=0, help="also trace this many steps (torch.profiler)")
     parser.add_argument("--out", type=Path, help="keep liger profile's CSV here (default: a temporary file)")
+    parser.add_argument("--md", type=Path, help="also write the table as Markdown, with device, versions, date, "
+                        "command")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -89,6 +92,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = ratio_table(df, bandwidth, variants)
     with pd.option_context("display.float_format", "{:.3g}".format, "display.width", 200):
         print(table.to_string(index=False))
+    if args.md:
+        from liger.markdown import benchmark_record
+
+        where = f"{df['device'].iloc[0]}, copy bandwidth {bandwidth / 1e12:.3f} TB/s"
+        args.md.write_text(benchmark_record(
+            f"Decoding: {shape or args.model}, batch {args.batch_size}, {new_tokens} timed steps per length",
+            {"ms/token, ratios and each variant against its floor": table}, where,
+            ["python", "benchmarks/bench_decode.py", *(sys.argv[1:] if argv is None else argv)]))
     return table
 
 

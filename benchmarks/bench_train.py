@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from liger.cli_args import json_object_arg
@@ -128,6 +129,24 @@ def print_kernels(results: list[dict], steps: int) -> None:
             print(f"  {k['ms_per_step']:>8.2f} {k['share']:>6.1%} {k['calls_per_step']:>10.0f}  {k['name'][:90]}")
 
 
+def write_md(path: Path, results: list[dict], where: str, args: argparse.Namespace, argv: list[str]) -> None:
+    """The throughput table (and the traced kernels) as Markdown (`liger.markdown.benchmark_record`)."""
+    from liger.markdown import benchmark_record
+
+    base = results[-1]["tokens_per_s"]
+    table = pd.DataFrame([{"variant": r["variant"], "attention": r["attention"], "tokens/s": r["tokens_per_s"],
+                           "ms/step": r["ms_per_step"], "vs base": r["tokens_per_s"] / base,
+                           "peak GiB": r["peak_mem_gib"], "loss first": r["loss_first"], "loss last": r["loss_last"]}
+                          for r in results])
+    tables = {"Throughput": table}
+    for r in results:
+        if r["kernels"]:
+            tables[f"{r['variant']}: top kernels per step"] = pd.DataFrame(r["kernels"])
+    what = f"{args.shape} shape, random weights" if args.shape else str(args.model)
+    title = f"LoRA fine-tuning throughput: {what}, {args.seq_len}-token chunks, micro batch {args.micro_batch}"
+    path.write_text(benchmark_record(title, tables, where, ["python", "benchmarks/bench_train.py", *argv]))
+
+
 def random_model(model_dir: Path | None, shape: str | None = None) -> Path:
     """Save a randomly initialised model (bf16) of `model_dir`'s config, or of the named `shape`
     (`liger.shapes.SHAPES`), into a temporary folder."""
@@ -166,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also trace this many steps per variant (torch.profiler) and print where the time goes")
     p.add_argument("--top", type=int, default=15, help="with --kernels: rows per variant before '(other)'")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--md", type=Path, help="also write the tables as Markdown, with device, versions, date, command")
     args = p.parse_args(argv)
     if args.kernels < 0 or args.top < 1:
         p.error("--kernels must be >= 0 and --top >= 1")
@@ -202,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tokens_per_s'] / base:>7.2f}x {mem:>9} {r['loss_first']:>8.3f}->{r['loss_last']:.3f}")
     if args.kernels:
         print_kernels(results, args.kernels)
+    if args.md:
+        write_md(args.md, results, where, args, sys.argv[1:] if argv is None else argv)
     if args.json:
         args.json.write_text(json.dumps({"device": where, "seq_len": args.seq_len, "dtype": str(dtype),
                                          "results": results}, indent=2))

@@ -18,3 +18,20 @@ def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines) + "\n"
+
+
+def benchmark_record(title: str, tables: dict[str, pd.DataFrame], device: str, command: list[str],
+                     digits: int = 2) -> str:
+    """A benchmark's output as Markdown, for the README's numbers to come from: the title, the device, the package
+    versions, the UTC date and the command that ran, then each table under its heading."""
+    from datetime import UTC, datetime
+
+    from liger.provenance import versions
+
+    v = versions("torch", "transformers", "peft", "triton", "flash-linear-attention")
+    lines = [f"# {title}", "",
+             f"Device: {device}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
+             f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.", "", f"    {' '.join(command)}", ""]
+    for heading, df in tables.items():
+        lines += [f"## {heading}", "", markdown_table(df, digits)]
+    return "\n".join(lines)

@@ -144,10 +144,14 @@ def test_bench_decode_smoke_on_cpu(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_decode", ROOT / "benchmarks" / "bench_decode.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    table = bench.main(["--model", str(_tiny_folder(tmp_path)), "--lengths", "16", "--new-tokens", "3"])
+    table = bench.main(["--model", str(_tiny_folder(tmp_path)), "--lengths", "16", "--new-tokens", "3",
+                        "--md", str(tmp_path / "decode.md")])
     assert list(table["length"]) == [16]
     assert (table[["liger_gla / floor", "base_static_compile / liger_gla", "base_sdpa / liger_gla"]] > 0).all(axis=None)
     assert "base_static_compile / liger_gla" in capsys.readouterr().out
+    md = (tmp_path / "decode.md").read_text()
+    assert md.startswith("# Decoding: ") and "Device: " in md and "torch " in md and " UTC." in md
+    assert "| length | liger_gla ms |" in md and "--md" in md  # the table and the command that wrote it
 
 
 def test_a_fused_variant_converts_as_its_method_and_asks_for_the_fused_step(tmp_path, monkeypatch):
@@ -165,24 +169,31 @@ def test_bench_cold_start_smoke_on_cpu(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     df = bench.main(["--model", str(_tiny_folder(tmp_path)), "--prompt", "8", "--train-len", "8", "--repeats", "1",
-                     "--processes", "1", "--cache-dir", str(tmp_path / "triton"), "--out", str(tmp_path / "c.csv")])
+                     "--processes", "1", "--cache-dir", str(tmp_path / "triton"), "--out", str(tmp_path / "c.csv"),
+                     "--md", str(tmp_path / "c.md")])
     assert list(df["process"]) == ["empty Triton cache (a new machine)"] and not df["fla"].any()
     assert list(df["preloaded"]) == [0]
     assert (df[["load_s", "prefill_first_s", "prefill_later_s", "train_first_s", "train_later_s"]] > 0).all(axis=None)
     assert len(pd.read_csv(tmp_path / "c.csv")) == 1 and "within 10 s" in capsys.readouterr().out
+    assert "| empty Triton cache (a new machine) |" in (tmp_path / "c.md").read_text()
 
 
-def test_bench_train_smoke_on_cpu_with_a_named_shape(monkeypatch, capsys):
+def test_bench_train_smoke_on_cpu_with_a_named_shape(monkeypatch, capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setitem(bench.SHAPES, "tiny", dict(model_type="llama", vocab_size=128, hidden_size=32,
                                                    intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                                    num_key_value_heads=2, max_position_embeddings=64))
-    assert bench.main(["--shape", "tiny", "--seq-len", "16", "--warmup", "1", "--steps", "1"]) == 0
+    md = tmp_path / "train.md"
+    assert bench.main(["--shape", "tiny", "--seq-len", "16", "--warmup", "1", "--steps", "1", "--kernels", "1",
+                       "--md", str(md)]) == 0
     out = capsys.readouterr().out
     assert "tiny shape, random weights, 16-token chunks" in out
     assert "liger_gla + Liger Attention" in out and "base (unconverted)" in out
+    text = md.read_text()
+    assert text.startswith("# LoRA fine-tuning throughput: tiny shape, random weights, 16-token chunks")
+    assert "| liger_gla + Liger Attention |" in text and "top kernels per step" in text
     with pytest.raises(SystemExit):
         bench.main(["--shape", "tiny", "--data", "resources/anything"])
     assert "leave out --data" in capsys.readouterr().err
