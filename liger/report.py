@@ -59,16 +59,23 @@ class RowFiles:
     def layout(cls, results: Path, model: str, methods: Sequence[str]) -> RowFiles:
         """The files under a run's results folder (results/RUN/MODEL/ROW/...) that exist, for callers without a
         rule."""
+        return cls.in_folders({m: results / model for m in methods}, [results / model])
+
+    @classmethod
+    def in_folders(cls, rows: Mapping[str, Path], coverage_from: Sequence[Path]) -> RowFiles:
+        """The files that exist of each row `m` in its folder `rows[m]` (laid out as results/RUN/MODEL), in `rows`'
+        order, and the coverage tables of the first of `coverage_from` that has them."""
         def found(name: str) -> list[Path]:
-            return [p for m in methods if (p := results / model / m / name).exists()]
+            return [p for m, folder in rows.items() if (p := folder / m / name).exists()]
 
         from liger.coverage import items_path
 
-        coverage = results / model / "coverage.csv"
-        return cls.from_paths([results / model / m / ROW_FILES["metrics"] for m in methods],
+        coverage = next((c for folder in coverage_from if (c := folder / "coverage.csv").exists()), None)
+        return cls.from_paths([folder / m / ROW_FILES["metrics"] for m, folder in rows.items()],
                               *(found(name) for name in (STAGES["lora"].summary, STAGES["transfer"].summary,
                                                          ROW_FILES["passkey"], ROW_FILES["position_loss"])),
-                              *(p if p.exists() else None for p in (coverage, items_path(coverage))))
+                              coverage, None if coverage is None or not items_path(coverage).exists()
+                              else items_path(coverage))
 
 
 def role_of(method: str, controls: list[str], base: str = BASE) -> str:
@@ -369,13 +376,7 @@ def from_config(args: argparse.Namespace) -> RowFiles:
     if not any(where.values()):
         raise LigerError(f"none of {args.configfile}'s rows has a metrics file in {', '.join(map(str, args.rows))} "
                          f"(ROW/{ROW_FILES['metrics']}); give the folders its run wrote, results/RUN/{model}")
-    found = {m: folder for m, folder in where.items() if folder is not None}
-    rows = [RowFiles.layout(folder.parent, folder.name, [m]) for m, folder in found.items()]
-    coverage = next((r for r in (RowFiles.layout(folder.parent, folder.name, []) for folder in args.rows)
-                     if r.coverage is not None), RowFiles({}))
-    return RowFiles(*({m: p for r in rows for m, p in getattr(r, name).items()}
-                      for name in ("metrics", "train", "transfer", "passkey", "position_loss")),
-                    coverage.coverage, coverage.coverage_items)
+    return RowFiles.in_folders({m: folder for m, folder in where.items() if folder is not None}, args.rows)
 
 
 def _cli(args: argparse.Namespace) -> int:
