@@ -212,6 +212,8 @@ def write(jobs: list[tuple[Path, Path, bytes, int]], replace: bool) -> list[str]
 
 def _cli(args: argparse.Namespace) -> None:
     if args.logs:
+        if args.keep < 1:
+            raise LigerError(f"liger publish --keep {args.keep}: give 1 or more redraws to keep of each progress bar")
         if args.to == PUBLISHED:
             raise LigerError("liger publish --logs: give --to, the session's folder (results/published/gpu-runs/NAME)")
         lines = publish_logs(args.rows, args.to, keep=args.keep, replace=args.replace, root=args.root)

@@ -171,3 +171,6 @@ def test_publish_logs_flat_thinned_and_scrubbed(tmp_path, capsys):
     assert main(["publish", "--logs", str(logs)]) == 2  # --to is required with --logs
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give --to" in err
+    assert main(["publish", "--logs", str(logs), "--to", str(to), "--keep", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--keep 0: give 1 or more" in err
