@@ -28,7 +28,7 @@ import torch
 
 from liger.cli_args import json_object_arg
 from liger.packed import load_packed
-from liger.shapes import SHAPES
+from liger.shapes import SHAPES, shape_config
 from liger.stages import build_model, device_and_dtype
 from liger.steps import batch, make_optimizer, train_step
 from liger.train_config import TrainConfig
@@ -129,7 +129,8 @@ def print_kernels(results: list[dict], steps: int) -> None:
             print(f"  {k['ms_per_step']:>8.2f} {k['share']:>6.1%} {k['calls_per_step']:>10.0f}  {k['name'][:90]}")
 
 
-def write_md(path: Path, results: list[dict], where: str, args: argparse.Namespace, argv: list[str]) -> None:
+def write_md(path: Path, results: list[dict], where: str, what: str, args: argparse.Namespace,
+             argv: list[str]) -> None:
     """The throughput table (and the traced kernels) as Markdown (`liger.markdown.benchmark_record`)."""
     from liger.markdown import benchmark_record
 
@@ -142,7 +143,6 @@ def write_md(path: Path, results: list[dict], where: str, args: argparse.Namespa
     for r in results:
         if r["kernels"]:
             tables[f"{r['variant']}: top kernels per step"] = pd.DataFrame(r["kernels"])
-    what = f"{args.shape} shape, random weights" if args.shape else str(args.model)
     title = f"LoRA fine-tuning throughput: {what}, {args.seq_len}-token chunks, micro batch {args.micro_batch}"
     path.write_text(benchmark_record(title, tables, where, ["python", "benchmarks/bench_train.py", *argv]))
 
@@ -152,11 +152,7 @@ def random_model(model_dir: Path | None, shape: str | None = None) -> Path:
     (`liger.shapes.SHAPES`), into a temporary folder."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if shape is not None:
-        spec = dict(SHAPES[shape])
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-    else:
-        config = AutoConfig.from_pretrained(model_dir)
+    config = shape_config(shape) if shape is not None else AutoConfig.from_pretrained(model_dir)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     out = Path(tempfile.mkdtemp(prefix="bench-train-model-"))
@@ -204,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(grad_accum=args.grad_accum, micro_batch=args.micro_batch, dtype=args.dtype, progress=False)
     device, dtype = device_and_dtype(cfg)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads (small settings)"
-    what = f"{args.shape} shape, random weights" if args.shape else args.model
+    what = f"{args.shape} shape, random weights" if args.shape else str(args.model)
     print(f"LoRA fine-tuning throughput on {where}: {what}, {args.seq_len}-token chunks, micro batch "
           f"{args.micro_batch}, grad accum {args.grad_accum}, {str(dtype).removeprefix('torch.')}, "
           f"{args.warmup} warm-up + "
@@ -223,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels:
         print_kernels(results, args.kernels)
     if args.md:
-        write_md(args.md, results, where, args, sys.argv[1:] if argv is None else argv)
+        write_md(args.md, results, where, what, args, sys.argv[1:] if argv is None else argv)
     if args.json:
         args.json.write_text(json.dumps({"device": where, "seq_len": args.seq_len, "dtype": str(dtype),
                                          "results": results}, indent=2))

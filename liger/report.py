@@ -71,11 +71,11 @@ class RowFiles:
         from liger.coverage import items_path
 
         coverage = next((c for folder in coverage_from if (c := folder / "coverage.csv").exists()), None)
+        items = items_path(coverage) if coverage is not None else None
         return cls.from_paths([folder / m / ROW_FILES["metrics"] for m, folder in rows.items()],
                               *(found(name) for name in (STAGES["lora"].summary, STAGES["transfer"].summary,
                                                          ROW_FILES["passkey"], ROW_FILES["position_loss"])),
-                              coverage, None if coverage is None or not items_path(coverage).exists()
-                              else items_path(coverage))
+                              coverage, items if items is not None and items.exists() else None)
 
 
 def role_of(method: str, controls: list[str], base: str = BASE) -> str:

@@ -22,13 +22,20 @@ SHAPES: dict[str, dict] = {
 }
 
 
+def shape_config(shape: str):
+    """The transformers config of a named shape."""
+    from transformers import AutoConfig
+
+    spec = dict(SHAPES[shape])
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)
+
+
 def random_model(shape: str, dtype=None, device=None, attn_implementation: str = "sdpa"):
     """A causal LM of a named shape with random weights."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    spec = dict(SHAPES[shape])
-    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    config = shape_config(shape)
     with torch.device(device or "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
                                                  attn_implementation=attn_implementation)
